@@ -1,0 +1,166 @@
+"""The FastAPI application and ``serve``, the whole service in one call (what ``hubscout serve`` runs)."""
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from app import problems
+from app.db import Database, migrate
+from app.settings import Settings, get_settings
+
+log = logging.getLogger("hubscout")
+
+_prepared: set[str] = set()  # data dirs `serve` already prepared in this process
+
+
+def configure_logging(settings: Settings) -> None:
+    """Our loggers to stderr at the configured level (uvicorn sets up only its own); a no-op if the root logger
+    is already configured."""
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("hubscout").setLevel(settings.log_level.upper())
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+
+def prepare(settings: Settings) -> None:
+    """Everything before the first request: folders, schema, teacher repository and its table mirror."""
+    from app import repository
+    from hubscout.teachers import Repository
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.storage_root.mkdir(parents=True, exist_ok=True)
+    _clean_scratch(settings)
+    db = Database(settings)
+    try:
+        if settings.auto_migrate:
+            migrate(settings, db.engine)
+        root = repository.ensure_repository(settings)
+        repository.sync(db, Repository(root))
+    finally:
+        db.dispose()
+
+
+def _clean_scratch(settings: Settings, max_age_s: float = 24 * 3600) -> None:
+    """Uploads interrupted by a crash leave scratch files; a day later nothing can still be writing them."""
+    import time
+
+    scratch = settings.storage_root / "tmp"
+    if not scratch.is_dir():
+        return
+    cutoff = time.time() - max_age_s
+    for p in scratch.iterdir():
+        try:
+            if p.is_file() and p.stat().st_mtime < cutoff:
+                p.unlink()
+        except OSError:
+            pass
+
+
+def build_services(settings: Settings):
+    from app.queue import JobQueue
+    from app.services import Services
+    from app.storage import LocalStorage
+
+    return Services(settings=settings, db=Database(settings), storage=LocalStorage(settings.storage_root),
+                    queue=JobQueue(settings))
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app; nothing touches disk, database or broker until it starts (lifespan)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        configure_logging(settings)
+        if str(settings.data_dir.resolve()) not in _prepared:
+            await run_in_threadpool(prepare, settings)
+        svc = build_services(settings)
+        app.state.services = svc
+        log.info("hubscout API ready (%s mode; database %s; storage %s; repository %s)",
+                 "embedded" if settings.embedded else "distributed",
+                 svc.db.engine.url.render_as_string(hide_password=True), settings.storage_root,
+                 settings.repository_dir)
+        try:
+            yield
+        finally:
+            svc.close()
+
+    from app.routes import datasets, health, jobs, teachers
+
+    app = FastAPI(
+        title="hubscout",
+        version=_version(),
+        summary="Rank a model hub's teachers for your labelled task, and distil a student.",
+        description="Upload a dataset, rank the repository's teachers by OT relatedness (and baselines), "
+                    "distil a student and download it. Long work runs as jobs: POST returns 202 and a job to "
+                    "poll. Errors are RFC 9457 problem details (application/problem+json).",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    problems.install(app)
+    for module in (datasets, teachers, jobs, health):
+        app.include_router(module.router)
+    _add_problem_schema(app)
+    return app
+
+
+def _version() -> str:
+    try:
+        import hubscout
+
+        return hubscout.__version__
+    except Exception:
+        return "0"
+
+
+def _add_problem_schema(app: FastAPI) -> None:
+    """Declare the Problem schema that the routes' error responses reference."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi():
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, summary=app.summary,
+                             description=app.description, routes=app.routes)
+        schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = {
+            "type": "object", "title": "Problem", "description": "RFC 9457 problem details",
+            "required": ["type", "title", "status"],
+            "properties": {"type": {"type": "string", "format": "uri"}, "title": {"type": "string"},
+                           "status": {"type": "integer"}, "detail": {"type": "string"},
+                           "instance": {"type": "string"}},
+            "additionalProperties": True,
+        }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, reload: bool = False) -> None:
+    """Run the service: migrations, teacher repository (built on first start if missing), a local Celery worker
+    in the embedded default, and uvicorn. Returns when uvicorn stops; the local worker is stopped with it."""
+    import uvicorn
+
+    from app.local_worker import LocalWorker
+
+    settings = get_settings()
+    configure_logging(settings)
+    prepare(settings)
+    _prepared.add(str(settings.data_dir.resolve()))
+    worker = LocalWorker(settings) if settings.start_local_worker else None
+    if worker is not None:
+        worker.start()
+    elif settings.embedded:
+        log.warning("no broker configured and the local worker is off: jobs will wait for a worker "
+                    "on the filesystem broker at %s", settings.broker_dir)
+    try:
+        uvicorn.run("app.main:app", host=host, port=port, reload=reload, log_level=settings.log_level.lower())
+    finally:
+        if worker is not None:
+            worker.stop()
+
+
+app = create_app()

@@ -1,0 +1,112 @@
+"""RFC 9457 problem details for every error the API returns, framework errors included."""
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("hubscout.api")
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_BASE = "https://hubscout.dev/problems/"
+
+
+class Problem(Exception):
+    """An error answered as problem+json. ``type_`` is a short slug, expanded to a URI under TYPE_BASE."""
+
+    def __init__(self, status: int, detail: str, *, type_: str | None = None, title: str | None = None,
+                 headers: dict[str, str] | None = None, **extensions: Any):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.type_ = type_
+        self.title = title
+        self.headers = headers
+        self.extensions = extensions
+
+
+def not_found(what: str, ident: str) -> Problem:
+    return Problem(404, f"{what} {ident!r} does not exist", type_="not-found", title=f"{what.capitalize()} not found")
+
+
+def _slug(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "-").replace("'", "")
+    except ValueError:
+        return "error"
+
+
+def problem_response(request: Request, status: int, detail: str, *, type_: str | None = None,
+                     title: str | None = None, headers: dict[str, str] | None = None,
+                     **extensions: Any) -> JSONResponse:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    body = {
+        "type": TYPE_BASE + (type_ or _slug(status)),
+        "title": title or phrase,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        **jsonable_encoder(extensions),
+    }
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _validation_detail(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for e in errors[:5]:
+        if e.get("type") == "json_invalid":
+            reason = (e.get("ctx") or {}).get("error") or e.get("msg")
+            parts.append(f"malformed JSON body: {reason}")
+            continue
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "request"
+        parts.append(f"{loc}: {e.get('msg', 'invalid')}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(parts) + more
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> JSONResponse:
+        return problem_response(request, exc.status, exc.detail, type_=exc.type_, title=exc.title,
+                                headers=exc.headers, **exc.extensions)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        raw = list(exc.errors())
+        errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in raw]
+        return problem_response(request, 422, _validation_detail(raw), type_="validation-error",
+                                title="Invalid request", errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).description
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no resource at {request.url.path}"
+        elif exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}"
+        return problem_response(request, exc.status_code, detail, headers=getattr(exc, "headers", None))
+
+    from sqlalchemy.exc import OperationalError
+
+    @app.exception_handler(OperationalError)
+    async def _database_down(request: Request, exc: OperationalError) -> JSONResponse:
+        log.error("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
+        return problem_response(request, 503, "the database is unavailable; try again later",
+                                type_="database-unavailable", title="Service unavailable",
+                                headers={"Retry-After": "5"})
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # The traceback goes to the log, never to the client.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(request, 500, "an internal error occurred; it has been logged",
+                                type_="internal-error")

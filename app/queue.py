@@ -1,0 +1,53 @@
+"""Sending jobs to the workers. The API names the task instead of importing it, so it never loads worker code."""
+from __future__ import annotations
+
+import logging
+import uuid
+
+from app.settings import Settings
+
+log = logging.getLogger("hubscout.queue")
+
+
+class JobQueue:
+    def __init__(self, settings: Settings):
+        from worker.config import TASK_RUN_JOB, make_celery
+
+        self.settings = settings
+        self.celery = make_celery(settings)
+        self._task = TASK_RUN_JOB
+
+    def enqueue(self, job_id: str) -> str:
+        task_id = uuid.uuid4().hex
+        self.celery.send_task(self._task, args=[job_id], task_id=task_id, retry=True,
+                              retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5})
+        return task_id
+
+    def revoke(self, task_id: str | None) -> None:
+        """Best effort: drop a still-queued message. The job row's status is what actually stops a task."""
+        if not task_id or self.settings.broker_is_filesystem:
+            return
+        try:
+            self.celery.control.revoke(task_id)
+        except Exception:
+            log.warning("could not revoke task %s", task_id, exc_info=True)
+
+    def check(self) -> None:
+        if self.settings.broker_is_filesystem:
+            d = self.settings.broker_dir / "queue"
+            probe = d / f".probe-{uuid.uuid4().hex}"
+            probe.write_bytes(b"")
+            probe.unlink()
+            return
+        with self.celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=3)
+            # A pooled connection can look alive after the broker went away; a round trip proves it answers.
+            client = getattr(conn.default_channel, "client", None)
+            if client is not None and hasattr(client, "ping"):
+                client.ping()
+
+    def close(self) -> None:
+        try:
+            self.celery.close()
+        except Exception:
+            pass

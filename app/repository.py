@@ -1,0 +1,105 @@
+"""The teacher repository folder and its mirror in the ``teachers`` table.
+
+The folder (hubscout.teachers.Repository) is the source of truth, shared by API and workers; the table is a
+mirror that lists and paginates without reading a thousand teacher.json files per request.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import delete, select
+
+from app.db import Database, utcnow
+from app.models import TeacherRow
+from app.settings import Settings
+
+log = logging.getLogger("hubscout.repository")
+
+
+def row_from_teacher(teacher, row: TeacherRow | None = None) -> TeacherRow:
+    row = row or TeacherRow(id=teacher.id)
+    row.name = teacher.name
+    row.arch = teacher.arch
+    row.labels = list(teacher.labels)
+    row.num_classes = len(teacher.labels)
+    row.input_config = teacher.input.to_dict()
+    row.arch_kwargs = dict(teacher.arch_kwargs)
+    row.meta = dict(teacher.metadata)
+    row.weights_sha256 = teacher.weights_sha256
+    row.num_params = int(teacher.num_params)
+    return row
+
+
+def sync(db: Database, repo) -> dict[str, int]:
+    """Make the table mirror the folder: add new teachers, refresh changed ones, drop vanished ones."""
+    teachers = {}
+    for tid in repo.ids():
+        try:
+            teachers[tid] = repo.get(tid)
+        except Exception as e:  # one broken folder must not hide the others
+            log.warning("skipping teacher %s: %s", tid, e)
+    added = updated = 0
+    with db.session() as s:
+        rows = {r.id: r for r in s.scalars(select(TeacherRow))}
+        for tid, t in teachers.items():
+            row = rows.get(tid)
+            if row is None:
+                s.add(row_from_teacher(t))
+                added += 1
+            elif (row.weights_sha256, row.name, row.labels, row.input_config, row.meta) != (
+                    t.weights_sha256, t.name, list(t.labels), t.input.to_dict(), dict(t.metadata)):
+                row_from_teacher(t, row).updated_at = utcnow()
+                updated += 1
+        gone = [tid for tid in rows if tid not in teachers]
+        if gone:
+            s.execute(delete(TeacherRow).where(TeacherRow.id.in_(gone)))
+        s.commit()
+    stats = {"teachers": len(teachers), "added": added, "updated": updated, "removed": len(gone)}
+    log.info("teacher table synced with %s: %s", repo.root, stats)
+    return stats
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure_repository(settings: Settings) -> Path:
+    """Build the demo zoo when the repository folder is missing (and the setting allows it).
+
+    Built beside the target and renamed into place, under a lock: an interrupted build leaves no half zoo that a
+    later start would mistake for a complete one, and two processes starting together build it once."""
+    root = settings.repository_dir.resolve()
+    if root.exists():
+        return root
+    if not settings.build_demo_zoo:
+        log.warning("teacher repository %s does not exist; starting with no teachers "
+                    "(HUBSCOUT_BUILD_DEMO_ZOO is off)", root)
+        return root
+    with _file_lock(settings.data_dir.resolve() / "repository.lock"):
+        if root.exists():
+            return root
+        from hubscout.zoo import build_demo_zoo
+
+        tmp = root.parent / f".{root.name}.building-{uuid.uuid4().hex[:8]}"
+        log.info("teacher repository %s is missing: building the %sdemo zoo there (first start; this takes a "
+                 "while)", root, "quick " if settings.demo_zoo_quick else "")
+        try:
+            build_demo_zoo(tmp, quick=settings.demo_zoo_quick)
+            tmp.rename(root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        log.info("demo zoo ready at %s", root)
+    return root

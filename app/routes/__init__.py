@@ -1,0 +1,27 @@
+"""HTTP routes: parse the request, call app.services, shape the response. Nothing else."""
+from __future__ import annotations
+
+from fastapi import Request
+
+from app.problems import PROBLEM_JSON, Problem
+from app.services import Services
+
+PROBLEM = {"content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+
+
+def problems(*codes: int) -> dict:
+    descriptions = {400: "Bad request", 404: "Not found", 409: "Conflict", 410: "Gone", 413: "Upload too large",
+                    415: "Unsupported media type", 422: "Invalid request", 503: "Unavailable"}
+    return {c: {"description": descriptions.get(c, "Error"), **PROBLEM} for c in codes}
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services
+
+
+def require_json(request: Request) -> None:
+    """JSON bodies only: anything else is a 415, not a confusing validation error."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json" and not (ctype.startswith("application/") and ctype.endswith("+json")):
+        raise Problem(415, f"expected an application/json body, got {ctype or 'no content type'}",
+                      type_="unsupported-media-type", title="Unsupported media type")

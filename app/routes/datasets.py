@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from pathlib import PurePath
+
+from fastapi import APIRouter, Depends, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from app import services as ops
+from app.models import DatasetRow
+from app.problems import Problem
+from app.routes import problems, services
+from app.schemas import DatasetOut
+from app.services import Services
+from app.uploads import read_multipart
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {
+        "file": {"type": "string", "format": "binary",
+                 "description": "An ImageFolder .zip (<class>/<image>) or an .npz (images, labels, classes)."},
+        "name": {"type": "string", "description": "Display name; default: the file's name."},
+    }}}}}}
+
+
+def dataset_out(row: DatasetRow) -> DatasetOut:
+    return DatasetOut.model_validate(row, from_attributes=True)
+
+
+@router.post("", status_code=201, response_model=DatasetOut, openapi_extra=UPLOAD_BODY,
+             responses={200: {"description": "The same content was uploaded before: the existing dataset",
+                              "model": DatasetOut}, **problems(413, 415, 422)},
+             summary="Upload a labelled dataset")
+async def upload_dataset(request: Request, response: Response, svc: Services = Depends(services)) -> DatasetOut:
+    s = svc.settings
+    form = await read_multipart(request, svc.storage, file_limits={"file": s.max_upload_bytes},
+                                text_fields={"name"}, max_field_bytes=s.max_form_field_bytes,
+                                chunk_bytes=s.upload_chunk_bytes)
+    try:
+        upload = form.files.get("file")
+        if upload is None:
+            raise Problem(422, "no file part named 'file'", type_="validation-error", title="Invalid request")
+        name = form.fields.get("name") or PurePath(upload.filename.replace("\\", "/")).stem
+        row, created = await run_in_threadpool(ops.ingest_dataset, svc, upload, name)
+    finally:
+        form.cleanup()
+    response.status_code = 201 if created else 200
+    response.headers["Location"] = f"/v1/datasets/{row.id}"
+    return dataset_out(row)
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut, responses=problems(404))
+def get_dataset(dataset_id: str, svc: Services = Depends(services)) -> DatasetOut:
+    return dataset_out(ops.get_dataset(svc, dataset_id))

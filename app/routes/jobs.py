@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Query, Response
+from fastapi.responses import FileResponse
+
+from app import services as ops
+from app.models import JobKind, JobRow, JobStatus
+from app.routes import problems, require_json, services
+from app.schemas import DistillationCreate, JobLinks, JobOut, Page, RankingCreate, RankingOut, StudentOut
+from app.services import Services
+
+router = APIRouter(tags=["jobs"])
+
+RESULT_PATHS = {JobKind.RANKING: "/v1/rankings/", JobKind.DISTILLATION: "/v1/students/"}
+
+
+def job_out(row: JobRow) -> JobOut:
+    result = RESULT_PATHS[row.kind] + row.result_id if row.result_id and row.status == JobStatus.SUCCEEDED else None
+    return JobOut(id=row.id, kind=row.kind, status=row.status, progress=row.progress, message=row.message,
+                  dataset_id=row.dataset_id, params=row.params, error=row.error, attempts=row.attempts,
+                  result_id=row.result_id if result else None, created_at=row.created_at,
+                  started_at=row.started_at, finished_at=row.finished_at,
+                  links=JobLinks(self=f"/v1/jobs/{row.id}", result=result))
+
+
+def _accepted(row: JobRow, response: Response) -> JobOut:
+    response.headers["Location"] = f"/v1/jobs/{row.id}"
+    return job_out(row)
+
+
+@router.post("/v1/rankings", status_code=202, response_model=JobOut, responses=problems(409, 415, 422, 503),
+             dependencies=[Depends(require_json)],
+             summary="Rank teachers for a dataset (asynchronous: poll the job)")
+def create_ranking(body: RankingCreate, response: Response, svc: Services = Depends(services)) -> JobOut:
+    return _accepted(ops.create_ranking(svc, body), response)
+
+
+@router.post("/v1/distillations", status_code=202, response_model=JobOut, responses=problems(415, 422, 503),
+             dependencies=[Depends(require_json)],
+             summary="Distil a student from teachers (asynchronous: poll the job)")
+def create_distillation(body: DistillationCreate, response: Response,
+                        svc: Services = Depends(services)) -> JobOut:
+    return _accepted(ops.create_distillation(svc, body), response)
+
+
+@router.get("/v1/jobs", response_model=Page[JobOut], responses=problems(422))
+def list_jobs(limit: int = Query(50, ge=1), offset: int = Query(0, ge=0),
+              status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
+              kind: Literal["ranking", "distillation"] | None = None,
+              svc: Services = Depends(services)) -> Page[JobOut]:
+    limit = min(limit, svc.settings.max_page_size)
+    rows, total = ops.list_jobs(svc, limit, offset, status, kind)
+    return Page[JobOut](items=[job_out(r) for r in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/v1/jobs/{job_id}", response_model=JobOut, responses=problems(404))
+def get_job(job_id: str, svc: Services = Depends(services)) -> JobOut:
+    return job_out(ops.get_job(svc, job_id))
+
+
+@router.delete("/v1/jobs/{job_id}", response_model=JobOut, responses=problems(404, 409),
+               summary="Cancel a queued or running job")
+def cancel_job(job_id: str, svc: Services = Depends(services)) -> JobOut:
+    return job_out(ops.cancel_job(svc, job_id))
+
+
+@router.get("/v1/rankings/{ranking_id}", response_model=RankingOut, responses=problems(404),
+            tags=["results"])
+def get_ranking(ranking_id: str, svc: Services = Depends(services)) -> RankingOut:
+    row = ops.get_ranking(svc, ranking_id)
+    return RankingOut(**row.result, id=row.id, job_id=row.job_id, dataset_id=row.dataset_id,
+                      created_at=row.created_at)
+
+
+@router.get("/v1/students/{student_id}", response_model=StudentOut, responses=problems(404), tags=["results"])
+def get_student(student_id: str, svc: Services = Depends(services)) -> StudentOut:
+    row = ops.get_student(svc, student_id)
+    return StudentOut(id=row.id, job_id=row.job_id, dataset_id=row.dataset_id, teacher_ids=row.teacher_ids,
+                      student_arch=row.student_arch, config=row.config, metrics=row.metrics,
+                      archive_bytes=row.archive_bytes, archive_sha256=row.archive_sha256,
+                      created_at=row.created_at, download=f"/v1/students/{row.id}/download")
+
+
+@router.get("/v1/students/{student_id}/download", tags=["results"], response_class=FileResponse,
+            responses={200: {"content": {"application/zip": {}},
+                             "description": "The student folder (model.safetensors, config.json, metrics.json, "
+                                            "labels.json) as a zip; unzip and load with "
+                                            "hubscout.distill.load_student."},
+                       **problems(404, 410)})
+def download_student(student_id: str, svc: Services = Depends(services)) -> FileResponse:
+    row, path = ops.student_archive(svc, student_id)
+    return FileResponse(path, media_type="application/zip", filename=f"student-{row.id}.zip",
+                        headers={"ETag": f'"{row.archive_sha256}"'})

@@ -1,0 +1,211 @@
+"""Request and response bodies of the API."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+METRIC_CHOICES = ("ot", "leep", "nce", "hscore", "logme")
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+# ------------------------------------------------------------------------------------------------- datasets
+
+class DatasetOut(BaseModel):
+    id: str
+    name: str
+    sha256: str = Field(description="Content hash of the decoded images, labels and classes.")
+    n_samples: int
+    num_classes: int
+    classes: list[str]
+    class_counts: dict[str, int]
+    image_shape: list[int] = Field(description="[height, width, channels]")
+    size_bytes: int = Field(description="Stored size.")
+    upload_bytes: int
+    created_at: dt.datetime
+
+
+# ------------------------------------------------------------------------------------------------- teachers
+
+class InputConfigIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    size: int = Field(224, ge=8, le=1024)
+    channels: Literal[1, 3] = 3
+    mean: list[float] = Field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = Field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+class TeacherCreate(BaseModel):
+    """The text fields of ``POST /v1/teachers`` (sent as multipart fields beside the ``weights`` file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    arch: str = Field(min_length=1, max_length=128, description="timm architecture name")
+    name: str = Field(min_length=1, max_length=255)
+    labels: list[str] = Field(min_length=2, max_length=100_000)
+    input: InputConfigIn = Field(default_factory=InputConfigIn)
+    arch_kwargs: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+                           description="Default: a slug of the name.")
+
+
+class TeacherSummary(BaseModel):
+    id: str
+    name: str
+    arch: str
+    num_classes: int
+    num_params: int
+    weights_sha256: str
+    input: dict[str, Any]
+    metadata: dict[str, Any]
+    created_at: dt.datetime
+
+
+class TeacherOut(TeacherSummary):
+    labels: list[str]
+    arch_kwargs: dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------------------- jobs
+
+class RankingCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: str = Field(min_length=1, max_length=64)
+    metrics: list[str] = Field(default_factory=lambda: ["ot"], min_length=1,
+                               description=f"Any of {', '.join(METRIC_CHOICES)}, or \"all\"; the first orders.")
+    teacher_ids: list[str] | None = Field(None, min_length=1, max_length=10_000,
+                                          description="Default: every teacher of the repository.")
+    top_k: int | None = Field(None, ge=1)
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _metrics(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [m.strip() for m in v.split(",") if m.strip()]
+        if isinstance(v, list):
+            out: list[str] = []
+            for m in v:
+                if not isinstance(m, str):
+                    return v  # let the type check report it
+                names = list(METRIC_CHOICES) if m == "all" else [m]
+                for n in names:
+                    if n not in METRIC_CHOICES:
+                        raise ValueError(f"unknown metric {n!r}; choose from {', '.join(METRIC_CHOICES)} or 'all'")
+                    if n not in out:
+                        out.append(n)
+            return out
+        return v
+
+    @field_validator("teacher_ids")
+    @classmethod
+    def _unique(cls, v: list[str] | None) -> list[str] | None:
+        return list(dict.fromkeys(v)) if v is not None else None
+
+
+class DistillationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: str = Field(min_length=1, max_length=64)
+    teacher_ids: list[str] = Field(default_factory=list, max_length=64,
+                                   description="One or more teachers; several are weighted by OT relatedness. "
+                                               "May be empty with ce_only.")
+    student_arch: str | None = Field(None, min_length=1, max_length=128, description="timm architecture")
+    epochs: int | None = Field(None, ge=1)
+    min_steps: int | None = Field(None, ge=0, description="Train at least this many optimiser steps (more epochs "
+                                                           "than asked on tiny data); 0: exactly `epochs`.")
+    lam: float | None = Field(None, ge=0, allow_inf_nan=False)
+    tau: float | None = Field(None, gt=0, allow_inf_nan=False)
+    ce_only: bool = False
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @field_validator("teacher_ids")
+    @classmethod
+    def _no_repeats(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("a teacher is named twice")
+        return v
+
+
+class JobLinks(BaseModel):
+    self: str
+    result: str | None = None
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: Literal["ranking", "distillation"]
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: float = Field(ge=0, le=1)
+    message: str
+    dataset_id: str
+    params: dict[str, Any]
+    error: str | None
+    attempts: int
+    result_id: str | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    links: JobLinks
+
+
+# ------------------------------------------------------------------------------------------------- results
+
+class RankedTeacher(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    rank: int
+    teacher_id: str
+    name: str
+    scores: dict[str, dict[str, Any]]
+    correspondences: dict[str, list[list[Any]]]
+    cached: bool
+
+
+class RankingOut(BaseModel):
+    """``Ranking.to_dict()`` of the library (what ``hubscout rank --json`` prints), plus the ids around it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    job_id: str
+    dataset_id: str
+    created_at: dt.datetime
+    dataset_sha256: str
+    metrics: list[str]
+    primary: str
+    directions: dict[str, str]
+    n_samples: int
+    classes: list[str]
+    elapsed_s: float
+    teachers: list[RankedTeacher]
+
+
+class StudentOut(BaseModel):
+    id: str
+    job_id: str
+    dataset_id: str
+    teacher_ids: list[str]
+    student_arch: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    archive_bytes: int
+    archive_sha256: str
+    created_at: dt.datetime
+    download: str
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    checks: dict[str, str]
+    mode: Literal["embedded", "distributed"]

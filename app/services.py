@@ -1,0 +1,377 @@
+"""What the routes do, kept out of the routes: ingesting uploads, adding teachers, creating and reading jobs.
+
+Every operation validates fully before it writes, and cleans up what it wrote if a later step fails, so a bad
+request leaves nothing half-stored.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from app import jobs
+from app.db import Database
+from app.models import (DatasetRow, JobKind, JobRow, JobStatus, RankingRow, StudentRow, TeacherRow, json_safe,
+                        new_id)
+from app.problems import Problem, not_found
+from app.queue import JobQueue
+from app.repository import row_from_teacher
+from app.schemas import DistillationCreate, RankingCreate, TeacherCreate
+from app.settings import Settings
+from app.storage import LocalStorage
+from app.uploads import UploadedFile
+
+log = logging.getLogger("hubscout.api")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    storage: LocalStorage
+    queue: JobQueue
+
+    @property
+    def repository(self):
+        from hubscout.teachers import Repository
+
+        return Repository(self.settings.repository_dir)
+
+    def close(self) -> None:
+        self.queue.close()
+        self.db.dispose()
+
+
+def _invalid(detail: str, **ext: Any) -> Problem:
+    return Problem(422, detail, type_="validation-error", title="Invalid request", **ext)
+
+
+# ------------------------------------------------------------------------------------------------- datasets
+
+def _display_name(name: str) -> str:
+    name = re.sub(r"[\x00-\x1f\x7f]", "", name).strip()
+    return name[:255]
+
+
+def ingest_dataset(svc: Services, upload: UploadedFile, name: str) -> tuple[DatasetRow, bool]:
+    """Parse an uploaded file into a dataset and store it in canonical form (npz) once per content hash.
+    Returns (row, created)."""
+    from hubscout.data import DatasetError, Limits, load_dataset
+
+    s = svc.settings
+    limits = Limits(max_samples=s.max_samples, max_classes=s.max_classes, max_side=s.max_image_side,
+                    max_pixels=s.max_decoded_bytes)
+    try:
+        ds = load_dataset(upload.path, limits=limits, name=_display_name(name))
+    except DatasetError as e:
+        raise Problem(422, str(e), type_="invalid-dataset", title="Invalid dataset") from None
+    sha = ds.sha256
+    with svc.db.session() as sess:
+        existing = sess.scalar(select(DatasetRow).where(DatasetRow.sha256 == sha))
+    if existing is not None:
+        return existing, False
+
+    dataset_id = new_id("ds_")
+    key = f"datasets/{dataset_id}.npz"
+    dest = svc.storage.path(key)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = svc.storage.tmp_path().with_suffix(".npz")
+    try:
+        ds.save(tmp)
+        size = tmp.stat().st_size
+        os.replace(tmp, dest)
+        row = DatasetRow(id=dataset_id, sha256=sha, name=ds.name, n_samples=len(ds), num_classes=ds.num_classes,
+                         classes=list(ds.classes), class_counts=ds.class_counts(),
+                         image_shape=[int(x) for x in ds.images.shape[1:]], storage_key=key, size_bytes=size,
+                         upload_bytes=upload.size)
+        with svc.db.session() as sess:
+            sess.add(row)
+            try:
+                sess.commit()
+                return row, True
+            except IntegrityError:
+                sess.rollback()  # the same content uploaded concurrently: keep the other copy
+        svc.storage.delete(key)
+        with svc.db.session() as sess:
+            other = sess.scalar(select(DatasetRow).where(DatasetRow.sha256 == sha))
+        if other is None:
+            raise RuntimeError("dataset insert failed without a conflicting row")
+        return other, False
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        svc.storage.delete(key)
+        raise
+
+
+def get_dataset(svc: Services, dataset_id: str) -> DatasetRow:
+    with svc.db.session() as s:
+        row = s.get(DatasetRow, dataset_id)
+    if row is None:
+        raise not_found("dataset", dataset_id)
+    return row
+
+
+# ------------------------------------------------------------------------------------------------- teachers
+
+# timm.create_model reads files (checkpoint_path, pretrained_cfg with a file, cache_dir) from some keyword
+# arguments; none of that may be steered by a request.
+_FORBIDDEN_KWARG = re.compile(r"pretrained|checkpoint|path|file|dir|url|cfg|hub", re.IGNORECASE)
+
+
+def _check_arch_kwargs(kwargs: dict[str, Any]) -> None:
+    for k, v in kwargs.items():
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,63}", k) or _FORBIDDEN_KWARG.search(k):
+            raise _invalid(f"arch_kwargs: {k!r} is not an accepted architecture argument")
+        if not _plain_value(v):
+            raise _invalid(f"arch_kwargs: {k!r} must be a number, a boolean, a short name or a list of those")
+
+
+def _plain_value(v: Any, depth: int = 0) -> bool:
+    if v is None or isinstance(v, (bool, int, float)):
+        return True
+    if isinstance(v, str):
+        return re.fullmatch(r"[A-Za-z0-9_.-]{0,64}", v) is not None
+    if isinstance(v, list) and depth < 2 and len(v) <= 64:
+        return all(_plain_value(x, depth + 1) for x in v)
+    return False
+
+
+def _parse_teacher_fields(fields: dict[str, str]) -> TeacherCreate:
+    data: dict[str, Any] = {}
+    for key, value in fields.items():
+        if key in ("input", "arch_kwargs", "metadata"):
+            try:
+                data[key] = json.loads(value)
+            except json.JSONDecodeError as e:
+                raise _invalid(f"{key}: not valid JSON ({e})") from None
+        elif key == "labels":
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    data[key] = json.loads(text)
+                except json.JSONDecodeError as e:
+                    raise _invalid(f"labels: not valid JSON ({e})") from None
+            else:
+                data[key] = [line.strip() for line in text.splitlines() if line.strip()]
+        else:
+            data[key] = value
+    try:
+        return TeacherCreate.model_validate(data)
+    except ValidationError as e:
+        errors = [{"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]} for err in e.errors()]
+        detail = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'request'}: {x['msg']}" for x in errors[:5])
+        raise _invalid(detail, errors=errors) from None
+
+
+def add_teacher(svc: Services, upload: UploadedFile | None, fields: dict[str, str]) -> TeacherRow:
+    from hubscout.teachers import InputConfig, TeacherError, slugify
+
+    if upload is None:
+        raise _invalid("no file part named 'weights' (a safetensors state dict)")
+    body = _parse_teacher_fields(fields)
+    _check_arch_kwargs(body.arch_kwargs)
+    repo = svc.repository
+    teacher_id = body.id or slugify(body.name)
+    if teacher_id in repo:
+        raise Problem(409, f"teacher {teacher_id!r} already exists", type_="conflict", title="Conflict")
+    try:
+        input_cfg = InputConfig(body.input.size, body.input.channels, tuple(body.input.mean), tuple(body.input.std))
+        teacher = repo.add(arch=body.arch, weights=upload.path, labels=body.labels, name=body.name, input=input_cfg,
+                           arch_kwargs=body.arch_kwargs, metadata=body.metadata, teacher_id=teacher_id)
+    except TeacherError as e:
+        if "already exists" in str(e):
+            raise Problem(409, str(e), type_="conflict", title="Conflict") from None
+        raise Problem(422, str(e), type_="invalid-teacher", title="Invalid teacher") from None
+    try:
+        with svc.db.session() as s:
+            row = s.merge(row_from_teacher(teacher))
+            s.commit()
+            return row
+    except BaseException:
+        repo.remove(teacher.id)  # the folder and the table stay in step
+        raise
+
+
+def list_teachers(svc: Services, limit: int, offset: int, name: str | None) -> tuple[list[TeacherRow], int]:
+    with svc.db.session() as s:
+        q = select(TeacherRow)
+        c = select(func.count()).select_from(TeacherRow)
+        if name:
+            q, c = q.where(TeacherRow.name == name), c.where(TeacherRow.name == name)
+        total = s.scalar(c) or 0
+        rows = list(s.scalars(q.order_by(TeacherRow.id).limit(limit).offset(offset)))
+    return rows, total
+
+
+def get_teacher(svc: Services, teacher_id: str) -> TeacherRow:
+    with svc.db.session() as s:
+        row = s.get(TeacherRow, teacher_id)
+    if row is None:
+        raise not_found("teacher", teacher_id)
+    return row
+
+
+def delete_teacher(svc: Services, teacher_id: str) -> None:
+    from hubscout.teachers import TeacherNotFound
+
+    repo = svc.repository
+    with svc.db.session() as s:
+        row = s.get(TeacherRow, teacher_id)
+        in_repo = teacher_id in repo
+        if row is None and not in_repo:
+            raise not_found("teacher", teacher_id)
+        if in_repo:
+            try:
+                repo.remove(teacher_id)
+            except TeacherNotFound:
+                pass
+        if row is not None:
+            s.delete(row)
+        s.commit()
+
+
+# ------------------------------------------------------------------------------------------------- jobs
+
+def _check_teachers(svc: Services, teacher_ids: list[str]) -> None:
+    with svc.db.session() as s:
+        known = set(s.scalars(select(TeacherRow.id).where(TeacherRow.id.in_(teacher_ids))))
+    unknown = [t for t in teacher_ids if t not in known]
+    if unknown:
+        raise _invalid(f"unknown teacher(s): {', '.join(unknown[:20])}", unknown_teachers=unknown)
+
+
+def _create_job(svc: Services, kind: str, dataset_id: str, params: dict[str, Any]) -> JobRow:
+    job = JobRow(id=new_id("job_"), kind=kind, status=JobStatus.QUEUED, progress=0.0, message="queued",
+                 params=json_safe(params), dataset_id=dataset_id, attempts=0)
+    with svc.db.session() as s:
+        s.add(job)
+        s.commit()
+    try:
+        jobs.resend(svc.db, job.id, svc.queue.enqueue)
+    except Exception as e:
+        log.exception("could not enqueue job %s", job.id)
+        with svc.db.session() as s:
+            row = s.get(JobRow, job.id)
+            if row is not None:
+                row.status, row.error, row.message = JobStatus.FAILED, f"could not reach the broker: {e}", "failed"
+                s.commit()
+        raise Problem(503, "the job queue is unavailable; try again later", type_="queue-unavailable",
+                      title="Service unavailable") from None
+    return get_job(svc, job.id, sweep=False)
+
+
+def _require_dataset(svc: Services, dataset_id: str) -> DatasetRow:
+    with svc.db.session() as s:
+        row = s.get(DatasetRow, dataset_id)
+    if row is None:
+        raise _invalid(f"dataset {dataset_id!r} does not exist (upload it with POST /v1/datasets)")
+    return row
+
+
+def create_ranking(svc: Services, body: RankingCreate) -> JobRow:
+    _require_dataset(svc, body.dataset_id)
+    if body.teacher_ids is not None:
+        _check_teachers(svc, body.teacher_ids)
+    else:
+        with svc.db.session() as s:
+            if not s.scalar(select(func.count()).select_from(TeacherRow)):
+                raise Problem(409, "the teacher repository is empty", type_="conflict", title="Conflict")
+    params = {"metrics": body.metrics, "teacher_ids": body.teacher_ids, "top_k": body.top_k}
+    return _create_job(svc, JobKind.RANKING, body.dataset_id, params)
+
+
+def create_distillation(svc: Services, body: DistillationCreate) -> JobRow:
+    from hubscout.distill import DistillConfig
+
+    _require_dataset(svc, body.dataset_id)
+    if not body.teacher_ids and not body.ce_only:
+        raise _invalid("teacher_ids: name at least one teacher (or set ce_only)")
+    if body.teacher_ids:
+        _check_teachers(svc, body.teacher_ids)
+    if body.epochs is not None and body.epochs > svc.settings.max_epochs:
+        raise _invalid(f"epochs: at most {svc.settings.max_epochs}")
+    overrides = {k: v for k, v in body.model_dump(include={"student_arch", "epochs", "min_steps", "lam", "tau"}).items()
+                 if v is not None}
+    try:
+        config = DistillConfig.from_dict({**DistillConfig().to_dict(), **overrides, "ce_only": body.ce_only,
+                                          "seed": body.seed})
+    except ValueError as e:
+        raise _invalid(str(e)) from None
+    import timm
+
+    if not timm.is_model(config.student_arch):
+        raise _invalid(f"student_arch: unknown timm architecture {config.student_arch!r}")
+    params = {"teacher_ids": body.teacher_ids, "config": config.to_dict()}
+    return _create_job(svc, JobKind.DISTILLATION, body.dataset_id, params)
+
+
+def get_job(svc: Services, job_id: str, sweep: bool = True) -> JobRow:
+    if sweep:
+        # A reader may be the first to notice that a worker died; recovering here means no job stays
+        # "running" for ever even when every worker is gone.
+        jobs.sweep(svc.db, svc.settings, svc.queue.enqueue, job_ids=[job_id])
+    with svc.db.session() as s:
+        row = s.get(JobRow, job_id)
+    if row is None:
+        raise not_found("job", job_id)
+    return row
+
+
+def list_jobs(svc: Services, limit: int, offset: int, status: str | None, kind: str | None
+              ) -> tuple[list[JobRow], int]:
+    jobs.sweep(svc.db, svc.settings, svc.queue.enqueue, limit=20)
+    with svc.db.session() as s:
+        q = select(JobRow)
+        c = select(func.count()).select_from(JobRow)
+        if status:
+            q, c = q.where(JobRow.status == status), c.where(JobRow.status == status)
+        if kind:
+            q, c = q.where(JobRow.kind == kind), c.where(JobRow.kind == kind)
+        total = s.scalar(c) or 0
+        rows = list(s.scalars(q.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit).offset(offset)))
+    return rows, total
+
+
+def cancel_job(svc: Services, job_id: str) -> JobRow:
+    row = get_job(svc, job_id, sweep=False)
+    if not jobs.cancel(svc.db, job_id):
+        row = get_job(svc, job_id, sweep=False)
+        raise Problem(409, f"job {job_id!r} is already {row.status}", type_="conflict", title="Conflict",
+                      job_status=row.status)
+    if row.status == JobStatus.QUEUED:
+        # Spares a worker from picking the message up; a running task stops by itself at its next check.
+        svc.queue.revoke(row.task_id)
+    return get_job(svc, job_id, sweep=False)
+
+
+def get_ranking(svc: Services, ranking_id: str) -> RankingRow:
+    with svc.db.session() as s:
+        row = s.get(RankingRow, ranking_id)
+    if row is None:
+        raise not_found("ranking", ranking_id)
+    return row
+
+
+def get_student(svc: Services, student_id: str) -> StudentRow:
+    with svc.db.session() as s:
+        row = s.get(StudentRow, student_id)
+    if row is None:
+        raise not_found("student", student_id)
+    return row
+
+
+def student_archive(svc: Services, student_id: str) -> tuple[StudentRow, Path]:
+    row = get_student(svc, student_id)
+    path = svc.storage.path(row.archive_key)
+    if not path.is_file():
+        raise Problem(410, f"the archive of student {student_id!r} is missing from storage", type_="gone",
+                      title="Gone")
+    return row, path

@@ -1,0 +1,118 @@
+"""Every knob of the service, in one place.
+
+With no configuration at all the service is self-contained ("embedded"): a SQLite file, local file storage and a
+Celery worker on a filesystem broker, all under the data dir. Setting ``DATABASE_URL`` and ``CELERY_BROKER_URL``
+switches to PostgreSQL and Redis; any number of ``celery -A worker.celery_app worker`` processes can then run on
+other machines, provided they see the same storage and repository folders (a shared volume).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HUBSCOUT_", extra="ignore", populate_by_name=True)
+
+    # --- infrastructure (standard names, no prefix)
+    database_url: str | None = Field(
+        None, validation_alias=AliasChoices("DATABASE_URL"),
+        description="SQLAlchemy URL, e.g. postgresql+psycopg://user:pw@host/db. Default: SQLite under data_dir.")
+    celery_broker_url: str | None = Field(
+        None, validation_alias=AliasChoices("CELERY_BROKER_URL"),
+        description="Celery broker, e.g. redis://host:6379/0. Default: a filesystem broker under data_dir.")
+
+    # --- folders
+    data_dir: Path = Field(Path("var"), description="Root of everything the service writes by default.")
+    storage_dir: Path | None = Field(None, description="Blob storage (datasets, cached outputs, students); "
+                                                       "shared by API and workers. Default: <data_dir>/storage.")
+    # The CLI reads HUBSCOUT_REPO for the same folder, so both names are accepted.
+    repository_dir: Path = Field(Path("demo-zoo"), validation_alias=AliasChoices(
+        "HUBSCOUT_REPOSITORY_DIR", "HUBSCOUT_REPO"),
+        description="Teacher repository folder; shared by API and workers.")
+    build_demo_zoo: bool = Field(True, description="Build the demo zoo on first start when the repository "
+                                                   "folder is missing.")
+    demo_zoo_quick: bool = Field(False, description="Build the small (test) demo zoo instead of the full one.")
+
+    # --- uploads and limits
+    max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1, description="Largest dataset upload.")
+    max_teacher_upload_bytes: int = Field(1024 * 1024 * 1024, ge=1, description="Largest teacher weights upload.")
+    upload_chunk_bytes: int = Field(1024 * 1024, ge=4096, description="Bytes written to storage per chunk.")
+    max_form_field_bytes: int = Field(1024 * 1024, ge=1024, description="Largest non-file multipart field.")
+    max_samples: int = Field(200_000, ge=1)
+    max_classes: int = Field(1_000, ge=2)
+    max_image_side: int = Field(1024, ge=8)
+    max_decoded_bytes: int = Field(2_000_000_000, ge=1, description="Largest dataset once decoded (uint8 values); "
+                                                                     "guards against archive bombs.")
+    max_page_size: int = Field(500, ge=1)
+    max_epochs: int = Field(200, ge=1, description="Upper bound on a distillation's epochs.")
+
+    # --- jobs and workers
+    job_max_attempts: int = Field(3, ge=1, description="Deliveries of a job (worker lost) before it is failed.")
+    heartbeat_seconds: float = Field(10.0, gt=0, description="How often a running job proves its worker alive.")
+    stale_after_seconds: float = Field(60.0, gt=0, description="A running job silent this long has lost its "
+                                                                "worker and is re-queued or failed.")
+    visibility_timeout: int = Field(3600, ge=1, description="Redis: seconds before an unacknowledged task is "
+                                                            "redelivered to another worker.")
+    local_worker: bool | None = Field(None, description="Start a Celery worker next to the API in `serve`. "
+                                                        "Default: only with the embedded filesystem broker.")
+    worker_concurrency: int = Field(1, ge=1)
+    device: str | None = Field(None, description="torch device for workers; default cuda when available.")
+    batch_size: int = Field(64, ge=1)
+    auto_migrate: bool = Field(True, description="Run Alembic migrations when the API starts.")
+    log_level: str = "INFO"
+
+    @field_validator("database_url", "celery_broker_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v):
+        return v or None
+
+    # ------------------------------------------------------------------------------------------ derived values
+
+    @property
+    def storage_root(self) -> Path:
+        return (self.storage_dir or self.data_dir / "storage").resolve()
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            url = self.database_url
+            # Plain postgresql:// would pick psycopg2, which is not installed; psycopg 3 is.
+            if url.startswith("postgresql://") or url.startswith("postgres://"):
+                url = "postgresql+psycopg://" + url.split("://", 1)[1]
+            return url
+        return f"sqlite:///{(self.data_dir / 'hubscout.db').resolve()}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.sqlalchemy_url.startswith("sqlite")
+
+    @property
+    def broker_url(self) -> str:
+        # The filesystem transport ignores the host; naming one spares kombu's "no hostname" warning.
+        return self.celery_broker_url or "filesystem://localhost/"
+
+    @property
+    def broker_is_filesystem(self) -> bool:
+        return self.broker_url.startswith("filesystem://")
+
+    @property
+    def broker_dir(self) -> Path:
+        return (self.data_dir / "broker").resolve()
+
+    @property
+    def embedded(self) -> bool:
+        """No external broker: the API process must bring its own worker."""
+        return self.broker_is_filesystem
+
+    @property
+    def start_local_worker(self) -> bool:
+        return self.embedded if self.local_worker is None else self.local_worker
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

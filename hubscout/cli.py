@@ -1,0 +1,286 @@
+"""The ``hubscout`` command line: teachers, demo data, ranking, distillation, evaluation, and the server."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Rank a model repository's teachers for your labelled task, and distil a student.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+teachers_app = typer.Typer(help="Manage the teacher repository.", no_args_is_help=True)
+zoo_app = typer.Typer(help="Build the demo teacher repository.", no_args_is_help=True)
+data_app = typer.Typer(help="Ready-made target datasets.", no_args_is_help=True)
+app.add_typer(teachers_app, name="teachers")
+app.add_typer(zoo_app, name="zoo")
+app.add_typer(data_app, name="data")
+
+console = Console(stderr=True)
+DEFAULT_REPO = os.environ.get("HUBSCOUT_REPO", "demo-zoo")
+RepoOpt = typer.Option(DEFAULT_REPO, "--repo", help="Teacher repository folder (env HUBSCOUT_REPO).")
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    console.print(f"[red]error:[/red] {msg}")
+    raise typer.Exit(code)
+
+
+def _guard(fn):
+    """Turn the library's user-facing errors into a one-line message and exit code 2, not a traceback."""
+    import functools
+
+    from hubscout.data import DatasetError
+    from hubscout.teachers import TeacherError, TeacherNotFound
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except TeacherNotFound as e:
+            _fail(f"unknown teacher: {e.args[0]}")
+        except (DatasetError, TeacherError, ValueError, FileNotFoundError) as e:
+            _fail(str(e))
+    return wrapper
+
+
+def _repo(path: str):
+    from hubscout.teachers import Repository
+
+    repo = Repository(path)
+    if not repo.root.is_dir():
+        _fail(f"no teacher repository at {path} (build one with `hubscout zoo demo --out {path}`)")
+    return repo
+
+
+def _print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------- teachers
+
+@teachers_app.command("add")
+@_guard
+def teachers_add(
+    arch: str = typer.Option(..., help="timm architecture name, e.g. resnet10t"),
+    weights: Path = typer.Option(..., exists=True, dir_okay=False, help="safetensors state dict"),
+    labels: Path = typer.Option(..., exists=True, dir_okay=False, help="JSON list or one label per line"),
+    name: str = typer.Option(..., help="human-readable name"),
+    teacher_id: Optional[str] = typer.Option(None, "--id", help="id (default: slug of the name)"),
+    input_size: int = typer.Option(224, help="square input side"),
+    channels: int = typer.Option(3, help="input channels (1 or 3)"),
+    mean: str = typer.Option("0.485,0.456,0.406", help="per-channel mean, comma separated"),
+    std: str = typer.Option("0.229,0.224,0.225", help="per-channel std, comma separated"),
+    task: str = typer.Option("", help="what the teacher was trained for"),
+    metadata: str = typer.Option("{}", help="extra metadata as a JSON object"),
+    repo: str = RepoOpt,
+) -> None:
+    """Validate a teacher's weights against its architecture and labels, then add it."""
+    from hubscout.teachers import InputConfig, Repository, load_labels
+
+    mean_v = tuple(float(x) for x in mean.split(","))
+    std_v = tuple(float(x) for x in std.split(","))
+    if channels == 1 and len(mean_v) == 3:
+        mean_v, std_v = mean_v[:1], std_v[:1]
+    try:
+        meta = json.loads(metadata)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--metadata is not JSON: {e}") from e
+    if task:
+        meta["task"] = task
+    t = Repository(repo).add(arch=arch, weights=weights, labels=load_labels(labels), name=name,
+                             input=InputConfig(input_size, channels, mean_v, std_v), metadata=meta,
+                             teacher_id=teacher_id)
+    console.print(f"added teacher [bold]{t.id}[/bold] ({t.arch}, {t.num_classes} classes, {t.num_params:,} params)")
+
+
+@teachers_app.command("list")
+@_guard
+def teachers_list(repo: str = RepoOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+    """List the repository's teachers."""
+    teachers = _repo(repo).list()
+    if as_json:
+        _print_json([t.to_dict() for t in teachers])
+        return
+    table = Table("id", "arch", "classes", "params", "task")
+    for t in teachers:
+        table.add_row(t.id, t.arch, str(t.num_classes), f"{t.num_params:,}", str(t.metadata.get("task", "")))
+    Console().print(table)
+
+
+@teachers_app.command("spec")
+@_guard
+def teachers_spec(repo: str = RepoOpt) -> None:
+    """Compute the search specification of every teacher that lacks one (see docs/method.md)."""
+    from hubscout.spec import ensure_specifications
+
+    n = ensure_specifications(_repo(repo), show_progress=True)
+    console.print(f"{n} specification(s) computed")
+
+
+@teachers_app.command("show")
+@_guard
+def teachers_show(teacher_id: str, repo: str = RepoOpt) -> None:
+    """Show one teacher's description."""
+    _print_json(_repo(repo).get(teacher_id).to_dict())
+
+
+# ------------------------------------------------------------------------------------------------ demo data
+
+@zoo_app.command("demo")
+@_guard
+def zoo_demo(out: Path = typer.Option(Path(DEFAULT_REPO), help="output folder"),
+             quick: bool = typer.Option(False, help="a small repository (for tests)"),
+             seed: int = typer.Option(0)) -> None:
+    """Build the demo repository offline: ImageNet EfficientNet-Lite teachers + small teachers on real data."""
+    from hubscout.zoo import build_demo_zoo
+
+    from hubscout.spec import ensure_specifications
+
+    repo = build_demo_zoo(out, quick=quick, seed=seed, show_progress=True)
+    ensure_specifications(repo, show_progress=True)
+    console.print(f"demo repository at {out}: {len(repo)} teachers")
+
+
+@data_app.command("demo-target")
+@_guard
+def data_demo_target(name: str = typer.Argument(..., help="target name (see `hubscout data targets`)"),
+                     shots: int = typer.Option(10, help="samples per class"),
+                     out: Path = typer.Option(..., help="output .npz or .zip"),
+                     seed: int = typer.Option(0), split: str = typer.Option("train", help="train or test")) -> None:
+    """Write a ready-made few-shot target dataset (.npz, or an ImageFolder .zip)."""
+    from hubscout.data import write_image_folder_zip
+    from hubscout.sources import demo_target
+
+    ds = demo_target(name, shots=shots, seed=seed, split=split)
+    if out.suffix == ".zip":
+        write_image_folder_zip(ds, out)
+    else:
+        ds.save(out)
+    console.print(f"wrote {out}: {len(ds)} images, classes {', '.join(ds.classes)}")
+
+
+@data_app.command("targets")
+def data_targets() -> None:
+    """List the ready-made targets."""
+    from hubscout.sources import TARGETS
+
+    for name in TARGETS:
+        typer.echo(name)
+
+
+# ---------------------------------------------------------------------------------------------------- rank
+
+@app.command("rank")
+@_guard
+def rank_cmd(
+    dataset: Path = typer.Argument(..., exists=True, dir_okay=False, help=".zip (ImageFolder) or .npz"),
+    repo: str = RepoOpt,
+    metric: str = typer.Option("ot", help="ot, leep, nce, logme, hscore, a comma list, or all (first orders)"),
+    top: Optional[int] = typer.Option(None, "--top", help="show the best K"),
+    teachers: Optional[str] = typer.Option(None, "--teachers", help="comma-separated teacher ids"),
+    cost: str = typer.Option("proto-softmax", help="OT cost matrix: proto-softmax, proto or joint"),
+    cache_dir: Optional[Path] = typer.Option(None, help="cache teacher outputs here"),
+    shortlist: Optional[int] = typer.Option(None, help="score all teachers from their specifications first and "
+                                                       "run only the best K (large repositories)"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output, no progress bars"),
+) -> None:
+    """Rank the repository's teachers for DATASET."""
+    from hubscout.data import load_dataset
+    from hubscout.extract import FileCache
+    from hubscout.rank import rank
+
+    ds = load_dataset(dataset)
+    ranking = rank(ds, _repo(repo), metrics=metric, top_k=top,
+                   teacher_ids=teachers.split(",") if teachers else None,
+                   cache=FileCache(cache_dir) if cache_dir else None, cost=cost, show_progress=not as_json,
+                   shortlist_k=shortlist)
+    if as_json:
+        _print_json(ranking.to_dict())
+        return
+    table = Table("rank", "teacher", *[f"{m} ({'↓' if ranking.to_dict()['directions'][m] == 'lower' else '↑'})"
+                                        for m in ranking.metrics], "top correspondences", "s")
+    for e in ranking.entries:
+        corr = "; ".join(f"{c}←{pairs[0][0]} {pairs[0][1]:.0%}" for c, pairs in list(e.correspondences.items())[:4]
+                         if pairs)
+        table.add_row(str(e.rank), e.teacher_id, *[f"{e.scores[m]:.4f}" for m in ranking.metrics], corr,
+                      f"{e.forward_s + e.score_s:.2f}")
+    Console().print(table)
+    if ranking.shortlist:
+        console.print(f"shortlist: {ranking.shortlist['kept']} of {ranking.shortlist['considered']} teachers "
+                      f"by specification in {ranking.shortlist['elapsed_s']:.2f} s")
+    console.print(f"{len(ds)} samples, {ds.num_classes} classes, ranked in {ranking.elapsed_s:.1f} s")
+
+
+# ------------------------------------------------------------------------------------------------- distill
+
+@app.command("distill")
+@_guard
+def distill_cmd(
+    dataset: Path = typer.Argument(..., exists=True, dir_okay=False),
+    teacher: str = typer.Option(..., "--teacher", help="teacher id, or several comma-separated"),
+    out: Path = typer.Option(..., help="output folder for the student"),
+    repo: str = RepoOpt,
+    student: Optional[str] = typer.Option(None, "--student", help="timm architecture of the student"),
+    epochs: Optional[int] = typer.Option(None),
+    lam: Optional[float] = typer.Option(None, help="weight of the OT term"),
+    tau: Optional[float] = typer.Option(None, help="softening temperature"),
+    ce_only: bool = typer.Option(False, "--ce-only", help="train with cross-entropy only, for comparison"),
+    seed: int = typer.Option(0),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Distil a student for DATASET from one or more teachers (several are weighted by relatedness)."""
+    from hubscout.data import load_dataset
+    from hubscout.distill import DistillConfig, distill
+    from hubscout.rank import relatedness_weights
+
+    ds = load_dataset(dataset)
+    r = _repo(repo)
+    ids = [t for t in teacher.split(",") if t]
+    cfg = DistillConfig()
+    overrides = {"student_arch": student, "epochs": epochs, "lam": lam, "tau": tau}
+    cfg = DistillConfig.from_dict({**cfg.to_dict(), **{k: v for k, v in overrides.items() if v is not None},
+                                   "ce_only": ce_only, "seed": seed})
+    weights = relatedness_weights(ds, r, ids) if len(ids) > 1 and not ce_only else None
+    result = distill(ds, r, ids, cfg, weights=weights, show_progress=not as_json)
+    result.save(out)
+    summary = {"out": str(out), **{k: v for k, v in result.metrics.items() if k != "curves"}}
+    if as_json:
+        _print_json(summary)
+    else:
+        console.print(f"student saved to {out}: train accuracy {result.metrics.get('train_accuracy', 0):.3f}, "
+                      f"validation accuracy {result.metrics.get('val_accuracy', float('nan')):.3f}")
+
+
+@app.command("evaluate")
+@_guard
+def evaluate_cmd(student_dir: Path = typer.Argument(..., exists=True, file_okay=False),
+                 dataset: Path = typer.Argument(..., exists=True, dir_okay=False),
+                 as_json: bool = typer.Option(False, "--json")) -> None:
+    """Accuracy of a saved student on a labelled dataset."""
+    from hubscout.data import load_dataset
+    from hubscout.distill import evaluate, load_student
+
+    res = evaluate(load_student(student_dir), load_dataset(dataset))
+    if as_json:
+        _print_json(res)
+    else:
+        typer.echo(f"accuracy {res['accuracy']:.4f} on {res['n']} samples")
+
+
+# --------------------------------------------------------------------------------------------------- serve
+
+@app.command("serve")
+def serve_cmd(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000)) -> None:
+    """Run the REST API (embedded default: SQLite, a local Celery worker, local storage)."""
+    from app.main import serve
+
+    serve(host=host, port=port)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,319 @@
+"""Baseline transferability scores and the metric registry used to rank teachers.
+
+Every baseline is "higher = more transferable"; the OT relatedness of :mod:`hubscout.ot` is "lower = better".
+Values follow the reference implementations in thuml/LogME and thuml/Transfer-Learning-Library
+(``tllib.ranking``) on the same inputs; where we deliberately differ it is said in the docstring.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import scipy.linalg
+
+from hubscout.ot import _as_labels, _as_matrix, _as_probs, _class_counts, _class_sums, cost_matrix, ot_relatedness
+
+__all__ = ["leep", "nce", "hscore", "logme", "Metric", "METRICS"]
+
+
+def _probs_and_labels(probs, labels, n_classes):
+    p = _as_probs(probs)
+    return p, _as_labels(labels, n_classes, p.shape[0])
+
+
+def _features_and_labels(features, labels, n_classes):
+    f = _as_matrix(features, "features")
+    y = _as_labels(labels, n_classes, f.shape[0])
+    if f.shape[0] < 2:
+        raise ValueError("need at least 2 samples")
+    return f, y
+
+
+def leep(probs, labels, n_classes: int) -> float:
+    r"""LEEP, Nguyen et al., "LEEP: A New Measure to Evaluate Transferability of Learned Representations",
+    ICML 2020.
+
+    With :math:`\theta_i` the teacher's softmax over source classes z:
+    :math:`\hat P(y, z) = \frac1N \sum_i \theta_{iz} [y_i = y]`, :math:`\hat P(y|z) = \hat P(y,z) / \hat P(z)`,
+    :math:`\mathrm{LEEP} = \frac1N \sum_i \log \sum_z \hat P(y_i|z)\, \theta_{iz}` (<= 0; higher is better).
+
+    probs (N, K), labels (N,) in [0, n_classes).
+    """
+    p, y = _probs_and_labels(probs, labels, n_classes)
+    joint = _class_sums(p, y, n_classes) / p.shape[0]  # (C, K)
+    pz = joint.sum(axis=0)
+    # A source class no sample puts mass on never enters the sum below (theta_iz = 0), so 0 is as good as any.
+    cond = np.divide(joint, pz[None, :], out=np.zeros_like(joint), where=pz[None, :] > 0)  # P(y|z), (C, K)
+    # EEP for the true label only, sum_z theta_iz P(y_i|z), one class at a time: no (N, C) or second (N, K) array.
+    eep = np.empty(y.size)
+    for c in np.unique(y):
+        sel = y == c
+        eep[sel] = p[sel] @ cond[c]
+    # eep_i > 0 always: every z with theta_iz > 0 gets P(y_i|z) >= theta_iz / (N P(z)) > 0 from sample i itself.
+    return float(np.mean(np.log(eep)))
+
+
+def nce(probs, labels, n_classes: int) -> float:
+    r"""NCE, Tran et al., "Transferability and Hardness of Supervised Classification Tasks", ICCV 2019.
+
+    Hard source labels :math:`z_i = \arg\max_k \theta_{ik}`; from the empirical joint of (z, y),
+    :math:`\mathrm{NCE} = -H(Y|Z) = \sum_{z,y} \hat P(z,y) \log \hat P(y|z)` (<= 0; higher is better).
+
+    probs (N, K), labels (N,) in [0, n_classes).
+    """
+    p, y = _probs_and_labels(probs, labels, n_classes)
+    K = p.shape[1]
+    z = np.argmax(p, axis=1)
+    counts = np.bincount(z * n_classes + y, minlength=K * n_classes).reshape(K, n_classes).astype(np.float64)
+    joint = counts / y.size
+    pz = joint.sum(axis=1, keepdims=True)
+    nz = joint > 0
+    # Only observed (z, y) pairs contribute (0 log 0 = 0); pz > 0 wherever joint > 0.
+    return float(np.sum(joint[nz] * np.log((joint / np.where(pz > 0, pz, 1.0))[nz])))
+
+
+def _ledoit_wolf_shrinkage(fc: np.ndarray, S: np.ndarray) -> float:
+    r"""Ledoit & Wolf (J. Multivariate Anal. 2004) shrinkage intensity towards :math:`\mu I`.
+
+    ``fc`` centred features (N, D), ``S = fc^T fc / N``. The same estimator as sklearn's ``LedoitWolf``:
+    :math:`\lambda = \min(b^2, d^2) / d^2` with :math:`d^2 = \|S - \mu I\|_F^2 / D` and
+    :math:`b^2 = \frac{1}{N^2 D}\sum_i \|f_i f_i^T - S\|_F^2`, :math:`\mu = \mathrm{tr}(S)/D`.
+    """
+    N, D = fc.shape
+    mu = np.trace(S) / D
+    s_fro2 = float(np.sum(S * S))
+    d2 = (s_fro2 - 2.0 * mu * np.trace(S) + D * mu * mu) / D
+    # sum_i ||f_i f_i^T - S||_F^2 = sum_i ||f_i||^4 - N ||S||_F^2 (cross terms collapse because mean(f f^T) = S).
+    b2 = (np.sum(np.sum(fc * fc, axis=1) ** 2) / N - s_fro2) / (N * D)
+    b2 = min(b2, d2)
+    return 0.0 if b2 <= 0 else float(b2 / d2)
+
+
+def hscore(features, labels, n_classes: int, shrinkage: bool = True) -> float:
+    r"""H-score, Bao et al., "An Information-Theoretic Approach to Transferability in Task Transfer Learning",
+    ICIP 2019: :math:`\mathrm{tr}(\mathrm{cov}(f)^{-1} \mathrm{cov}(\mathbb{E}[f|y]))` (higher is better).
+
+    ``shrinkage=True`` (default): the regularised H-score of Ibrahim et al., "Newer is not always better:
+    Rethinking transferability metrics, their peculiarities, stability and performance", NeurIPS 2021:
+    :math:`\mathrm{tr}(\mathrm{cov}_\lambda(f)^{-1} (1-\lambda)\, \mathrm{cov}(\mathbb{E}[f|y]))` where
+    :math:`\mathrm{cov}_\lambda = (1-\lambda) S + \lambda \mu I` is the Ledoit-Wolf estimate (S the maximum
+    likelihood covariance). The plain version inverts a rank-deficient covariance when N <= D and is then
+    dominated by noise; shrinkage keeps few-shot rankings stable.
+
+    ``shrinkage=False``: the original, with the unbiased covariance and its pseudo-inverse (relative cut-off
+    1e-15), as ``tllib.ranking.h_score``. Both match the tllib functions (``regularized_h_score`` for the
+    shrunk one), including tllib's mix of ddof=1 for the between-class covariance and ddof=0 inside Ledoit-Wolf.
+
+    features (N, D), labels (N,) in [0, n_classes).
+    """
+    f, y = _features_and_labels(features, labels, n_classes)
+    N, D = f.shape
+    fc = f - f.mean(axis=0, keepdims=True)
+    counts = _class_counts(y, n_classes)
+    present = counts > 0
+    means = _class_sums(fc, y, n_classes)[present] / counts[present, None]  # (C', D), centred class means
+    w_cls = counts[present]
+
+    if shrinkage:
+        S = fc.T @ fc / N
+        lam = _ledoit_wolf_shrinkage(fc, S)
+        cov = (1.0 - lam) * S
+        cov[np.diag_indices(D)] += lam * np.trace(S) / D
+        scale = 1.0 - lam
+    else:
+        cov = fc.T @ fc / (N - 1)
+        scale = 1.0
+
+    # cov(E[f|y]) (ddof=1) = sum_c n_c mu_c mu_c^T / (N - 1), so the trace against a (pseudo-)inverse only needs
+    # cov^-1 applied to the C' class means, never the (D, D) between-class matrix.
+    if shrinkage:
+        try:
+            # Positive definite whenever lambda > 0 (or S is): a Cholesky solve is ~10x cheaper than the
+            # eigendecomposition a pseudo-inverse needs, which matters at D = 2048.
+            z = scipy.linalg.cho_solve(scipy.linalg.cho_factor(cov), means.T)  # (D, C')
+            return scale * float(np.sum(w_cls * np.sum(means.T * z, axis=0))) / (N - 1)
+        except np.linalg.LinAlgError:
+            pass
+    w, V = scipy.linalg.eigh(cov, driver="evr")
+    cutoff = 1e-15 * np.max(np.abs(w))  # pinv(rcond=1e-15), as tllib
+    inv_w = np.divide(1.0, w, out=np.zeros_like(w), where=np.abs(w) > cutoff)
+    proj = means @ V  # (C', D)
+    return scale * float(np.sum(w_cls[:, None] * proj * proj * inv_w[None, :])) / (N - 1)
+
+
+def _log_evidence(sigma, x2, res_x2, N: int, D: int, alpha: float, beta: float, n_logdet_terms: int) -> float:
+    r"""Log marginal evidence of Bayesian linear regression y ~ N(F w, 1/beta), w ~ N(0, 1/alpha I_D).
+
+    ``sigma``: non-zero eigenvalues of F^T F; ``x2``: squared coordinates of y on the matching left singular
+    vectors; ``res_x2``: the part of ||y||^2 outside their span. ``n_logdet_terms`` eigenvalues of
+    A = alpha I + beta F^T F enter log|A| (D for the exact evidence); the missing ones equal alpha.
+    The posterior mean m is the one for this (alpha, beta).
+    """
+    t = alpha / beta
+    m2 = float(np.sum(sigma * x2 / (t + sigma) ** 2))  # ||m||^2
+    res2 = float(np.sum(x2 * (t / (t + sigma)) ** 2) + res_x2)  # ||y - F m||^2
+    # D/2 log(alpha) - 1/2 log|A| = (D - n_terms)/2 log(alpha) - 1/2 sum log(1 + beta sigma / alpha): written so
+    # that the exact evidence never takes log(alpha) alone, and stays finite for features without any signal
+    # (sigma empty, where the fixed point drives alpha to 0).
+    n_alpha = D - n_logdet_terms
+    log_alpha_part = 0.0 if n_alpha == 0 else n_alpha / 2.0 * (math.log(alpha) if alpha > 0 else -math.inf)
+    logdet_rel = float(np.sum(np.log1p(beta * sigma / alpha))) if sigma.size else 0.0
+    return (log_alpha_part - 0.5 * logdet_rel + N / 2.0 * math.log(beta) - beta / 2.0 * res2
+            - alpha / 2.0 * m2 - N / 2.0 * math.log(2.0 * math.pi))
+
+
+def _fixed_point(sigma, x2, res_x2, N: int, max_iter: int, tol: float) -> tuple[float, float]:
+    """MacKay's evidence fixed point for (alpha, beta), iterated on t = alpha / beta as thuml/LogME does.
+
+    The 1e-5 in the denominators is thuml's guard for a zero fit (all-zero label column or features).
+    """
+    alpha, beta = 1.0, 1.0
+    if sigma.size == 0:
+        # Zero features: the evidence does not depend on alpha; only the noise level is fitted.
+        return alpha, N / (res_x2 + 1e-5)
+    for _ in range(max_iter):
+        t = alpha / beta
+        gamma = float(np.sum(sigma / (sigma + t)))
+        m2 = float(np.sum(sigma * x2 / (t + sigma) ** 2))
+        res2 = float(np.sum(x2 * (t / (t + sigma)) ** 2) + res_x2)
+        alpha = gamma / (m2 + 1e-5)
+        beta = (N - gamma) / (res2 + 1e-5)
+        if abs(alpha / beta - t) / t <= tol:
+            break
+    return alpha, beta
+
+
+def _spectrum(f: np.ndarray, y: np.ndarray, n_classes: int):
+    """Non-zero eigenvalues of F^T F and the label columns projected on the left singular vectors.
+
+    Eigen-decomposes the smaller of the two Gram matrices: F^T F (D x D) when N >= D, F F^T (N x N) when N < D;
+    both share their non-zero spectrum, and only U^T y is needed, never U itself.
+    Returns sigma (r,), x (r, C'), the ids of the C' classes present in y and their counts.
+    """
+    N, D = f.shape
+    counts = _class_counts(y, n_classes)
+    present = np.flatnonzero(counts > 0)
+    # LAPACK's MRRR driver (evr) is the fastest of the symmetric eigensolvers at D ~ 2000.
+    if N >= D:
+        ev, V = scipy.linalg.eigh(f.T @ f, driver="evr")
+    else:
+        ev, U = scipy.linalg.eigh(f @ f.T, driver="evr")
+    # Relative cut-off (like matrix_rank): below it the direction is rounding noise, and dividing by its
+    # singular value would turn that noise into a large fake x.
+    keep = ev > max(ev.max(), 0.0) * max(N, D) * np.finfo(np.float64).eps
+    sigma = ev[keep]
+    if N >= D:
+        fty = _class_sums(f, y, n_classes)[present].T  # F^T y_c, (D, C')
+        x = (V[:, keep].T @ fty) / np.sqrt(sigma)[:, None]  # U^T y = Sigma^-1 V^T F^T y
+    else:
+        x = _class_sums(U[:, keep], y, n_classes)[present].T  # U^T y_c, (r, C')
+    return sigma, x, present, counts[present]
+
+
+def logme(features, labels, n_classes: int, *, max_iter: int = 11, tol: float = 1e-3,
+          thuml_compat: bool = False) -> float:
+    r"""LogME, You et al., "LogME: Practical Assessment of Pre-trained Models for Transfer Learning", ICML 2021,
+    with the fixed-point solver of You et al., "Ranking and Tuning Pre-trained Models: A New Paradigm for
+    Exploiting Model Hubs", JMLR 2022 (the default of thuml/LogME).
+
+    For each target class c, the one-hot column :math:`y_c` is regressed on the features by Bayesian linear
+    regression; the log evidence :math:`\log p(y_c | F, \alpha, \beta)` is maximised over the prior precision
+    alpha and noise precision beta (fixed point from alpha = beta = 1, at most ``max_iter`` steps, stop when
+    alpha/beta moves by less than ``tol`` relatively, as thuml). Score: mean over classes of evidence / N
+    (higher is better). Features are used as given (float64, not centred), as in thuml.
+
+    Differences from thuml/LogME, on purpose:
+    - The evidence is evaluated at the posterior mean of the final (alpha, beta) (thuml reuses the previous
+      step's). The two agree to ~1e-9 once the fixed point has converged; when the 11 steps run out (seen with
+      N < D) they can differ by ~1e-4.
+    - log|alpha I + beta F^T F| counts all D eigenvalues. thuml sums only over the min(N, D) singular values
+      (or the numerical rank), which omits (D - r) log(alpha) when the features are rank deficient, in particular
+      whenever N < D. For full-rank features with N >= D both agree; ``thuml_compat=True`` reproduces thuml's
+      sum in the other cases too.
+    - Only classes that occur in ``labels`` are averaged (thuml iterates over 0..max(label)).
+
+    features (N, D), labels (N,) in [0, n_classes).
+    """
+    f, y = _features_and_labels(features, labels, n_classes)
+    N, D = f.shape
+    sigma, x, present, counts = _spectrum(f, y, n_classes)
+    x2_all = x * x
+    n_terms = D if not thuml_compat else (sigma.size if N > D else N)
+    evidences = []
+    for j in range(present.size):
+        x2 = x2_all[:, j]
+        # ||y_c||^2 = n_c for a 0/1 column; the rest of it lies outside the span of the features.
+        res_x2 = max(float(counts[j]) - float(x2.sum()), 0.0)
+        alpha, beta = _fixed_point(sigma, x2, res_x2, N, max_iter, tol)
+        evidences.append(_log_evidence(sigma, x2, res_x2, N, D, alpha, beta, n_terms) / N)
+    return float(np.mean(evidences))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A teacher-ranking score.
+
+    direction: "higher" or "lower" is better; needs: which teacher outputs it reads ("probs", "features" or
+    "both"); fn: called as ``fn(*, probs, features, classifier_weight, labels, n_classes, **kw)``.
+    """
+
+    name: str
+    direction: str
+    needs: str
+    fn: Callable[..., float]
+
+
+def _need(metric: str, **inputs) -> None:
+    missing = [k for k, v in inputs.items() if v is None]
+    if missing:
+        raise ValueError(f"metric {metric!r} needs {', '.join(missing)}")
+
+
+# The wrappers take every input by keyword and ignore what they do not use (unknown **kw included), so a caller
+# can loop over METRICS with one set of arguments.
+
+
+def _leep_fn(*, probs=None, features=None, classifier_weight=None, labels, n_classes, **kw) -> float:
+    _need("leep", probs=probs)
+    return leep(probs, labels, n_classes)
+
+
+def _nce_fn(*, probs=None, features=None, classifier_weight=None, labels, n_classes, **kw) -> float:
+    _need("nce", probs=probs)
+    return nce(probs, labels, n_classes)
+
+
+def _hscore_fn(*, probs=None, features=None, classifier_weight=None, labels, n_classes, shrinkage: bool = True,
+               **kw) -> float:
+    _need("hscore", features=features)
+    return hscore(features, labels, n_classes, shrinkage=shrinkage)
+
+
+def _logme_fn(*, probs=None, features=None, classifier_weight=None, labels, n_classes, **kw) -> float:
+    _need("logme", features=features)
+    return logme(features, labels, n_classes)
+
+
+def _ot_fn(*, probs=None, features=None, classifier_weight=None, labels, n_classes, cost: str = "proto-softmax",
+           **kw) -> float:
+    _need("ot", probs=probs)
+    M = cost_matrix(cost, classifier_weight=classifier_weight, features=features, probs=probs, labels=labels,
+                    n_classes=n_classes, **{k: v for k, v in kw.items() if k in ("temperature", "alpha")})
+    return ot_relatedness(probs, labels, n_classes, M).score
+
+
+METRICS: dict[str, Metric] = {
+    "leep": Metric("leep", "higher", "probs", _leep_fn),
+    "nce": Metric("nce", "higher", "probs", _nce_fn),
+    "hscore": Metric("hscore", "higher", "features", _hscore_fn),
+    "logme": Metric("logme", "higher", "features", _logme_fn),
+    "ot": Metric("ot", "lower", "both", _ot_fn),
+}

@@ -1,0 +1,182 @@
+"""Shared helpers of the service tests: processes, ports, payloads, job polling."""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+FINAL = {"succeeded", "failed", "cancelled"}
+EMBEDDED_MAX_UPLOAD = 2_000_000  # the embedded test server's upload limit
+PROBLEM_JSON = "application/problem+json"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """The test process's environment without any service configuration, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items()
+           if not (k.startswith("HUBSCOUT_") or k in ("DATABASE_URL", "CELERY_BROKER_URL"))}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env.update(extra)
+    return env
+
+
+class Proc:
+    """A subprocess with its output in a log file, stopped by pid (never by name)."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], log_dir: Path):
+        self.name = name
+        self.cmd = cmd
+        self.env = env
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "ab")
+        # Own process group: a kill reaches its children (the embedded server's local worker) too.
+        self.popen = subprocess.Popen(cmd, env=env, cwd=str(ROOT), stdout=self._log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def wait_for_log(self, needle: str, timeout: float, since: int = 0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.log()[since:]:
+                return
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited ({self.popen.returncode}):\n{self.log()[-4000:]}")
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.name}: no {needle!r} in {timeout} s:\n{self.log()[-4000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.alive():
+            os.kill(self.pid, signal.SIGKILL)
+            self.popen.wait(10)
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.pid, signal.SIGKILL)
+                self.popen.wait(10)
+        try:  # whatever the group left behind (a local worker) goes too
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self._log.close()
+
+
+def celery_worker(name: str, env: dict[str, str], log_dir: Path) -> Proc:
+    proc = Proc(name, [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo",
+                       "-c", "1", "--loglevel=INFO", "--without-gossip", "--without-mingle",
+                       "-n", f"{name}-{os.getpid()}@%h"], env, log_dir)
+    proc.wait_for_log(" ready.", timeout=120)
+    return proc
+
+
+def uvicorn_server(name: str, env: dict[str, str], log_dir: Path, port: int) -> Proc:
+    proc = Proc(name, [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
+                env, log_dir)
+    wait_healthy(f"http://127.0.0.1:{port}", proc, timeout=120)
+    return proc
+
+
+def wait_healthy(base_url: str, proc: Proc, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited ({proc.popen.returncode}):\n{proc.log()[-4000:]}")
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{proc.name} not healthy in {timeout} s:\n{proc.log()[-4000:]}")
+
+
+def tiny_weights(arch: str = "test_resnet", classes: int = 3, channels: int = 1, seed: int = 0) -> bytes:
+    """A random model's state dict as safetensors bytes: a valid teacher upload."""
+    import torch
+    from safetensors.torch import save
+
+    from hubscout.teachers import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(arch, classes, channels)
+    return save({k: v.contiguous() for k, v in model.state_dict().items()})
+
+
+def npz_bytes(ds) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, images=ds.images, labels=ds.labels, classes=np.array(ds.classes, dtype=str))
+    return buf.getvalue()
+
+
+def zip_bytes(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def wait_job(client: httpx.Client, job_id: str, timeout: float = 180, until=FINAL, interval: float = 0.05) -> dict:
+    deadline = time.monotonic() + timeout
+    job: dict = {}
+    while time.monotonic() < deadline:
+        r = client.get(f"/v1/jobs/{job_id}")
+        assert r.status_code == 200, r.text
+        job = r.json()
+        if job["status"] in until:
+            return job
+        time.sleep(interval)
+    raise TimeoutError(f"job {job_id} still {job.get('status')} after {timeout} s: {job}")
+
+
+def assert_problem(r: httpx.Response, status: int) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith(PROBLEM_JSON), r.headers["content-type"]
+    body = r.json()
+    for key in ("type", "title", "status", "detail", "instance"):
+        assert key in body, body
+    assert body["status"] == status
+    return body
+
+
+def create_database(admin: str, name: str) -> str:
+    import psycopg
+
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1) + f"/{name}"
+
+
+def drop_database(admin: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,0 +1,341 @@
+"""The HTTP API in-process (TestClient, SQLite, no worker): uploads, teachers, jobs and problem+json errors."""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from svc_helpers import assert_problem, npz_bytes, tiny_weights, zip_bytes
+
+from app.main import create_app
+from app.models import DatasetRow, JobRow, TeacherRow
+from app.settings import Settings
+from hubscout.data import Dataset, write_image_folder_zip
+from hubscout.teachers import InputConfig, Repository, build_model
+
+MAX_UPLOAD = 400_000
+
+
+def toy_dataset(n: int = 12, seed: int = 0) -> Dataset:
+    rng = np.random.default_rng(seed)
+    return Dataset(rng.integers(0, 255, (n, 16, 16, 1), dtype=np.uint8), np.arange(n) % 3, ["ant", "bee", "cow"],
+                   name="toy")
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("api-repo") / "zoo"
+    repo = Repository(root)
+    for i in range(3):
+        torch.manual_seed(i)
+        repo.add(arch="test_resnet", weights=build_model("test_resnet", 3, 1).state_dict(), labels=["x", "y", "z"],
+                 name=f"tiny {i}", input=InputConfig(32, 1, (0.5,), (0.5,)), teacher_id=f"tiny-{i}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory, tiny_repo) -> Settings:
+    data = tmp_path_factory.mktemp("api-data")
+    return Settings(data_dir=data, repository_dir=tiny_repo, build_demo_zoo=False, max_upload_bytes=MAX_UPLOAD,
+                    max_teacher_upload_bytes=2_000_000, upload_chunk_bytes=8192)
+
+
+@pytest.fixture(scope="module")
+def client(settings):
+    app = create_app(settings)
+
+    @app.get("/v1/_boom", include_in_schema=False)
+    def boom():
+        raise RuntimeError("secret internals")
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        c.app_state = app.state
+        yield c
+
+
+def stored_files(settings: Settings) -> list[str]:
+    root = settings.storage_root
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "health" not in p.parts)
+
+
+def count(client, model) -> int:
+    from sqlalchemy import func, select
+
+    with client.app_state.services.db.session() as s:
+        return s.scalar(select(func.count()).select_from(model))
+
+
+# ------------------------------------------------------------------------------------------------- basics
+
+def test_health_and_docs(client):
+    r = client.get("/healthz")
+    assert r.status_code == 200
+    assert r.json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
+    assert r.json()["mode"] == "embedded"
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    for path in ("/v1/datasets", "/v1/teachers", "/v1/rankings", "/v1/distillations", "/v1/jobs/{job_id}",
+                 "/v1/rankings/{ranking_id}", "/v1/students/{student_id}/download", "/healthz"):
+        assert path in spec["paths"], path
+    assert "Problem" in spec["components"]["schemas"]
+    upload = spec["paths"]["/v1/datasets"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert upload["schema"]["properties"]["file"]["format"] == "binary"
+
+
+def test_unexpected_error_is_a_problem_without_internals(client):
+    body = assert_problem(client.get("/v1/_boom"), 500)
+    assert "secret" not in json.dumps(body)
+
+
+def test_unknown_routes_and_ids_are_404_problems(client):
+    for url in ("/v1/nothing", "/v1/datasets/nope", "/v1/teachers/nope", "/v1/jobs/nope", "/v1/rankings/nope",
+                "/v1/students/nope", "/v1/students/nope/download"):
+        assert_problem(client.get(url), 404)
+    assert_problem(client.delete("/v1/jobs/nope"), 404)
+    assert_problem(client.delete("/v1/teachers/nope"), 404)
+    assert_problem(client.put("/v1/datasets/x"), 405)
+
+
+# ------------------------------------------------------------------------------------------------- datasets
+
+def test_upload_npz_then_get(client):
+    ds = toy_dataset()
+    r = client.post("/v1/datasets", files={"file": ("toy.npz", npz_bytes(ds))})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert r.headers["location"] == f"/v1/datasets/{body['id']}"
+    assert body["sha256"] == ds.sha256
+    assert body["n_samples"] == 12 and body["num_classes"] == 3
+    assert body["classes"] == ["ant", "bee", "cow"]
+    assert body["class_counts"] == {"ant": 4, "bee": 4, "cow": 4}
+    assert body["image_shape"] == [16, 16, 1]
+    assert body["name"] == "toy"
+    assert client.get(f"/v1/datasets/{body['id']}").json() == body
+
+
+def test_same_content_is_stored_once(client, settings, tmp_path):
+    ds = toy_dataset(seed=1)
+    zipped = write_image_folder_zip(ds, tmp_path / "a.zip").read_bytes()
+    first = client.post("/v1/datasets", files={"file": ("a.zip", zipped)}, data={"name": "first"})
+    assert first.status_code == 201, first.text
+    files = stored_files(settings)
+    # The same images zipped again, entries in another order, under another name: same content, same dataset.
+    with zipfile.ZipFile(io.BytesIO(zipped)) as zf:
+        members = {n: zf.read(n) for n in reversed(zf.namelist())}
+    again = client.post("/v1/datasets", files={"file": ("b.zip", zip_bytes(members))})
+    assert again.status_code == 200, again.text
+    assert again.json()["id"] == first.json()["id"]
+    assert again.json()["name"] == "first"
+    assert stored_files(settings) == files
+
+
+@pytest.mark.parametrize("payload, needle", [
+    (b"not a zip at all", "unreadable archive"),
+    (zip_bytes({"ant/1.png": b"not an image", "bee/2.png": b"nope"}), "not a readable image"),
+    (zip_bytes({"loose.png": b"x"}), "class folder"),
+    (zip_bytes({"../evil/1.png": b"x"}), "unsafe path"),
+    (zip_bytes({"ant/inner.zip": b"PK"}), "nested archives"),
+])
+def test_bad_dataset_is_a_422_problem_and_nothing_is_stored(client, settings, payload, needle):
+    before_files, before_rows = stored_files(settings), count(client, DatasetRow)
+    body = assert_problem(client.post("/v1/datasets", files={"file": ("data.zip", payload)}), 422)
+    assert needle in body["detail"]
+    assert stored_files(settings) == before_files
+    assert count(client, DatasetRow) == before_rows
+
+
+def test_npz_with_one_class_is_refused(client):
+    buf = io.BytesIO()
+    np.savez(buf, images=np.zeros((4, 8, 8), np.uint8), labels=np.zeros(4, np.int64))
+    body = assert_problem(client.post("/v1/datasets", files={"file": ("one.npz", buf.getvalue())}), 422)
+    assert "at least 2 classes" in body["detail"]
+
+
+def test_oversize_upload_is_413_as_soon_as_the_limit_passes(client, settings):
+    before = stored_files(settings)
+    big = b"\0" * (MAX_UPLOAD + 1)
+    body = assert_problem(client.post("/v1/datasets", files={"file": ("big.npz", big)}), 413)
+    assert body["limit"] == MAX_UPLOAD
+    assert stored_files(settings) == before
+
+
+
+def test_streamed_upload_stops_at_the_limit(tmp_path):
+    """The parser pulls the body chunk by chunk and gives up at the first chunk past the limit."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    from app.problems import Problem
+    from app.storage import LocalStorage
+    from app.uploads import read_multipart
+
+    boundary, chunk, limit = "b0undary", 16384, 100_000
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.npz\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode()
+    pulled = []
+
+    async def receive():
+        pulled.append(1)
+        if len(pulled) == 1:
+            return {"type": "http.request", "body": head, "more_body": True}
+        return {"type": "http.request", "body": b"\1" * chunk, "more_body": len(pulled) < 1000}
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/datasets", "query_string": b"",
+             "headers": [(b"content-type", f"multipart/form-data; boundary={boundary}".encode())]}
+    storage = LocalStorage(tmp_path)
+    with pytest.raises(Problem) as err:
+        asyncio.run(read_multipart(Request(scope, receive), storage, file_limits={"file": limit}, text_fields=set(),
+                                   max_field_bytes=1024, chunk_bytes=8192))
+    assert err.value.status == 413
+    assert len(pulled) == 2 + limit // chunk, "read past the first chunk over the limit"
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()], "a partial upload was left in storage"
+
+
+def test_declared_oversize_body_is_refused_before_reading(client):
+    r = client.post("/v1/datasets", content=b"x", headers={
+        "content-type": "multipart/form-data; boundary=x", "content-length": str(50 * MAX_UPLOAD)})
+    assert_problem(r, 413)
+
+
+def test_upload_needs_multipart_and_a_file_part(client):
+    assert_problem(client.post("/v1/datasets", json={"file": "x"}), 415)
+    body = assert_problem(client.post("/v1/datasets", files={"other": ("x.npz", b"PK")}), 422)
+    assert "'file'" in body["detail"]
+    body = assert_problem(client.post("/v1/datasets", content=b"--x\r\ngarbage",
+                                      headers={"content-type": "multipart/form-data; boundary=x"}), 422)
+
+
+# ------------------------------------------------------------------------------------------------- teachers
+
+def test_teachers_are_listed_with_pagination(client):
+    r = client.get("/v1/teachers", params={"limit": 2})
+    assert r.status_code == 200
+    page = r.json()
+    assert page["total"] == 3 and page["limit"] == 2 and page["offset"] == 0
+    assert [t["id"] for t in page["items"]] == ["tiny-0", "tiny-1"]
+    rest = client.get("/v1/teachers", params={"limit": 2, "offset": 2}).json()
+    assert [t["id"] for t in rest["items"]] == ["tiny-2"]
+    one = client.get("/v1/teachers/tiny-1").json()
+    assert one["labels"] == ["x", "y", "z"] and one["input"]["size"] == 32
+    assert client.get("/v1/teachers", params={"name": "tiny 2"}).json()["total"] == 1
+    assert_problem(client.get("/v1/teachers", params={"limit": 0}), 422)
+
+
+def _teacher_form(**over):
+    fields = {"arch": "test_resnet", "name": "Uploaded teacher", "labels": json.dumps(["p", "q", "r"]),
+              "input": json.dumps({"size": 32, "channels": 1, "mean": [0.5], "std": [0.5]}),
+              "metadata": json.dumps({"task": "testing"})}
+    fields.update(over)
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def test_add_and_delete_a_teacher(client, settings):
+    r = client.post("/v1/teachers", data=_teacher_form(), files={"weights": ("w.safetensors", tiny_weights())})
+    assert r.status_code == 201, r.text
+    t = r.json()
+    assert t["id"] == "uploaded-teacher" and t["num_classes"] == 3 and t["metadata"] == {"task": "testing"}
+    assert r.headers["location"] == "/v1/teachers/uploaded-teacher"
+    assert "uploaded-teacher" in Repository(settings.repository_dir)
+    assert client.get("/v1/teachers").json()["total"] == 4
+    dup = client.post("/v1/teachers", data=_teacher_form(), files={"weights": ("w.safetensors", tiny_weights())})
+    assert_problem(dup, 409)
+    assert client.delete("/v1/teachers/uploaded-teacher").status_code == 204
+    assert "uploaded-teacher" not in Repository(settings.repository_dir)
+    assert_problem(client.get("/v1/teachers/uploaded-teacher"), 404)
+
+
+@pytest.mark.parametrize("form, weights, needle", [
+    (_teacher_form(labels=json.dumps(["p", "q"])), tiny_weights(), "do not fit"),  # 2 labels, 3 outputs
+    (_teacher_form(arch="no_such_net"), tiny_weights(), "unknown timm architecture"),
+    (_teacher_form(), b"\x80\x04pickle", "safetensors"),
+    (_teacher_form(arch_kwargs=json.dumps({"checkpoint_path": "/etc/passwd"})), tiny_weights(), "checkpoint_path"),
+    (_teacher_form(input="{not json"), tiny_weights(), "input"),
+    (_teacher_form(input=json.dumps({"size": 32, "channels": 1, "mean": [0.5, 0.5], "std": [0.5]})),
+     tiny_weights(), "mean/std"),
+    (_teacher_form(labels=None), tiny_weights(), "labels"),
+    (_teacher_form(id="../escape"), tiny_weights(), "id"),
+])
+def test_bad_teacher_is_a_422_problem_and_nothing_is_added(client, settings, form, weights, needle):
+    before = sorted(p.name for p in Path(settings.repository_dir).iterdir())
+    r = client.post("/v1/teachers", data=form, files={"weights": ("w.safetensors", weights)})
+    body = assert_problem(r, 422)
+    assert needle in body["detail"], body
+    assert sorted(p.name for p in Path(settings.repository_dir).iterdir()) == before
+    assert count(client, TeacherRow) == 3
+
+
+# ------------------------------------------------------------------------------------------------- jobs
+
+@pytest.fixture(scope="module")
+def dataset_id(client) -> str:
+    r = client.post("/v1/datasets", files={"file": ("jobs.npz", npz_bytes(toy_dataset(seed=7)))})
+    return r.json()["id"]
+
+
+def test_ranking_request_validation(client, dataset_id):
+    for body, status, needle in [
+        ({"dataset_id": dataset_id, "metrics": ["nope"]}, 422, "unknown metric"),
+        ({"dataset_id": dataset_id, "top_k": 0}, 422, "top_k"),
+        ({"dataset_id": dataset_id, "surprise": 1}, 422, "surprise"),
+        ({"dataset_id": "missing"}, 422, "does not exist"),
+        ({"dataset_id": dataset_id, "teacher_ids": ["tiny-0", "ghost"]}, 422, "ghost"),
+        ({}, 422, "dataset_id"),
+    ]:
+        assert needle in assert_problem(client.post("/v1/rankings", json=body), status)["detail"]
+    r = client.post("/v1/rankings", content=b'{"dataset_id": ', headers={"content-type": "application/json"})
+    assert "malformed JSON" in assert_problem(r, 422)["detail"]
+    r = client.post("/v1/rankings", content=f'{{"dataset_id": "{dataset_id}"}}', headers={"content-type": "text/plain"})
+    assert "application/json" in assert_problem(r, 415)["detail"]
+    assert_problem(client.post("/v1/distillations", data={"dataset_id": dataset_id}), 415)
+
+
+def test_distillation_request_validation(client, dataset_id, settings):
+    for body, needle in [
+        ({"dataset_id": dataset_id, "teacher_ids": []}, "at least one teacher"),
+        ({"dataset_id": dataset_id, "teacher_ids": ["tiny-0"], "student_arch": "no_such_net"}, "student_arch"),
+        ({"dataset_id": dataset_id, "teacher_ids": ["tiny-0"], "epochs": settings.max_epochs + 1}, "epochs"),
+        ({"dataset_id": dataset_id, "teacher_ids": ["tiny-0"], "tau": 0}, "tau"),
+        ({"dataset_id": dataset_id, "teacher_ids": ["tiny-0", "tiny-0"]}, "twice"),
+    ]:
+        assert needle in assert_problem(client.post("/v1/distillations", json=body), 422)["detail"]
+
+
+def test_jobs_are_queued_listed_and_cancelled(client, dataset_id):
+    r = client.post("/v1/rankings", json={"dataset_id": dataset_id, "metrics": "all", "top_k": 2})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert r.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] == "queued" and job["kind"] == "ranking" and job["progress"] == 0
+    assert job["params"]["metrics"] == ["ot", "leep", "nce", "hscore", "logme"]
+    d = client.post("/v1/distillations", json={"dataset_id": dataset_id, "teacher_ids": ["tiny-1"], "epochs": 2})
+    assert d.status_code == 202, d.text
+    assert d.json()["params"]["config"]["epochs"] == 2
+
+    page = client.get("/v1/jobs", params={"limit": 1}).json()
+    assert page["total"] >= 2 and len(page["items"]) == 1
+    assert page["items"][0]["id"] == d.json()["id"]  # newest first
+    assert client.get("/v1/jobs", params={"kind": "distillation"}).json()["total"] >= 1
+
+    cancelled = client.delete(f"/v1/jobs/{job['id']}")
+    assert cancelled.status_code == 200
+    assert cancelled.json()["status"] == "cancelled" and cancelled.json()["finished_at"]
+    assert_problem(client.delete(f"/v1/jobs/{job['id']}"), 409)
+    assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "cancelled"
+    assert count(client, JobRow) >= 2
+
+
+def test_healthz_names_the_failing_dependency(tmp_path, tiny_repo):
+    # Nothing listens on port 1: the broker check must fail, the others pass.
+    s = Settings(data_dir=tmp_path, repository_dir=tiny_repo, build_demo_zoo=False,
+                 celery_broker_url="redis://127.0.0.1:1/0")
+    with TestClient(create_app(s), raise_server_exceptions=False) as c:
+        body = assert_problem(c.get("/healthz"), 503)
+    assert body["failed"] == ["broker"]
+    assert body["checks"]["database"] == "ok" and body["checks"]["storage"] == "ok"

@@ -1,0 +1,144 @@
+"""The embedded default, as `hubscout serve` runs it: SQLite, the filesystem broker and a local Celery worker."""
+from __future__ import annotations
+
+import io
+import os
+import select
+import signal
+import socket
+import time
+import zipfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+
+from svc_helpers import EMBEDDED_MAX_UPLOAD, wait_job
+
+CHANCE = 1 / 3
+
+
+@pytest.fixture(scope="module")
+def client(embedded_service):
+    with httpx.Client(base_url=embedded_service.base_url, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def dataset(client, tmp_path_factory) -> dict:
+    """The footwear target of tests/conftest.py (10 shots, seed 0) as the README sends it: an ImageFolder zip."""
+    from hubscout.data import write_image_folder_zip
+    from hubscout.sources import demo_target
+
+    path = write_image_folder_zip(demo_target("footwear", 10, seed=0), tmp_path_factory.mktemp("zip") / "f.zip")
+    r = client.post("/v1/datasets", files={"file": ("footwear.zip", path.read_bytes())})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_no_configuration_means_sqlite_filesystem_broker_and_local_storage(client, embedded_service):
+    assert client.get("/healthz").json()["mode"] == "embedded"
+    data = Path(embedded_service.env["HUBSCOUT_DATA_DIR"])
+    assert (data / "hubscout.db").is_file()
+    assert (data / "broker" / "queue").is_dir()
+    assert (data / "storage").is_dir()
+    assert "local Celery worker" in embedded_service.api.log()
+
+
+def test_upload_rank_distil_download(client, dataset, footwear_test, tmp_path):
+    from hubscout.distill import evaluate, load_student
+
+    r = client.post("/v1/rankings", json={"dataset_id": dataset["id"]})
+    assert r.status_code == 202, r.text
+    job = wait_job(client, r.json()["id"], timeout=300)
+    assert job["status"] == "succeeded", job
+    ranking = client.get(job["links"]["result"]).json()
+    assert not any(t["cached"] for t in ranking["teachers"])
+
+    t0 = time.monotonic()
+    again = wait_job(client, client.post("/v1/rankings", json={"dataset_id": dataset["id"]}).json()["id"],
+                     interval=0.02)
+    wall = time.monotonic() - t0
+    assert again["status"] == "succeeded"
+    assert all(t["cached"] for t in client.get(again["links"]["result"]).json()["teachers"])
+    assert wall < 1.0, f"cached ranking took {wall:.2f} s"
+
+    best = ranking["teachers"][0]["teacher_id"]
+    r = client.post("/v1/distillations", json={"dataset_id": dataset["id"], "teacher_ids": [best],
+                                               "student_arch": "resnet10t", "epochs": 6, "min_steps": 0})
+    job = wait_job(client, r.json()["id"], timeout=600, interval=0.5)
+    assert job["status"] == "succeeded", job
+    student = client.get(job["links"]["result"]).json()
+    z = client.get(student["download"])
+    assert z.status_code == 200
+    zipfile.ZipFile(io.BytesIO(z.content)).extractall(tmp_path / "student")
+    accuracy = evaluate(load_student(tmp_path / "student"), footwear_test)["accuracy"]
+    assert accuracy > CHANCE + 0.12, f"student accuracy {accuracy:.3f}"
+
+
+def _local_worker_pid(serve_pid: int) -> int:
+    children = []
+    for task in Path(f"/proc/{serve_pid}/task").iterdir():
+        children += [int(p) for p in (task / "children").read_text().split()]
+    for pid in children:
+        if b"celery" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return pid
+    raise AssertionError(f"no celery child of {serve_pid}: {children}")
+
+
+def test_killed_local_worker_is_restarted_and_its_job_recovered(client, dataset, embedded_service):
+    r = client.post("/v1/distillations", json={"dataset_id": dataset["id"], "ce_only": True,
+                                               "student_arch": "test_resnet", "epochs": 8,
+                                               "min_steps": 0})
+    job_id = r.json()["id"]
+    deadline = time.monotonic() + 300
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] == "running" and job["progress"] > 0.05:
+            break
+        assert job["status"] in ("queued", "running") and time.monotonic() < deadline, job
+        time.sleep(0.1)
+    log_mark = len(embedded_service.api.log())
+    os.kill(_local_worker_pid(embedded_service.api.pid), signal.SIGKILL)
+    job = wait_job(client, job_id, timeout=600, interval=0.5)
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] == 2
+    embedded_service.api.wait_for_log("restarting", timeout=5, since=log_mark)
+
+
+def test_oversize_upload_is_cut_off_while_streaming(embedded_service):
+    """A chunked upload with no Content-Length, far over the limit: the server answers 413 and stops reading
+    long before the client would have finished."""
+    url = urlparse(embedded_service.base_url)
+    total, chunk = 64 * 1024 * 1024, 64 * 1024
+    sock = socket.create_connection((url.hostname, url.port), timeout=30)
+    sent = 0
+    try:
+        sock.sendall(b"POST /v1/datasets HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n"
+                     b"Content-Type: multipart/form-data; boundary=xyz\r\n\r\n")
+        head = (b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="big.npz"\r\n'
+                b"Content-Type: application/octet-stream\r\n\r\n")
+        sock.sendall(b"%x\r\n%s\r\n" % (len(head), head))
+        data = b"%x\r\n%s\r\n" % (chunk, b"\1" * chunk)
+        while sent < total:
+            if select.select([sock], [], [], 0)[0]:
+                break  # the answer came before the end of the upload
+            try:
+                sock.sendall(data)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += chunk
+        response = b""
+        while b"\r\n\r\n" not in response:
+            part = sock.recv(65536)
+            if not part:
+                break
+            response += part
+    finally:
+        sock.close()
+    assert response.startswith(b"HTTP/1.1 413"), response[:200]
+    assert b"application/problem+json" in response
+    # Socket buffers on both sides absorb some megabytes; the point is that the server gave up early.
+    assert sent < total // 4, f"sent {sent} bytes of {total} before the server answered"
+    assert sent >= EMBEDDED_MAX_UPLOAD - chunk

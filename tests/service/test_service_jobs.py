@@ -1,0 +1,188 @@
+"""The job state machine (app.jobs), the repository mirror and the demo-zoo bootstrap, on SQLite."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import pytest
+import torch
+from sqlalchemy import update
+
+from app import jobs, repository
+from app.db import Database, migrate, utcnow
+from app.models import DatasetRow, JobRow, JobStatus, RankingRow, TeacherRow, new_id, result_id_for
+from app.settings import Settings
+from hubscout.teachers import InputConfig, Repository, build_model
+
+
+@pytest.fixture()
+def settings(tmp_path) -> Settings:
+    return Settings(data_dir=tmp_path, repository_dir=tmp_path / "zoo", build_demo_zoo=False, job_max_attempts=2,
+                    stale_after_seconds=30)
+
+
+@pytest.fixture()
+def db(settings):
+    migrate(settings)
+    database = Database(settings)
+    with database.session() as s:
+        s.add(DatasetRow(id="ds", sha256="0" * 64, name="d", n_samples=1, num_classes=2, classes=["a", "b"],
+                         class_counts={}, image_shape=[1, 1, 1], storage_key="datasets/ds.npz", size_bytes=1,
+                         upload_bytes=1))
+        s.commit()
+    yield database
+    database.dispose()
+
+
+def new_job(db) -> str:
+    job_id = new_id()
+    with db.session() as s:
+        s.add(JobRow(id=job_id, kind="ranking", params={}, dataset_id="ds", status=JobStatus.QUEUED, progress=0.0,
+                     message="queued", attempts=0))
+        s.commit()
+    return job_id
+
+
+def job(db, job_id) -> JobRow:
+    with db.session() as s:
+        return s.get(JobRow, job_id)
+
+
+def age_heartbeat(db, job_id, seconds=3600):
+    with db.session() as s:
+        s.execute(update(JobRow).where(JobRow.id == job_id)
+                  .values(heartbeat_at=utcnow() - dt.timedelta(seconds=seconds)))
+        s.commit()
+
+
+def test_one_claim_wins(db, settings):
+    j = new_job(db)
+    first = jobs.claim(db, settings, j, "w1")
+    assert first is not None and first.attempt == 1
+    assert jobs.claim(db, settings, j, "w2") is None  # running with a fresh heartbeat: taken
+    row = job(db, j)
+    assert row.status == "running" and row.worker == "w1" and row.started_at is not None
+
+
+def test_cancel_stops_the_worker_and_keeps_its_result_out(db, settings):
+    j = new_job(db)
+    c = jobs.claim(db, settings, j, "w1")
+    jobs.progress(db, c, 0.5, "half")
+    assert job(db, j).progress == 0.5
+    assert jobs.cancel(db, j)
+    with pytest.raises(jobs.JobLost):
+        jobs.progress(db, c, 0.6, "more")
+    assert not jobs.heartbeat(db, c)
+    with db.session() as s:
+        s.add(RankingRow(id=result_id_for(j), job_id=j, dataset_id="ds", result={}))
+        assert not jobs.finish(s, c, result_id_for(j))
+        s.rollback()
+    assert job(db, j).status == "cancelled"
+    assert not jobs.cancel(db, j)  # already final
+
+
+def test_stale_job_is_requeued_then_failed_after_max_attempts(db, settings):
+    sent = []
+    enqueue = lambda job_id: sent.append(job_id) or f"task-{len(sent)}"  # noqa: E731
+    j = new_job(db)
+    c1 = jobs.claim(db, settings, j, "w1")
+    assert jobs.sweep(db, settings, enqueue) == 0  # alive
+    age_heartbeat(db, j)
+    assert jobs.sweep(db, settings, enqueue) == 1
+    row = job(db, j)
+    assert row.status == "queued" and row.task_id == "task-1" and sent == [j] and "lost" in row.message
+    with pytest.raises(jobs.JobLost):  # the presumed-dead worker wakes up: its writes are refused
+        jobs.progress(db, c1, 0.9, "late")
+    c2 = jobs.claim(db, settings, j, "w2")
+    assert c2 is not None and c2.attempt == 2
+    age_heartbeat(db, j)
+    assert jobs.sweep(db, settings, enqueue) == 1
+    row = job(db, j)
+    assert row.status == "failed" and "2 attempts" in row.error and row.finished_at is not None
+    assert sent == [j]
+
+
+def test_redelivered_task_takes_over_a_dead_workers_job(db, settings):
+    j = new_job(db)
+    jobs.claim(db, settings, j, "w1")
+    age_heartbeat(db, j)
+    c = jobs.claim(db, settings, j, "w2")
+    assert c is not None and job(db, j).worker == "w2"
+
+
+def test_exhausted_job_delivered_again_is_failed(db, settings):
+    j = new_job(db)
+    jobs.claim(db, settings, j, "w1")
+    age_heartbeat(db, j)
+    jobs.claim(db, settings, j, "w2")
+    age_heartbeat(db, j)
+    assert jobs.claim(db, settings, j, "w3") is None
+    assert job(db, j).status == "failed"
+
+
+def test_local_worker_startup_recovers_every_running_job(db, settings):
+    sent = []
+    running, queued = new_job(db), new_job(db)
+    jobs.claim(db, settings, running, "dead-local-worker")  # fresh heartbeat, but its worker is gone
+    n = jobs.sweep(db, settings, lambda i: sent.append(i) or "t", all_running=True, resend_queued=True)
+    assert n == 1
+    assert job(db, running).status == "queued"
+    assert sorted(sent) == sorted([running, queued])
+
+
+def test_a_finished_job_is_not_run_again(db, settings):
+    from worker.tasks import Context, execute
+
+    j = new_job(db)
+    c = jobs.claim(db, settings, j, "w1")
+    with db.session() as s:
+        s.add(RankingRow(id=result_id_for(j), job_id=j, dataset_id="ds", result={"teachers": []}))
+        assert jobs.finish(s, c, result_id_for(j))
+        s.commit()
+    ctx = Context(settings, db, None, None)  # type: ignore[arg-type]
+    assert execute(ctx, j, "w2") == "skipped"
+    assert job(db, j).status == "succeeded" and job(db, j).attempts == 1
+
+
+def _add(repo: Repository, tid: str, seed: int = 0) -> None:
+    torch.manual_seed(seed)
+    repo.add(arch="test_resnet", weights=build_model("test_resnet", 2, 1).state_dict(), labels=["a", "b"],
+             name=tid, input=InputConfig(32, 1, (0.5,), (0.5,)), teacher_id=tid)
+
+
+def test_repository_mirror_follows_the_folder(db, settings):
+    repo = Repository(settings.repository_dir)
+    _add(repo, "one")
+    _add(repo, "two", seed=1)
+    assert repository.sync(db, repo) == {"teachers": 2, "added": 2, "updated": 0, "removed": 0}
+    repo.remove("one")
+    _add(repo, "three", seed=3)
+    assert repository.sync(db, repo) == {"teachers": 2, "added": 1, "updated": 0, "removed": 1}
+    with db.session() as s:
+        assert sorted(r.id for r in s.query(TeacherRow).all()) == ["three", "two"]
+
+
+def test_missing_repository_is_built_once_on_first_start(tmp_path, monkeypatch, caplog):
+    import hubscout.zoo
+
+    built = []
+
+    def fake_build(out, quick=False, **kw):
+        built.append((out, quick))
+        _add(Repository(out), "demo")
+        return Repository(out)
+
+    monkeypatch.setattr(hubscout.zoo, "build_demo_zoo", fake_build)
+    s = Settings(data_dir=tmp_path / "var", repository_dir=tmp_path / "zoo", demo_zoo_quick=True)
+    with caplog.at_level(logging.INFO, logger="hubscout.repository"):
+        root = repository.ensure_repository(s)
+    assert root == (tmp_path / "zoo").resolve() and Repository(root).ids() == ["demo"]
+    assert len(built) == 1 and built[0][1] is True and built[0][0] != root  # built aside, then renamed
+    assert "building the quick demo zoo" in caplog.text
+    repository.ensure_repository(s)
+    assert len(built) == 1
+    assert not [p for p in tmp_path.iterdir() if "building" in p.name]
+
+    off = Settings(data_dir=tmp_path / "var", repository_dir=tmp_path / "none", build_demo_zoo=False)
+    repository.ensure_repository(off)
+    assert not (tmp_path / "none").exists() and len(built) == 1

@@ -1,0 +1,75 @@
+"""The command line end to end on the quick repository: demo target → rank → distil → evaluate."""
+import json
+
+import numpy as np
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from hubscout.cli import app
+from hubscout.teachers import Repository, build_model
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result
+
+
+def test_rank_distil_evaluate(quick_repo, tmp_path):
+    target, test = tmp_path / "footwear.zip", tmp_path / "footwear-test.npz"
+    assert invoke("data", "demo-target", "footwear", "--shots", 10, "--out", target).exit_code == 0
+    assert invoke("data", "demo-target", "footwear", "--split", "test", "--out", test).exit_code == 0
+
+    res = invoke("rank", target, "--repo", quick_repo.root, "--metric", "ot,leep", "--json")
+    assert res.exit_code == 0, res.output
+    ranking = json.loads(res.stdout)
+    assert ranking["teachers"][0]["teacher_id"] == "fashion-footwear"
+    assert ranking["n_samples"] == 30 and ranking["classes"] == ["ankle-boot", "sandal", "sneaker"]
+
+    out = tmp_path / "student"
+    res = invoke("distill", target, "--repo", quick_repo.root, "--teacher", "fashion-footwear", "--epochs", 3,
+                 "--out", out, "--json")
+    assert res.exit_code == 0, res.output
+    assert {"model.safetensors", "config.json", "metrics.json"} <= {p.name for p in out.iterdir()}
+
+    res = invoke("evaluate", out, test, "--json")
+    assert res.exit_code == 0, res.output
+    acc = json.loads(res.stdout)["accuracy"]
+    assert acc > 0.5, f"3-class student at {acc:.2f}, chance is 0.33"
+
+
+def test_bad_inputs_exit_2_with_a_message(quick_repo, tmp_path):
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(b"this is not an archive")
+    res = invoke("rank", junk, "--repo", quick_repo.root)
+    assert res.exit_code == 2 and "unreadable archive" in res.output
+
+    res = invoke("teachers", "show", "nobody", "--repo", quick_repo.root)
+    assert res.exit_code == 2 and "unknown teacher" in res.output
+
+
+def test_teachers_add_validates_weights(tmp_path):
+    repo = tmp_path / "repo"
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps(["a", "b", "c"]))
+    good = tmp_path / "good.safetensors"
+    save_file(build_model("resnet10t", 3, 1).state_dict(), str(good))
+    wrong = tmp_path / "wrong.safetensors"
+    save_file(build_model("resnet10t", 5, 1).state_dict(), str(wrong))
+    pickle = tmp_path / "pickle.safetensors"
+    pickle.write_bytes(b"\x80\x04\x95" + b"\x00" * 64)
+    common = ["--arch", "resnet10t", "--labels", labels, "--channels", 1, "--input-size", 32, "--repo", repo]
+
+    res = invoke("teachers", "add", "--weights", wrong, "--name", "Wrong", *common)
+    assert res.exit_code == 2 and "do not fit" in res.output
+    res = invoke("teachers", "add", "--weights", pickle, "--name", "Pickle", *common)
+    assert res.exit_code == 2 and "safetensors" in res.output
+    assert Repository(repo).ids() == []  # nothing half-stored
+
+    res = invoke("teachers", "add", "--weights", good, "--name", "Good One", "--task", "toy", *common)
+    assert res.exit_code == 0, res.output
+    res = invoke("teachers", "list", "--repo", repo, "--json")
+    listed = json.loads(res.stdout)
+    assert [t["id"] for t in listed] == ["good-one"] and listed[0]["metadata"]["task"] == "toy"
+    assert listed[0]["labels"] == ["a", "b", "c"] and np.isclose(listed[0]["input"]["mean"][0], 0.485)

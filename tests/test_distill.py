@@ -1,0 +1,261 @@
+"""Distillation: the OT loss, training, saving/loading and evaluation of a student."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hubscout.data import Dataset
+from hubscout.distill import (DistillConfig, Student, StudentError, augment_images, distill, evaluate,
+                              load_student, ot_loss)
+from hubscout.teachers import InputConfig, Repository, build_model
+
+FAST = dict(min_steps=0, student_arch="test_resnet", epochs=3, batch_size=16, teacher_views=2, sinkhorn_iters=10)
+
+
+def _toy_dataset(n_per_class: int = 8, classes=("a", "b", "c"), seed: int = 0, side: int = 16) -> Dataset:
+    """Classes that differ by where a bright square sits, so a few epochs learn something."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for c in range(len(classes)):
+        for _ in range(n_per_class):
+            im = rng.integers(0, 60, (side, side), dtype=np.uint8)
+            r = 2 + 4 * c
+            im[r:r + 4, 3:side - 3] = 255
+            images.append(im)
+            labels.append(c)
+    return Dataset(np.stack(images), np.array(labels), list(classes), name="toy")
+
+
+def _add_teacher(repo: Repository, labels: list[str], seed: int, teacher_id: str):
+    torch.manual_seed(seed)
+    model = build_model("test_efficientnet", len(labels), 1)
+    return repo.add(arch="test_efficientnet", weights=model.state_dict(), labels=labels, name=teacher_id,
+                    input=InputConfig(32, 1, (0.5,), (0.5,)), teacher_id=teacher_id)
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory) -> Repository:
+    repo = Repository(tmp_path_factory.mktemp("repo"))
+    _add_teacher(repo, ["x", "y", "z", "w"], 0, "t-one")
+    _add_teacher(repo, ["p", "q"], 1, "t-two")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def toy() -> Dataset:
+    return _toy_dataset()
+
+
+@pytest.fixture(scope="module")
+def student(toy, tiny_repo) -> Student:
+    return distill(toy, tiny_repo, ["t-one"], DistillConfig(**FAST, seed=3))
+
+
+# ------------------------------------------------------------------------------------------------------- loss
+
+def test_ot_loss_differentiable_and_decreases_towards_teacher():
+    torch.manual_seed(0)
+    K = C = 4
+    M = 1.0 - torch.eye(K)  # teacher class k is target class k
+    teacher = torch.randn(8, K) * 3
+    student = torch.randn(8, C, requires_grad=True)
+    student0 = student.detach().clone()
+    kw = dict(tau=1.0, reg=0.05, n_iter=20)
+    loss0 = ot_loss(teacher, student, M, **kw)
+    loss0.backward()
+    assert student.grad is not None and torch.isfinite(student.grad).all() and student.grad.abs().sum() > 0
+    matched = ot_loss(teacher, teacher.clone(), M, **kw)
+    assert matched < loss0
+
+    opt = torch.optim.Adam([student], lr=0.2)
+    for _ in range(60):
+        opt.zero_grad()
+        loss = ot_loss(teacher, student, M, **kw)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.25 * loss0.item()
+    # Transport along the diagonal: the student's prediction approaches the teacher's.
+    gap = (torch.softmax(student, 1) - torch.softmax(teacher, 1)).abs().sum(1).mean() / 2
+    gap0 = (torch.softmax(student0, 1) - torch.softmax(teacher, 1)).abs().sum(1).mean() / 2
+    assert gap < 0.25 * gap0
+
+
+def test_augment_deterministic_and_shape():
+    ds = _toy_dataset(2)
+    a = augment_images(ds.images, torch.Generator().manual_seed(1))
+    b = augment_images(ds.images, torch.Generator().manual_seed(1))
+    c = augment_images(ds.images, torch.Generator().manual_seed(2))
+    assert a.shape == ds.images.shape and a.dtype == np.uint8
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+# ------------------------------------------------------------------------------------------------------- config
+
+def test_config_roundtrip_and_validation():
+    cfg = DistillConfig(lam=0.5, tau=2.0, student_kwargs={"drop_rate": 0.1})
+    assert DistillConfig.from_dict(cfg.to_dict()) == cfg
+    assert DistillConfig.from_dict({"epochs": 5}).epochs == 5
+    with pytest.raises(ValueError, match="unknown"):
+        DistillConfig.from_dict({"epoch": 5})
+    with pytest.raises(ValueError, match="cost"):
+        DistillConfig(cost="nope")
+    with pytest.raises(ValueError, match="tau"):
+        DistillConfig(tau=0)
+
+
+# ------------------------------------------------------------------------------------------------------- distill
+
+def test_distill_metrics_and_teachers(student, toy, tiny_repo):
+    m = student.metrics
+    assert student.classes == toy.classes
+    assert set(m["curves"]) >= {"epoch", "loss", "ce", "ot", "train_acc", "val_acc"}
+    assert m["curves"]["epoch"] == [1, 2, 3]
+    assert all(v is not None and np.isfinite(v) for v in m["curves"]["ot"])
+    assert 0 <= m["train_accuracy"] <= 1 and 0 <= m["val_accuracy"] <= 1
+    assert m["n_val"] == 6 and m["n_train"] == 18  # 20 % of 8 per class, stratified
+    assert m["device"] and m["elapsed_s"] > 0
+    t = tiny_repo.get("t-one")
+    assert student.teachers == [{"id": "t-one", "name": "t-one", "weights_sha256": t.weights_sha256, "weight": 1.0}]
+    assert not student.model.training
+
+
+def test_distill_is_deterministic(toy, tiny_repo, student):
+    again = distill(toy, tiny_repo, ["t-one"], DistillConfig(**FAST, seed=3), device="cpu")
+    assert np.array_equal(again.predict_proba(toy), student.predict_proba(toy))
+    assert again.metrics["curves"]["loss"] == student.metrics["curves"]["loss"]
+
+
+def test_ce_only(toy, tiny_repo):
+    s = distill(toy, tiny_repo, [], DistillConfig(**FAST, ce_only=True))
+    assert s.teachers == []
+    assert s.metrics["curves"]["ot"] == [None] * 3
+    # Named teachers are ignored, not loaded, for the CE-only student.
+    s2 = distill(toy, None, ["does-not-exist"], DistillConfig(**FAST, ce_only=True))
+    assert np.array_equal(s.predict(toy), s2.predict(toy))
+    with pytest.raises(StudentError, match="teacher"):
+        distill(toy, tiny_repo, [], DistillConfig(**FAST))
+
+
+def test_multi_teacher_weights_normalised(toy, tiny_repo):
+    cfg = DistillConfig(**{**FAST, "epochs": 1})
+    s = distill(toy, tiny_repo, ["t-one", "t-two"], cfg, weights=[3.0, 1.0])
+    assert [t["id"] for t in s.teachers] == ["t-one", "t-two"]
+    assert [t["weight"] for t in s.teachers] == pytest.approx([0.75, 0.25])
+    s = distill(toy, tiny_repo, ["t-one", "t-two"], cfg)
+    assert [t["weight"] for t in s.teachers] == pytest.approx([0.5, 0.5])
+    with pytest.raises(StudentError, match="weights"):
+        distill(toy, tiny_repo, ["t-one", "t-two"], cfg, weights=[1.0])
+    with pytest.raises(StudentError, match="non-negative"):
+        distill(toy, tiny_repo, ["t-one", "t-two"], cfg, weights=[1.0, -1.0])
+
+
+def test_tiny_data_keeps_every_class_in_train(tiny_repo):
+    ds = _toy_dataset(1)  # one sample per class: nothing can go to validation
+    s = distill(ds, tiny_repo, ["t-two"], DistillConfig(**{**FAST, "epochs": 1}))
+    assert s.metrics["n_train"] == 3 and s.metrics["n_val"] == 0 and s.metrics["val_accuracy"] is None
+
+
+# ------------------------------------------------------------------------------------------------------- save/load
+
+def test_save_load_identical_predictions(student, toy, tmp_path):
+    out = student.save(tmp_path / "s")
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "metrics.json", "labels.json"}
+    loaded = load_student(out)
+    assert np.array_equal(loaded.predict(toy), student.predict(toy))
+    np.testing.assert_allclose(loaded.predict_proba(toy), student.predict_proba(toy), rtol=0, atol=1e-6)
+    assert loaded.classes == student.classes and loaded.input == student.input
+    assert loaded.config == student.config and loaded.teachers == student.teachers
+    assert loaded.metrics["train_accuracy"] == student.metrics["train_accuracy"]
+
+
+def test_saved_config_fields(student, toy, tmp_path):
+    import hubscout
+
+    out = student.save(tmp_path / "s")
+    cfg = json.loads((out / "config.json").read_text())
+    for key in ("arch", "arch_kwargs", "num_classes", "classes", "input", "teachers", "hyperparameters",
+                "hubscout_version", "dataset_sha256", "weights_sha256"):
+        assert key in cfg, key
+    assert cfg["arch"] == "test_resnet" and cfg["num_classes"] == 3 and cfg["classes"] == ["a", "b", "c"]
+    assert cfg["input"]["channels"] == 1 and cfg["input"]["size"] == 32  # 16 px images, at least 32
+    assert cfg["hubscout_version"] == hubscout.__version__ and cfg["dataset_sha256"] == toy.sha256
+    assert cfg["hyperparameters"]["lam"] == student.config.lam and cfg["teachers"][0]["id"] == "t-one"
+    assert json.loads((out / "labels.json").read_text()) == {"0": "a", "1": "b", "2": "c"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) >= {"train_accuracy", "val_accuracy", "curves", "elapsed_s", "device"}
+
+
+def test_load_errors(student, tmp_path):
+    out = student.save(tmp_path / "s")
+    (out / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(StudentError, match="model.safetensors"):
+        load_student(out)
+    (out / "model.safetensors").unlink()
+    with pytest.raises(StudentError, match="no model.safetensors"):
+        load_student(out)
+    with pytest.raises(StudentError, match="no student folder"):
+        load_student(tmp_path / "nowhere")
+
+    # Valid safetensors of another shape, with the recorded hash updated: the strict load names the problem.
+    from safetensors.torch import save_file
+
+    out = student.save(tmp_path / "s2")
+    other = build_model("test_resnet", 5, 1)
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(out / "model.safetensors"))
+    cfg = json.loads((out / "config.json").read_text())
+    with pytest.raises(StudentError, match="sha256"):
+        load_student(out)
+    cfg.pop("weights_sha256")
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(StudentError, match="does not fit"):
+        load_student(out)
+
+
+# ------------------------------------------------------------------------------------------------------- evaluate
+
+def test_evaluate_matches_manual(student, toy):
+    res = evaluate(student, toy)
+    pred = student.predict(toy)
+    assert res["n"] == len(toy)
+    assert res["accuracy"] == pytest.approx(float((pred == toy.labels).mean()))
+    for i, c in enumerate(toy.classes):
+        assert res["per_class_accuracy"][c] == pytest.approx(float((pred[toy.labels == i] == i).mean()))
+
+
+def test_evaluate_matches_classes_by_name(student, toy):
+    # Same images, classes listed in another order: labels are matched by name, not by index.
+    perm = [2, 0, 1]
+    inv = np.argsort(perm)
+    shuffled = Dataset(toy.images, inv[toy.labels], [toy.classes[p] for p in perm])
+    assert evaluate(student, shuffled) == evaluate(student, toy)
+    bad = Dataset(toy.images, toy.labels, ["a", "b", "zebra"])
+    with pytest.raises(ValueError, match="zebra"):
+        evaluate(student, bad)
+
+
+def test_predict_accepts_arrays(student, toy):
+    assert np.array_equal(student.predict(toy.images[..., 0]), student.predict(toy))
+    with pytest.raises(ValueError):
+        student.predict(toy.images.astype(np.float32))
+
+
+# ------------------------------------------------------------------------------------------------------- end to end
+
+def test_end_to_end_quick_repo_footwear(request, tmp_path):
+    try:
+        repo = request.getfixturevalue("quick_repo")
+    except pytest.FixtureLookupError:
+        pytest.skip("quick_repo fixture not available")
+    from hubscout.rank import rank
+    from hubscout.sources import demo_target
+
+    train = demo_target("footwear", 10, seed=0)
+    test = demo_target("footwear", split="test", max_per_class=100)
+    best = rank(train, repo, metrics=["ot"]).best().teacher_id
+    cfg = DistillConfig(epochs=15, teacher_views=3, seed=0)
+    s = distill(train, repo, [best], cfg)
+    acc = evaluate(load_student(s.save(tmp_path / "s")), test)["accuracy"]
+    assert acc > 0.6, acc  # chance is 1/3

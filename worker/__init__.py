@@ -1,0 +1,1 @@
+"""Celery workers: thin adapters that run hubscout for queued jobs and write results to the DB and storage."""

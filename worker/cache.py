@@ -1,0 +1,188 @@
+"""The library's ``OutputsCache`` on the service's database and storage, and the score records.
+
+A forward pass of a teacher over a dataset is stored once per (teacher weights sha256, dataset sha256): the
+arrays as bytes in storage, a row in ``teacher_outputs`` saying they exist. Workers on other machines find them
+through the shared database and storage.
+"""
+from __future__ import annotations
+
+import logging
+import re
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from app.db import Database, utcnow
+from app.models import ScoreRow, TeacherOutputRow, json_safe
+from app.storage import LocalStorage
+
+log = logging.getLogger("hubscout.cache")
+_SHA = re.compile(r"[0-9a-f]{64}")
+
+
+def _key(teacher_sha256: str, dataset_sha256: str) -> str:
+    if not (_SHA.fullmatch(teacher_sha256) and _SHA.fullmatch(dataset_sha256)):
+        raise ValueError("cache keys are sha256 hex digests")
+    return f"outputs/{dataset_sha256[:2]}/{dataset_sha256}-{teacher_sha256}.npz"
+
+
+class DbOutputsCache:
+    """``hubscout.extract.OutputsCache`` backed by the ``teacher_outputs`` table and blob storage."""
+
+    def __init__(self, db: Database, storage: LocalStorage):
+        self.db = db
+        self.storage = storage
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, teacher_sha256: str, dataset_sha256: str):
+        from hubscout.extract import TeacherOutputs
+
+        with self.db.session() as s:
+            row = s.scalar(select(TeacherOutputRow).where(TeacherOutputRow.teacher_sha256 == teacher_sha256,
+                                                          TeacherOutputRow.dataset_sha256 == dataset_sha256))
+            if row is None:
+                self.misses += 1
+                return None
+            try:
+                outputs = TeacherOutputs.from_bytes(self.storage.get_bytes(row.storage_key))
+            except (OSError, ValueError, KeyError) as e:
+                # A blob lost or torn behind the row's back: forget it and recompute.
+                log.warning("dropping unreadable cached outputs %s: %s", row.storage_key, e)
+                s.delete(row)
+                s.commit()
+                self.misses += 1
+                return None
+            s.execute(update(TeacherOutputRow).where(TeacherOutputRow.id == row.id)
+                      .values(hits=TeacherOutputRow.hits + 1, last_used_at=utcnow()))
+            s.commit()
+        self.hits += 1
+        return outputs
+
+    def put(self, teacher_sha256: str, dataset_sha256: str, outputs) -> None:
+        key = _key(teacher_sha256, dataset_sha256)
+        data = outputs.to_bytes()
+        # Blob first, row second: a row always points at a complete blob. The key is fixed by the hashes, so
+        # two workers computing the same outputs write the same bytes to the same place.
+        self.storage.put_bytes(key, data)
+        row = TeacherOutputRow(teacher_sha256=teacher_sha256, dataset_sha256=dataset_sha256, storage_key=key,
+                               n_samples=int(outputs.features.shape[0]), feature_dim=int(outputs.features.shape[1]),
+                               num_classes=int(outputs.logits.shape[1]), size_bytes=len(data), hits=0)
+        with self.db.session() as s:
+            s.add(row)
+            try:
+                s.commit()
+            except IntegrityError:
+                s.rollback()  # already cached by a concurrent job: same key, same bytes
+
+
+class ScoreStore:
+    """Every metric value computed for a (teacher weights, dataset content) pair, with OT's correspondences.
+
+    Scores are tagged with the library version that computed them; another version's are recomputed."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    @staticmethod
+    def _cost_key(metric: str, cost: str) -> str:
+        return cost if metric == "ot" else ""
+
+    def _rows(self, s, teacher_shas: list[str], dataset_sha256: str, metrics: list[str]) -> list[ScoreRow]:
+        rows: list[ScoreRow] = []
+        for i in range(0, len(teacher_shas), 500):  # bounded IN lists
+            rows += s.scalars(select(ScoreRow).where(
+                ScoreRow.dataset_sha256 == dataset_sha256, ScoreRow.metric.in_(metrics),
+                ScoreRow.teacher_sha256.in_(teacher_shas[i:i + 500])))
+        return rows
+
+    def lookup(self, teachers, dataset_sha256: str, metrics: list[str], cost: str) -> dict:
+        """{teacher id: RankEntry} for the teachers whose every requested metric is stored."""
+        import hubscout
+        from hubscout.rank import RankEntry
+
+        with self.db.session() as s:
+            rows = self._rows(s, sorted({t.weights_sha256 for t in teachers}), dataset_sha256, metrics)
+        by_key = {(r.teacher_sha256, r.metric, r.cost): r for r in rows}
+        out = {}
+        for t in teachers:
+            scores: dict[str, float] = {}
+            correspondences: dict = {}
+            for m in metrics:
+                row = by_key.get((t.weights_sha256, m, self._cost_key(m, cost)))
+                if row is None or (row.extra or {}).get("v") != hubscout.__version__:
+                    break
+                scores[m] = float("nan") if row.value is None else float(row.value)
+                if m == "ot":
+                    correspondences = {c: [(str(x), float(w)) for x, w in pairs]
+                                       for c, pairs in ((row.extra or {}).get("correspondences") or {}).items()}
+            else:
+                out[t.id] = RankEntry(t.id, t.name, scores, correspondences, cached=True)
+        return out
+
+    def record(self, entries, teacher_sha: dict[str, str], dataset_sha256: str, cost: str) -> int:
+        """Upsert the scores of freshly computed ``RankEntry``s."""
+        import hubscout
+        from hubscout.scores import METRICS
+
+        values = {}
+        for e in entries:
+            tsha = teacher_sha.get(e.teacher_id)
+            if tsha is None:
+                continue
+            for metric, value in e.scores.items():
+                extra: dict = {"v": hubscout.__version__}
+                if metric == "ot":
+                    extra["correspondences"] = {c: [[x, float(w)] for x, w in pairs]
+                                                for c, pairs in e.correspondences.items()}
+                values[(tsha, metric, self._cost_key(metric, cost))] = dict(
+                    value=json_safe(float(value)), direction=METRICS[metric].direction, extra=json_safe(extra))
+        if not values:
+            return 0
+        for _ in range(3):
+            with self.db.session() as s:
+                metrics = sorted({m for _, m, _ in values})
+                existing = {(r.teacher_sha256, r.metric, r.cost): r
+                            for r in self._rows(s, sorted({t for t, _, _ in values}), dataset_sha256, metrics)}
+                for (tsha, metric, cost_key), v in values.items():
+                    row = existing.get((tsha, metric, cost_key))
+                    if row is None:
+                        s.add(ScoreRow(teacher_sha256=tsha, dataset_sha256=dataset_sha256, metric=metric,
+                                       cost=cost_key, **v))
+                    else:
+                        for k, x in v.items():
+                            setattr(row, k, x)
+                try:
+                    s.commit()
+                    break
+                except IntegrityError:
+                    # A concurrent ranking inserted some of the same scores: read them back and update instead.
+                    s.rollback()
+        return len(values)
+
+
+def rank_cached(dataset, repo, *, metrics, teacher_ids, top_k, outputs_cache: DbOutputsCache, scores: ScoreStore,
+                device, batch_size: int, on_progress):
+    """``hubscout.rank.rank`` over the teachers whose scores are not stored yet (their outputs through
+    ``outputs_cache``), merged with the stored scores of the others and ordered by the library."""
+    import time
+
+    from hubscout.rank import DEFAULT_COST, Ranking, order_entries, rank, resolve_metrics, select_teachers
+
+    t0 = time.perf_counter()
+    metric_list = resolve_metrics(metrics)
+    teachers = select_teachers(repo, teacher_ids)
+    stored = scores.lookup(teachers, dataset.sha256, metric_list, DEFAULT_COST)
+    known = [stored[t.id] for t in teachers if t.id in stored]
+    missing = [t for t in teachers if t.id not in stored]
+    fresh = []
+    if missing:
+        part = rank(dataset, repo, metrics=metric_list, teacher_ids=[t.id for t in missing], cache=outputs_cache,
+                    device=device, batch_size=batch_size, on_progress=on_progress)
+        fresh = part.entries
+        scores.record(fresh, {t.id: t.weights_sha256 for t in missing}, dataset.sha256, part.cost)
+    ordered = order_entries(known + fresh, metric_list[0])
+    if top_k is not None:
+        ordered = ordered[:top_k]
+    return Ranking(dataset.sha256, dataset.classes, len(dataset), metric_list, ordered, DEFAULT_COST,
+                   time.perf_counter() - t0), len(known)

@@ -1,0 +1,327 @@
+"""Celery tasks: thin adapters that run hubscout for a job and write what it returns.
+
+A task gets only a job id. It claims the job row (app.jobs), runs the library with a progress callback that
+writes into the row and stops the run when the job was cancelled or taken over, and stores the result together
+with the job's final status in one transaction. Running a job's task again is harmless: a finished job is not
+claimed again, and a result's id is fixed by its job's id.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from celery import signals
+from sqlalchemy import select
+
+from app import jobs
+from app.db import Database
+from app.models import DatasetRow, JobKind, JobRow, JobStatus, RankingRow, StudentRow, json_safe, result_id_for
+from app.queue import JobQueue
+from app.settings import Settings, get_settings
+from app.storage import LocalStorage
+from worker.cache import DbOutputsCache, ScoreStore, rank_cached
+from worker.celery_app import celery_app
+from worker.config import TASK_RUN_JOB
+
+log = logging.getLogger("hubscout.worker")
+
+
+# ------------------------------------------------------------------------------------------------- context
+
+@dataclass
+class Context:
+    settings: Settings
+    db: Database
+    storage: LocalStorage
+    queue: JobQueue
+
+
+_ctx: Context | None = None
+_ctx_pid: int | None = None
+_ctx_lock = threading.Lock()
+
+
+def context() -> Context:
+    """Per-process services; rebuilt after a fork so no database connection is shared across processes."""
+    global _ctx, _ctx_pid
+    with _ctx_lock:
+        if _ctx is None or _ctx_pid != os.getpid():
+            settings = get_settings()
+            _ctx = Context(settings, Database(settings), LocalStorage(settings.storage_root), JobQueue(settings))
+            _ctx_pid = os.getpid()
+        return _ctx
+
+
+def device_for(settings: Settings) -> str:
+    import torch
+
+    return settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ------------------------------------------------------------------------------------------------- progress
+
+class Reporter:
+    """``on_progress`` for the library: throttled writes into the job row, and the cancellation check."""
+
+    def __init__(self, ctx: Context, claim: jobs.Claim, lost: threading.Event, min_interval: float = 0.5):
+        self.ctx, self.claim, self.lost, self.min_interval = ctx, claim, lost, min_interval
+        self._last = 0.0
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.lost.is_set():
+            raise jobs.JobLost(self.claim.job_id)
+        now = time.monotonic()
+        if now - self._last < self.min_interval and fraction < 1.0:
+            return
+        self._last = now
+        jobs.progress(self.ctx.db, self.claim, fraction, message)
+
+    def scaled(self, lo: float, hi: float) -> Callable[[float, str], None]:
+        return lambda f, m: self(lo + (hi - lo) * f, m)
+
+
+class Heartbeat(threading.Thread):
+    """Proves this worker alive while the library computes between progress reports (a long epoch, a big
+    forward pass); notices cancellation even when no progress is reported."""
+
+    def __init__(self, ctx: Context, claim: jobs.Claim, lost: threading.Event):
+        super().__init__(name=f"heartbeat-{claim.job_id}", daemon=True)
+        self.ctx, self.claim, self.lost = ctx, claim, lost
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.ctx.settings.heartbeat_seconds):
+            try:
+                if not jobs.heartbeat(self.ctx.db, self.claim):
+                    self.lost.set()
+                    return
+            except Exception:
+                log.warning("heartbeat for job %s failed", self.claim.job_id, exc_info=True)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(5)
+
+
+# ------------------------------------------------------------------------------------------------- the task
+
+@celery_app.task(name=TASK_RUN_JOB, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run_job(self, job_id: str, recheck: bool = False) -> str:
+    ctx = context()
+    token = f"{self.request.hostname or socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    outcome = execute(ctx, job_id, token)
+    if outcome == "busy" and not recheck:
+        # Delivered while another worker holds the job: most often the broker handing back the task of a worker
+        # that just died (reject_on_worker_lost), whose heartbeat is still fresh. Look again once it would be
+        # stale: then the claim takes the job over; if its worker is alive after all, this is skipped.
+        settings = ctx.settings
+        self.apply_async(args=[job_id], kwargs={"recheck": True},
+                         countdown=settings.stale_after_seconds + 2 * settings.heartbeat_seconds)
+    return outcome
+
+
+def execute(ctx: Context, job_id: str, token: str) -> str:
+    claim = jobs.claim(ctx.db, ctx.settings, job_id, token)
+    if claim is None:
+        with ctx.db.session() as s:
+            status = s.scalar(select(JobRow.status).where(JobRow.id == job_id))
+        log.info("job %s skipped: %s", job_id, "running elsewhere" if status == JobStatus.RUNNING else status)
+        return "busy" if status == JobStatus.RUNNING else "skipped"
+    lost = threading.Event()
+    beat = Heartbeat(ctx, claim, lost)
+    beat.start()
+    t0 = time.perf_counter()
+    try:
+        with ctx.db.session() as s:
+            job = s.get(JobRow, job_id)
+            dataset = s.get(DatasetRow, job.dataset_id) if job else None
+        if job is None or dataset is None:
+            raise RuntimeError(f"job {job_id} or its dataset vanished")
+        log.info("job %s (%s) attempt %d started", job_id, job.kind, claim.attempt)
+        report = Reporter(ctx, claim, lost)
+        if job.kind == JobKind.RANKING:
+            run_ranking(ctx, claim, job, dataset, report)
+        elif job.kind == JobKind.DISTILLATION:
+            run_distillation(ctx, claim, job, dataset, report)
+        else:
+            raise RuntimeError(f"unknown job kind {job.kind!r}")
+        log.info("job %s succeeded in %.2f s", job_id, time.perf_counter() - t0)
+        return "succeeded"
+    except jobs.JobLost:
+        log.info("job %s stopped: cancelled or taken over", job_id)
+        return "lost"
+    except Exception as e:
+        log.exception("job %s failed", job_id)
+        jobs.fail(ctx.db, claim, _describe(e))
+        return "failed"
+    finally:
+        beat.stop()
+
+
+def _describe(e: Exception) -> str:
+    """The user's mistakes (bad data, unknown teacher) as their message; anything else with its type."""
+    from hubscout.data import DatasetError
+    from hubscout.teachers import TeacherError, TeacherNotFound
+
+    if isinstance(e, TeacherNotFound):
+        return f"unknown teacher: {e.args[0] if e.args else e}"
+    if isinstance(e, (DatasetError, TeacherError, ValueError)):
+        return str(e)
+    return f"{type(e).__name__}: {e}"
+
+
+def _load_dataset(ctx: Context, row: DatasetRow):
+    from hubscout.data import Limits, load_dataset
+
+    s = ctx.settings
+    limits = Limits(max_samples=s.max_samples, max_classes=s.max_classes, max_side=s.max_image_side,
+                    max_pixels=s.max_decoded_bytes)
+    ds = load_dataset(ctx.storage.path(row.storage_key), name=row.name, limits=limits)
+    # The stored file is the canonical form hashed at upload; hashing every image again per job is waste.
+    ds.__dict__["sha256"] = row.sha256
+    return ds
+
+
+def run_ranking(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: DatasetRow, report: Reporter) -> None:
+    from hubscout.teachers import Repository
+
+    params = job.params
+    report(0.0, "loading dataset")
+    ds = _load_dataset(ctx, dataset)
+    repo = Repository(ctx.settings.repository_dir)
+    outputs = DbOutputsCache(ctx.db, ctx.storage)
+    ranking, n_scored = rank_cached(ds, repo, metrics=params.get("metrics") or ["ot"],
+                                    teacher_ids=params.get("teacher_ids"), top_k=params.get("top_k"),
+                                    outputs_cache=outputs, scores=ScoreStore(ctx.db), device=device_for(ctx.settings),
+                                    batch_size=ctx.settings.batch_size, on_progress=report.scaled(0.0, 0.95))
+    result = json_safe(ranking.to_dict())
+    rid = result_id_for(job.id)
+    with ctx.db.session() as s:
+        s.merge(RankingRow(id=rid, job_id=job.id, dataset_id=dataset.id, result=result))
+        if not jobs.finish(s, claim, rid):
+            s.rollback()
+            raise jobs.JobLost(job.id)
+        s.commit()
+    log.info("ranking %s: %d teachers; scores stored for %d; outputs cached for %d, computed for %d", rid,
+             len(ranking.entries), n_scored, outputs.hits, outputs.misses)
+
+
+def _zip_folder(folder: Path, dest: Path) -> None:
+    # Files at the archive's root: `unzip -d DIR` then load_student(DIR).
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
+        for p in sorted(folder.iterdir()):
+            if p.is_file():
+                zf.write(p, p.name)
+
+
+def run_distillation(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: DatasetRow, report: Reporter) -> None:
+    from hubscout.distill import DistillConfig, distill
+    from hubscout.rank import relatedness_weights
+    from hubscout.teachers import Repository
+
+    params = job.params
+    report(0.0, "loading dataset")
+    ds = _load_dataset(ctx, dataset)
+    repo = Repository(ctx.settings.repository_dir)
+    ids = list(params.get("teacher_ids") or [])
+    cfg = DistillConfig.from_dict(params["config"])
+    device = device_for(ctx.settings)
+    weights = None
+    if len(ids) > 1 and not cfg.ce_only:
+        report(0.0, "weighting teachers by relatedness")
+        weights = relatedness_weights(ds, repo, ids, cache=DbOutputsCache(ctx.db, ctx.storage), device=device)
+    student = distill(ds, repo, ids, cfg, weights=weights, device=device, on_progress=report.scaled(0.05, 0.95))
+    report(0.96, "saving the student")
+    sid = result_id_for(job.id)
+    key = f"students/{sid}.zip"
+    scratch = ctx.storage.tmp_path()
+    try:
+        scratch.mkdir(parents=True)
+        folder = student.save(scratch / "student")
+        archive = scratch / "student.zip"
+        _zip_folder(folder, archive)
+        digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+        size = archive.stat().st_size
+        with ctx.storage.writer(key) as f, open(archive, "rb") as src:
+            shutil.copyfileobj(src, f)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    row = StudentRow(id=sid, job_id=job.id, dataset_id=dataset.id, teacher_ids=ids, student_arch=cfg.student_arch,
+                     config=json_safe(student.config_dict()), metrics=json_safe(student.metrics), archive_key=key,
+                     archive_bytes=size, archive_sha256=digest)
+    with ctx.db.session() as s:
+        s.merge(row)
+        if not jobs.finish(s, claim, sid):
+            s.rollback()
+            ctx.storage.delete(key)  # cancelled while saving: leave nothing behind
+            raise jobs.JobLost(job.id)
+        s.commit()
+
+
+# ------------------------------------------------------------------------------------------------- recovery
+
+def startup_sweep() -> None:
+    """Before consuming: recover jobs whose worker died. The embedded local worker is the only worker, so
+    every job still marked running is orphaned, and queued jobs are sent again because the filesystem broker
+    loses a message taken by a killed worker (the claim makes duplicates harmless)."""
+    ctx = context()
+    embedded = ctx.settings.embedded
+    try:
+        n = jobs.sweep(ctx.db, ctx.settings, ctx.queue.enqueue, all_running=embedded, resend_queued=embedded)
+        if n:
+            log.warning("recovered %d job(s) left running by a lost worker", n)
+    except Exception:
+        log.exception("startup sweep failed (is the database migrated?)")
+
+
+class _Sweeper(threading.Thread):
+    def __init__(self) -> None:
+        super().__init__(name="stale-job-sweeper", daemon=True)
+
+    def run(self) -> None:
+        ctx = context()
+        interval = max(1.0, ctx.settings.stale_after_seconds / 2)
+        while True:
+            time.sleep(interval)
+            try:
+                jobs.sweep(ctx.db, ctx.settings, ctx.queue.enqueue)
+            except Exception:
+                log.warning("periodic sweep failed", exc_info=True)
+
+
+@signals.celeryd_after_setup.connect
+def _on_worker_setup(**_) -> None:
+    # After logging is set up, before any task is consumed: the sweep cannot mistake a job this worker has
+    # just claimed for an orphan.
+    startup_sweep()
+
+
+@signals.worker_ready.connect
+def _on_worker_ready(**_) -> None:
+    _Sweeper().start()
+    ctx = context()
+    # The device is not probed here: CUDA must not be initialised before a prefork pool forks.
+    log.info("hubscout worker ready: device %s, database %s, storage %s, repository %s",
+             ctx.settings.device or "auto (cuda when available)",
+             ctx.db.engine.url.render_as_string(hide_password=True), ctx.settings.storage_root,
+             ctx.settings.repository_dir)
+
+
+@signals.worker_process_init.connect
+def _on_process_init(**_) -> None:
+    global _ctx
+    if _ctx is not None:
+        # A prefork child must neither use nor close the parent's pooled connections (closing would end the
+        # parent's sessions on the server); it drops them silently and builds its own engine.
+        _ctx.db.engine.dispose(close=False)
+    _ctx = None
