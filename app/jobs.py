@@ -6,9 +6,9 @@ is conditioned on still holding that token while the job is running. A cancelled
 silently stops accepting writes from the worker that lost it.
 
     queued --claim--> running --finish--> succeeded
-       |                 |  \\--fail----> failed
-       |                 |   \\-- stale heartbeat --> queued again (bounded by job_max_attempts) or failed
-       \\--cancel--> cancelled <--cancel--/
+      |                  |------fail-----> failed
+      |                  '--worker lost--> queued again (at most job_max_attempts claims), then failed
+      '--cancel (while queued or running)--> cancelled
 """
 from __future__ import annotations
 

@@ -46,6 +46,11 @@ class LocalWorker:
         env = dict(os.environ)
         # The worker package must import even when hubscout is installed without the service packages mapped.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+        # Absolute folders: the worker must find the very files the API resolved, whatever its working directory.
+        s = self.settings
+        env["HUBSCOUT_DATA_DIR"] = str(s.data_dir.resolve())
+        env["HUBSCOUT_STORAGE_DIR"] = str(s.storage_root)
+        env["HUBSCOUT_REPOSITORY_DIR"] = str(s.repository_dir.resolve())
         return env
 
     def start(self) -> None:
@@ -58,7 +63,7 @@ class LocalWorker:
             started = time.monotonic()
             log.info("starting the local Celery worker: %s", " ".join(self.command()))
             # preexec_fn: the supervising thread lives as long as `serve`, which PDEATHSIG relies on.
-            self._proc = subprocess.Popen(self.command(), env=self._env(), cwd=str(ROOT),
+            self._proc = subprocess.Popen(self.command(), env=self._env(),
                                           preexec_fn=_die_with_parent if sys.platform == "linux" else None)
             rc = self._proc.wait()
             if self._stopping.is_set():

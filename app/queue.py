@@ -11,9 +11,10 @@ log = logging.getLogger("hubscout.queue")
 
 class JobQueue:
     def __init__(self, settings: Settings):
-        from worker.config import TASK_RUN_JOB, make_celery
+        from worker.config import TASK_RUN_JOB, ensure_broker_dirs, make_celery
 
         self.settings = settings
+        ensure_broker_dirs(settings)
         self.celery = make_celery(settings)
         self._task = TASK_RUN_JOB
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError, MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -49,6 +49,10 @@ def _too_large(what: str, limit: int) -> Problem:
                    title="Upload too large", limit=limit, headers={"Connection": "close"})
 
 
+def _malformed(e: Exception) -> Problem:
+    return Problem(422, f"malformed multipart body: {e}", type_="validation-error", title="Invalid request")
+
+
 @dataclass
 class _Part:
     name: str = ""
@@ -83,6 +87,7 @@ async def read_multipart(request: Request, storage: LocalStorage, *, file_limits
     header_field = bytearray()
     header_value = bytearray()
     pending: list[Problem] = []
+    seen_fields: set[str] = set()
 
     def current() -> _Part:
         return parts[-1]
@@ -115,8 +120,10 @@ async def read_multipart(request: Request, storage: LocalStorage, *, file_limits
         if part.name in file_limits and part.name not in form.files:
             part.upload = UploadedFile(part.name, part.filename or "", part.content_type, storage.tmp_path())
             form.files[part.name] = part.upload
-        elif part.name not in text_fields or part.name in form.fields or part.filename is not None:
-            part.discard = True  # unknown, repeated, or a file where text is expected
+        elif part.name not in text_fields or part.name in seen_fields or part.filename is not None:
+            part.discard = True  # unknown, repeated (the first one counts), or a file where text is expected
+        else:
+            seen_fields.add(part.name)
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         part = current()
@@ -163,11 +170,8 @@ async def read_multipart(request: Request, storage: LocalStorage, *, file_limits
                 raise _too_large("the request body", max_body)
             try:
                 parser.write(chunk)
-            except MultipartParseError as e:
-                if pending:
-                    raise pending[0] from None
-                raise Problem(422, f"malformed multipart body: {e}", type_="validation-error",
-                              title="Invalid request") from None
+            except FormParserError as e:
+                raise (pending[0] if pending else _malformed(e)) from None
             for part in parts:
                 if part.upload is None or part.upload.sha256:
                     continue
@@ -175,7 +179,10 @@ async def read_multipart(request: Request, storage: LocalStorage, *, file_limits
                     await run_in_threadpool(flush, part, True)
                 elif len(part.buf) >= chunk_bytes:
                     await run_in_threadpool(flush, part, False)
-        parser.finalize()
+        try:
+            parser.finalize()
+        except FormParserError as e:
+            raise _malformed(e) from None
         for part in parts:
             if part.upload is not None and not part.upload.sha256:
                 if not part.done:

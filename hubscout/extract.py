@@ -98,7 +98,8 @@ def extract(teacher: Teacher, dataset: Dataset, *, batch_size: int = 64, device:
 
 
 class OutputsCache(Protocol):
-    """Where teacher outputs are kept between rankings, keyed by (teacher weights hash, dataset hash)."""
+    """Where teacher outputs are kept between rankings, keyed by (``Teacher.outputs_key``, dataset hash): the
+    key covers the weights, the architecture and the input config, since all three shape the outputs."""
 
     def get(self, teacher_sha256: str, dataset_sha256: str) -> TeacherOutputs | None: ...
 
@@ -135,10 +136,10 @@ class FileCache:
 def outputs_for(teacher: Teacher, dataset: Dataset, cache: OutputsCache | None = None, **kw) -> tuple[TeacherOutputs, bool]:
     """Cached outputs if there are any, else a forward pass (stored in the cache). Returns (outputs, was_cached)."""
     if cache is not None:
-        hit = cache.get(teacher.weights_sha256, dataset.sha256)
+        hit = cache.get(teacher.outputs_key, dataset.sha256)
         if hit is not None:
             return hit, True
     out = extract(teacher, dataset, **kw)
     if cache is not None:
-        cache.put(teacher.weights_sha256, dataset.sha256, out)
+        cache.put(teacher.outputs_key, dataset.sha256, out)
     return out, False

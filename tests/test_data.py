@@ -81,7 +81,8 @@ def test_image_folder_mixed_modes_and_sizes(tmp_path):
 
 
 def test_image_folder_classes_sorted_and_nested_root(tmp_path):
-    members = {"root/zebra/1.png": png_bytes(GREY), "root/ant/1.png": png_bytes(GREY), "root/ant/2.png": png_bytes(GREY)}
+    members = {"root/zebra/1.png": png_bytes(GREY), "root/ant/1.png": png_bytes(GREY),
+               "root/ant/2.png": png_bytes(GREY)}
     ds = load_dataset(write_zip(tmp_path / "n.zip", members))
     assert ds.classes == ["ant", "zebra"]
     assert ds.labels.tolist() == [0, 0, 1]

@@ -144,7 +144,7 @@ def _grace_hopper() -> np.ndarray:
         im = im.convert("RGB")
         side = min(im.size)
         left, top = (im.width - side) // 2, (im.height - side) // 2
-        return np.asarray(im.crop((left, top, left + side, top + side)).resize((224, 224), Image.BICUBIC))[None]
+        return np.array(im.crop((left, top, left + side, top + side)).resize((224, 224), Image.BICUBIC))[None]
 
 
 def test_efficientnet_lite0_weights_load_by_key_pairing():

@@ -102,14 +102,14 @@ class ScoreStore:
         from hubscout.rank import RankEntry
 
         with self.db.session() as s:
-            rows = self._rows(s, sorted({t.weights_sha256 for t in teachers}), dataset_sha256, metrics)
+            rows = self._rows(s, sorted({t.outputs_key for t in teachers}), dataset_sha256, metrics)
         by_key = {(r.teacher_sha256, r.metric, r.cost): r for r in rows}
         out = {}
         for t in teachers:
             scores: dict[str, float] = {}
             correspondences: dict = {}
             for m in metrics:
-                row = by_key.get((t.weights_sha256, m, self._cost_key(m, cost)))
+                row = by_key.get((t.outputs_key, m, self._cost_key(m, cost)))
                 if row is None or (row.extra or {}).get("v") != hubscout.__version__:
                     break
                 scores[m] = float("nan") if row.value is None else float(row.value)
@@ -180,7 +180,7 @@ def rank_cached(dataset, repo, *, metrics, teacher_ids, top_k, outputs_cache: Db
         part = rank(dataset, repo, metrics=metric_list, teacher_ids=[t.id for t in missing], cache=outputs_cache,
                     device=device, batch_size=batch_size, on_progress=on_progress)
         fresh = part.entries
-        scores.record(fresh, {t.id: t.weights_sha256 for t in missing}, dataset.sha256, part.cost)
+        scores.record(fresh, {t.id: t.outputs_key for t in missing}, dataset.sha256, part.cost)
     ordered = order_entries(known + fresh, metric_list[0])
     if top_k is not None:
         ordered = ordered[:top_k]

@@ -34,8 +34,6 @@ def make_celery(settings: Settings) -> Celery:
     )
     if settings.broker_is_filesystem:
         root = settings.broker_dir
-        for sub in ("queue", "control", "processed"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
         transport_options.update(
             data_folder_in=str(root / "queue"), data_folder_out=str(root / "queue"),
             control_folder=str(root / "control"), processed_folder=str(root / "processed"),
@@ -50,3 +48,9 @@ def make_celery(settings: Settings) -> Celery:
     app.conf.update(conf)
     return app
 
+
+def ensure_broker_dirs(settings: Settings) -> None:
+    """The filesystem broker's folders; made when a process starts using them, never as an import side effect."""
+    if settings.broker_is_filesystem:
+        for sub in ("queue", "control", "processed"):
+            (settings.broker_dir / sub).mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,8 @@ from svc_helpers import assert_problem, npz_bytes, tiny_weights, wait_job
 
 from app.models import RankingRow, StudentRow, TeacherOutputRow
 
-STUDENT = {"student_arch": "resnet10t", "epochs": 6, "min_steps": 0, "seed": 0}
-CHANCE = 1 / 3  # three footwear classes
+STUDENT = {"student_arch": "resnet10t", "epochs": 30, "min_steps": 0, "seed": 0}
+CHANCE = 1 / 3  # three footwear classes: 0.5 is 1.5 times chance on 300 test images
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_distil_download_and_load_the_student(client, dataset, footwear_test, tm
     assert job["links"]["result"] == f"/v1/students/{job['result_id']}"
     student = client.get(job["links"]["result"]).json()
     assert student["student_arch"] == "resnet10t" and student["teacher_ids"] == [best]
-    assert student["config"]["hyperparameters"]["epochs"] == 6
+    assert student["config"]["hyperparameters"]["epochs"] == 30
     assert "train_accuracy" in student["metrics"]
 
     z = client.get(student["download"])
@@ -143,7 +143,7 @@ def test_distil_download_and_load_the_student(client, dataset, footwear_test, tm
         assert {"model.safetensors", "config.json", "metrics.json", "labels.json"} <= set(zf.namelist())
         zf.extractall(tmp_path / "student")
     accuracy = evaluate(load_student(tmp_path / "student"), footwear_test)["accuracy"]
-    assert accuracy > CHANCE + 0.12, f"student accuracy {accuracy:.3f} on the held-out test set"
+    assert accuracy > 1.5 * CHANCE, f"student accuracy {accuracy:.3f} on the held-out test set"
 
 
 def _running(client, job_id: str, timeout: float = 180) -> dict:

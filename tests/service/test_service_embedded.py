@@ -16,7 +16,7 @@ import pytest
 
 from svc_helpers import EMBEDDED_MAX_UPLOAD, wait_job
 
-CHANCE = 1 / 3
+CHANCE = 1 / 3  # three footwear classes: 0.5 is 1.5 times chance on 300 test images
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_upload_rank_distil_download(client, dataset, footwear_test, tmp_path):
 
     best = ranking["teachers"][0]["teacher_id"]
     r = client.post("/v1/distillations", json={"dataset_id": dataset["id"], "teacher_ids": [best],
-                                               "student_arch": "resnet10t", "epochs": 6, "min_steps": 0})
+                                               "student_arch": "resnet10t", "epochs": 30, "min_steps": 0})
     job = wait_job(client, r.json()["id"], timeout=600, interval=0.5)
     assert job["status"] == "succeeded", job
     student = client.get(job["links"]["result"]).json()
@@ -74,7 +74,7 @@ def test_upload_rank_distil_download(client, dataset, footwear_test, tmp_path):
     assert z.status_code == 200
     zipfile.ZipFile(io.BytesIO(z.content)).extractall(tmp_path / "student")
     accuracy = evaluate(load_student(tmp_path / "student"), footwear_test)["accuracy"]
-    assert accuracy > CHANCE + 0.12, f"student accuracy {accuracy:.3f}"
+    assert accuracy > 1.5 * CHANCE, f"student accuracy {accuracy:.3f}"
 
 
 def _local_worker_pid(serve_pid: int) -> int:
