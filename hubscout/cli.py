@@ -227,6 +227,7 @@ def distill_cmd(
     repo: str = RepoOpt,
     student: Optional[str] = typer.Option(None, "--student", help="timm architecture of the student"),
     epochs: Optional[int] = typer.Option(None),
+    min_steps: Optional[int] = typer.Option(None, help="at least this many optimiser steps (tiny datasets)"),
     lam: Optional[float] = typer.Option(None, help="weight of the OT term"),
     tau: Optional[float] = typer.Option(None, help="softening temperature"),
     ce_only: bool = typer.Option(False, "--ce-only", help="train with cross-entropy only, for comparison"),
@@ -242,7 +243,7 @@ def distill_cmd(
     r = _repo(repo)
     ids = [t for t in teacher.split(",") if t]
     cfg = DistillConfig()
-    overrides = {"student_arch": student, "epochs": epochs, "lam": lam, "tau": tau}
+    overrides = {"student_arch": student, "epochs": epochs, "min_steps": min_steps, "lam": lam, "tau": tau}
     cfg = DistillConfig.from_dict({**cfg.to_dict(), **{k: v for k, v in overrides.items() if v is not None},
                                    "ce_only": ce_only, "seed": seed})
     weights = relatedness_weights(ds, r, ids) if len(ids) > 1 and not ce_only else None

@@ -62,7 +62,7 @@ class DistillConfig:
     student_kwargs: dict[str, Any] = field(default_factory=dict)
     input_size: int | None = None  # None: the dataset's image side, at least 32 and at most 224
     epochs: int = 40
-    min_steps: int = 150  # more epochs than ``epochs`` when the data is too small for this many optimiser steps
+    min_steps: int = 300  # more epochs than ``epochs`` when the data is too small for this many optimiser steps
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 0.05

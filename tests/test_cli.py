@@ -29,7 +29,7 @@ def test_rank_distil_evaluate(quick_repo, tmp_path):
 
     out = tmp_path / "student"
     res = invoke("distill", target, "--repo", quick_repo.root, "--teacher", "fashion-footwear", "--epochs", 3,
-                 "--out", out, "--json")
+                 "--min-steps", 40, "--student", "resnet10t", "--out", out, "--json")
     assert res.exit_code == 0, res.output
     assert {"model.safetensors", "config.json", "metrics.json"} <= {p.name for p in out.iterdir()}
 

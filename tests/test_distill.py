@@ -255,7 +255,8 @@ def test_end_to_end_quick_repo_footwear(request, tmp_path):
     train = demo_target("footwear", 10, seed=0)
     test = demo_target("footwear", split="test", max_per_class=100)
     best = rank(train, repo, metrics=["ot"]).best().teacher_id
-    cfg = DistillConfig(epochs=15, teacher_views=3, seed=0)
+    # A narrower resnet18 and fewer steps than the defaults keep this test quick on two CPU cores.
+    cfg = DistillConfig(student_kwargs={"channels": [32, 64, 128, 256]}, min_steps=120, teacher_views=4, seed=0)
     s = distill(train, repo, [best], cfg)
     acc = evaluate(load_student(s.save(tmp_path / "s")), test)["accuracy"]
     assert acc > 0.6, acc  # chance is 1/3
