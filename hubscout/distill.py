@@ -55,7 +55,9 @@ class StudentError(ValueError):
 class DistillConfig:
     """Hyper-parameters of :func:`distill`.
 
-    The defaults were tuned on a validation target (fashion-MNIST clothing, 10 shots), not on the test targets.
+    The defaults were chosen on a validation task (10-shot Fashion-MNIST, all 10 classes, few-shot sets and
+    validation images both drawn from the *train* split), never on a test split: λ=1, τ=4, ε=0.05 and at least
+    300 optimiser steps did best for the OT student; CE-only gained nothing from longer training.
     """
 
     student_arch: str = "resnet18"

@@ -160,7 +160,8 @@ def _running(client, job_id: str, timeout: float = 180) -> dict:
 
 def test_a_job_survives_its_worker_being_killed(client, dataset, pg_service):
     r = client.post("/v1/distillations", json={"dataset_id": dataset["id"], "ce_only": True,
-                                               "student_arch": "test_resnet", "epochs": 8,
+                                               # long enough (seconds, not milliseconds) to be caught running
+                                               "student_arch": "resnet10t", "epochs": 150,
                                                "min_steps": 0})
     job_id = r.json()["id"]
     _running(client, job_id)

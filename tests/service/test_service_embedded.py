@@ -89,7 +89,8 @@ def _local_worker_pid(serve_pid: int) -> int:
 
 def test_killed_local_worker_is_restarted_and_its_job_recovered(client, dataset, embedded_service):
     r = client.post("/v1/distillations", json={"dataset_id": dataset["id"], "ce_only": True,
-                                               "student_arch": "test_resnet", "epochs": 8,
+                                               # long enough (seconds, not milliseconds) to be caught running
+                                               "student_arch": "resnet10t", "epochs": 150,
                                                "min_steps": 0})
     job_id = r.json()["id"]
     deadline = time.monotonic() + 300
