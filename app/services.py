@@ -111,12 +111,17 @@ def ingest_dataset(svc: Services, upload: UploadedFile, name: str) -> tuple[Data
         raise
 
 
-def get_dataset(svc: Services, dataset_id: str) -> DatasetRow:
+def _get_row(svc: Services, model, kind: str, row_id: str):
+    """One row by primary key, or the 404 problem naming what was not found."""
     with svc.db.session() as s:
-        row = s.get(DatasetRow, dataset_id)
+        row = s.get(model, row_id)
     if row is None:
-        raise not_found("dataset", dataset_id)
+        raise not_found(kind, row_id)
     return row
+
+
+def get_dataset(svc: Services, dataset_id: str) -> DatasetRow:
+    return _get_row(svc, DatasetRow, "dataset", dataset_id)
 
 
 # ------------------------------------------------------------------------------------------------- teachers
@@ -212,11 +217,7 @@ def list_teachers(svc: Services, limit: int, offset: int, name: str | None) -> t
 
 
 def get_teacher(svc: Services, teacher_id: str) -> TeacherRow:
-    with svc.db.session() as s:
-        row = s.get(TeacherRow, teacher_id)
-    if row is None:
-        raise not_found("teacher", teacher_id)
-    return row
+    return _get_row(svc, TeacherRow, "teacher", teacher_id)
 
 
 def delete_teacher(svc: Services, teacher_id: str) -> None:
@@ -353,19 +354,11 @@ def cancel_job(svc: Services, job_id: str) -> JobRow:
 
 
 def get_ranking(svc: Services, ranking_id: str) -> RankingRow:
-    with svc.db.session() as s:
-        row = s.get(RankingRow, ranking_id)
-    if row is None:
-        raise not_found("ranking", ranking_id)
-    return row
+    return _get_row(svc, RankingRow, "ranking", ranking_id)
 
 
 def get_student(svc: Services, student_id: str) -> StudentRow:
-    with svc.db.session() as s:
-        row = s.get(StudentRow, student_id)
-    if row is None:
-        raise not_found("student", student_id)
-    return row
+    return _get_row(svc, StudentRow, "student", student_id)
 
 
 def student_archive(svc: Services, student_id: str) -> tuple[StudentRow, Path]:
