@@ -257,8 +257,11 @@ def distill_cmd(
     if as_json:
         _print_json(summary)
     else:
+        val = result.metrics.get("val_accuracy")
+        # Too few samples to hold any out leaves no validation accuracy.
+        val_text = "n/a (no validation split)" if val is None else f"{val:.3f}"
         console.print(f"student saved to {out}: train accuracy {result.metrics.get('train_accuracy', 0):.3f}, "
-                      f"validation accuracy {result.metrics.get('val_accuracy', float('nan')):.3f}")
+                      f"validation accuracy {val_text}")
 
 
 @app.command("evaluate")
