@@ -169,6 +169,8 @@ class RankedTeacher(BaseModel):
     name: str
     scores: dict[str, dict[str, Any]]
     correspondences: dict[str, list[list[Any]]]
+    matches: dict[str, list[list[Any]]] = Field(default_factory=dict, description=(
+        "Per target class, the teacher classes nearest under the ground cost, as [name, cost]"))
     cached: bool
 
 

@@ -15,6 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hubscout.ot import COSTS, DEFAULT_COST
+
 app = typer.Typer(help="Rank a model repository's teachers for your labelled task, and distil a student.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 teachers_app = typer.Typer(help="Manage the teacher repository.", no_args_is_help=True)
@@ -187,7 +189,7 @@ def rank_cmd(
     metric: str = typer.Option("ot", help="ot, leep, nce, logme, hscore, a comma list, or all (first orders)"),
     top: Optional[int] = typer.Option(None, "--top", help="show the best K"),
     teachers: Optional[str] = typer.Option(None, "--teachers", help="comma-separated teacher ids"),
-    cost: str = typer.Option("proto-softmax", help="OT cost matrix: proto-softmax, proto or joint"),
+    cost: str = typer.Option(DEFAULT_COST, help="OT cost matrix: " + ", ".join(COSTS)),
     cache_dir: Optional[Path] = typer.Option(None, help="cache teacher outputs here"),
     shortlist: Optional[int] = typer.Option(None, help="score all teachers from their specifications first and "
                                                        "run only the best K (large repositories)"),
@@ -207,11 +209,13 @@ def rank_cmd(
         _print_json(ranking.to_dict())
         return
     table = Table("rank", "teacher", *[f"{m} ({'↓' if ranking.to_dict()['directions'][m] == 'lower' else '↑'})"
-                                        for m in ranking.metrics], "top correspondences", "s")
+                                        for m in ranking.metrics], "plan: class←teacher class (mass)",
+                  "nearest by cost", "s")
     for e in ranking.entries:
         corr = "; ".join(f"{c}←{pairs[0][0]} {pairs[0][1]:.0%}" for c, pairs in list(e.correspondences.items())[:4]
                          if pairs)
-        table.add_row(str(e.rank), e.teacher_id, *[f"{e.scores[m]:.4f}" for m in ranking.metrics], corr,
+        near = "; ".join(f"{c}≈{pairs[0][0]}" for c, pairs in list(e.matches.items())[:4] if pairs)
+        table.add_row(str(e.rank), e.teacher_id, *[f"{e.scores[m]:.4f}" for m in ranking.metrics], corr, near,
                       f"{e.forward_s + e.score_s:.2f}")
     Console().print(table)
     if ranking.shortlist:

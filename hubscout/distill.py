@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from hubscout.data import Dataset, iter_batches, to_tensor
 from hubscout.extract import default_device, extract
+from hubscout.ot import DEFAULT_COST
 from hubscout.teachers import InputConfig, Repository, TeacherError, build_model, file_sha256, read_weights
 
 __all__ = ["DistillConfig", "Student", "StudentError", "distill", "evaluate", "load_student", "ot_loss",
@@ -72,7 +73,7 @@ class DistillConfig:
     tau: float = 4.0  # τ, softens teacher and student before transport
     reg: float = 0.05  # ε, entropic regularisation of Sinkhorn, in cost units (costs lie in [0, 1])
     sinkhorn_iters: int = 30
-    cost: str = "proto-softmax"
+    cost: str = DEFAULT_COST
     ce_only: bool = False
     val_fraction: float = 0.2
     seed: int = 0

@@ -263,7 +263,7 @@ def _normalise_rows(x: np.ndarray) -> np.ndarray:
     return np.divide(x, n, out=np.zeros_like(x), where=n > 0)
 
 
-def _prototype_cosines(classifier_weight, features, labels, n_classes: int) -> np.ndarray:
+def _prototype_cosines(classifier_weight, features, labels, n_classes: int, centre: bool = False) -> np.ndarray:
     W = _as_matrix(classifier_weight, "classifier_weight")
     F = _as_matrix(features, "features")
     if W.shape[1] != F.shape[1]:
@@ -271,10 +271,14 @@ def _prototype_cosines(classifier_weight, features, labels, n_classes: int) -> n
     y = _as_labels(labels, n_classes, F.shape[0])
     counts = _class_counts(y, n_classes)
     means = _class_sums(F, y, n_classes) / np.maximum(counts, 1.0)[:, None]
+    if centre:
+        present = counts > 0
+        # Class-balanced centre, so a frequent class does not pull it; absent classes stay zero (cosine 0).
+        means[present] -= means[present].mean(axis=0)
     return _normalise_rows(W) @ _normalise_rows(means).T  # (K, C)
 
 
-def cost_prototype(classifier_weight, features, labels, n_classes: int) -> np.ndarray:
+def cost_prototype(classifier_weight, features, labels, n_classes: int, centre: bool = False) -> np.ndarray:
     r"""Prototype ground cost :math:`M_{kc} = (1 - \cos(w_k, \mu_c)) / 2 \in [0, 1]`.
 
     ``w_k`` is the teacher's classifier row for source class k; ``mu_c`` is the target-class prototype, the
@@ -284,15 +288,22 @@ def cost_prototype(classifier_weight, features, labels, n_classes: int) -> np.nd
 
     A target class with no samples has a zero prototype, hence cost 0.5 to every teacher class.
 
-    Parameters: classifier_weight (K, D), features (N, D) teacher features of the target samples, labels (N,).
+    ``centre=True`` (the ``proto-centred`` cost) subtracts the class-balanced mean of the target prototypes before
+    the cosine: :math:`\mu_c - \bar\mu`. A teacher from another domain sees every target image through the same
+    offset (to EfficientNet, every Animal-MNIST silhouette looks a little like a hatchet), and that shared
+    direction dominates the raw cosines; what tells the target classes apart is the remainder, and that is what
+    should meet the teacher's classes (a zebra silhouette's remainder points at ImageNet's ``zebra`` row).
+
+    Parameters: classifier_weight (K, D), features (N, D) teacher features of the target samples, labels (N,),
+    centre.
     Returns: (K, C) float64.
     """
-    cos = _prototype_cosines(classifier_weight, features, labels, n_classes)
+    cos = _prototype_cosines(classifier_weight, features, labels, n_classes, centre=centre)
     return np.clip((1.0 - cos) / 2.0, 0.0, 1.0)
 
 
 def cost_prototype_softmax(classifier_weight, features, labels, n_classes: int,
-                           temperature: float = 0.1) -> np.ndarray:
+                           temperature: float = 0.1, centre: bool = False) -> np.ndarray:
     r"""Discriminative prototype cost :math:`M_{kc} = -\log q(c|k) / \log C`, clipped to [0, 1].
 
     :math:`q(c|k) = \mathrm{softmax}_c(\cos(w_k, \mu_c) / \tau)`. Unlike :func:`cost_prototype`, the cost of
@@ -300,12 +311,12 @@ def cost_prototype_softmax(classifier_weight, features, labels, n_classes: int,
     every target class to the same prototype gets q = 1/C everywhere, i.e. cost 1, however close that prototype
     is to some w_k. Dividing by log C puts the uniform case at 1 whatever the number of target classes.
 
-    Parameters: as :func:`cost_prototype`, plus ``temperature`` (> 0).
+    Parameters: as :func:`cost_prototype` (``centre`` included), plus ``temperature`` (> 0).
     Returns: (K, C) float64 in [0, 1]; all zeros when C = 1 (nothing to discriminate).
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    cos = _prototype_cosines(classifier_weight, features, labels, n_classes)
+    cos = _prototype_cosines(classifier_weight, features, labels, n_classes, centre=centre)
     if n_classes == 1:
         return np.zeros_like(cos)
     z = cos / temperature
@@ -348,6 +359,18 @@ def _cost_proto_softmax_entry(*, classifier_weight=None, features=None, probs=No
     return cost_prototype_softmax(classifier_weight, features, labels, n_classes, temperature=temperature)
 
 
+def _cost_proto_centred_entry(*, classifier_weight=None, features=None, probs=None, labels, n_classes, **kw):
+    _require("proto-centred", classifier_weight=classifier_weight, features=features)
+    return cost_prototype(classifier_weight, features, labels, n_classes, centre=True)
+
+
+def _cost_proto_softmax_centred_entry(*, classifier_weight=None, features=None, probs=None, labels, n_classes,
+                                      temperature: float = 0.1, **kw):
+    _require("proto-softmax-centred", classifier_weight=classifier_weight, features=features)
+    return cost_prototype_softmax(classifier_weight, features, labels, n_classes, temperature=temperature,
+                                  centre=True)
+
+
 def _cost_joint_entry(*, classifier_weight=None, features=None, probs=None, labels, n_classes,
                       alpha: float = 1e-3, **kw):
     _require("joint", probs=probs)
@@ -360,10 +383,15 @@ def _require(what: str, **inputs) -> None:
         raise ValueError(f"{what} needs {', '.join(missing)}")
 
 
+#: The ground cost used unless one is named; docs/method.md §7 gives the benchmark that chose it.
+DEFAULT_COST = "proto-softmax"
+
 #: name -> function(*, classifier_weight, features, probs, labels, n_classes, **options) -> (K, C) cost.
 COSTS: dict[str, Callable[..., np.ndarray]] = {
     "proto": _cost_proto_entry,
     "proto-softmax": _cost_proto_softmax_entry,
+    "proto-centred": _cost_proto_centred_entry,
+    "proto-softmax-centred": _cost_proto_softmax_centred_entry,
     "joint": _cost_joint_entry,
 }
 
@@ -373,7 +401,7 @@ def cost_matrix(name: str, *, classifier_weight=None, features=None, probs=None,
     """Ground cost ``name`` (a key of :data:`COSTS`) between the teacher's K classes and the C target classes.
 
     Pass whatever you have; each cost takes what it needs (``proto``/``proto-softmax``: classifier_weight and
-    features; ``joint``: probs) and raises ValueError if it is missing. ``options`` go to the cost
+    features, and their ``-centred`` variants; ``joint``: probs) and raises ValueError if it is missing. ``options`` go to the cost
     (``temperature`` for proto-softmax, ``alpha`` for joint); options meant for other costs are ignored.
     """
     if name not in COSTS:
@@ -479,4 +507,29 @@ def top_correspondences(plan, teacher_labels: Sequence[str], target_labels: Sequ
         share = P[:, c] / col_mass[c]
         top = np.argsort(-share, kind="stable")[:k]
         out[target_labels[c]] = [(teacher_labels[j], float(share[j])) for j in top]
+    return out
+
+
+def nearest_classes(M, teacher_labels: Sequence[str], target_labels: Sequence[str],
+                    k: int = 3) -> dict[str, list[tuple[str, float]]]:
+    """For each target class, the ``k`` teacher classes with the lowest ground cost: the label-space bridge itself.
+
+    The plan (:func:`top_correspondences`) says where the teacher's *predictions* on a target class go; for a
+    teacher far from the target's domain they go wherever the domain shift sends them (Animal-MNIST silhouettes
+    are "hatchets" to ImageNet models). The cost matrix says which teacher class each target class is closest to
+    once that shift is discounted (see the ``-centred`` costs), which is often the more readable answer. Values
+    are the costs (lower = closer).
+    """
+    M = _as_matrix(M, "M")
+    K, C = M.shape
+    if len(teacher_labels) != K or len(target_labels) != C:
+        raise ValueError(f"cost matrix is {K}x{C} but got {len(teacher_labels)} teacher and {len(target_labels)} "
+                         "target names")
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    k = min(k, K)
+    out: dict[str, list[tuple[str, float]]] = {}
+    for c in range(C):
+        top = np.argsort(M[:, c], kind="stable")[:k]
+        out[target_labels[c]] = [(str(teacher_labels[i]), float(M[i, c])) for i in top]
     return out

@@ -14,13 +14,13 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from hubscout import ot as hot
+from hubscout.ot import DEFAULT_COST
 from hubscout.data import Dataset
 from hubscout.extract import OutputsCache, TeacherOutputs, outputs_for
 from hubscout.scores import METRICS
 from hubscout.teachers import Repository, Teacher, TeacherNotFound
 
 METRIC_NAMES: tuple[str, ...] = ("ot", "leep", "nce", "hscore", "logme")
-DEFAULT_COST = "proto-softmax"
 
 ProgressFn = Callable[[float, str], None]
 
@@ -32,6 +32,8 @@ class RankEntry:
     scores: dict[str, float]
     correspondences: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
     plan: np.ndarray | None = None
+    # Per target class, the teacher classes nearest under the ground cost (see hubscout.ot.nearest_classes).
+    matches: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
     cached: bool = False
     forward_s: float = 0.0
     score_s: float = 0.0
@@ -75,6 +77,7 @@ class Ranking:
                     "scores": {m: {"value": float(v), "direction": METRICS[m].direction} for m, v in e.scores.items()},
                     "correspondences": {c: [[t, round(float(s), 4)] for t, s in pairs]
                                         for c, pairs in e.correspondences.items()},
+                    "matches": {c: [[t, round(float(s), 4)] for t, s in pairs] for c, pairs in e.matches.items()},
                     "cached": e.cached,
                     "forward_s": round(e.forward_s, 4),
                     "score_s": round(e.score_s, 4),
@@ -131,6 +134,7 @@ def score_teacher(outputs: TeacherOutputs, teacher: Teacher, dataset: Dataset, m
             entry.plan = res.plan
             entry.correspondences = hot.top_correspondences(res.plan, teacher.labels, dataset.classes,
                                                             k=n_correspondences)
+            entry.matches = hot.nearest_classes(M, teacher.labels, dataset.classes, k=n_correspondences)
         else:
             scores[m] = float(METRICS[m].fn(probs=probs, features=outputs.features,
                                             classifier_weight=outputs.classifier_weight, labels=labels,

@@ -14,7 +14,8 @@ from typing import Callable
 import numpy as np
 import scipy.linalg
 
-from hubscout.ot import _as_labels, _as_matrix, _as_probs, _class_counts, _class_sums, cost_matrix, ot_relatedness
+from hubscout.ot import (DEFAULT_COST, _as_labels, _as_matrix, _as_probs, _class_counts, _class_sums, cost_matrix,
+                         ot_relatedness)
 
 __all__ = ["leep", "nce", "hscore", "logme", "Metric", "METRICS"]
 
@@ -302,7 +303,7 @@ def _logme_fn(*, probs=None, features=None, classifier_weight=None, labels, n_cl
     return logme(features, labels, n_classes)
 
 
-def _ot_fn(*, probs=None, features=None, classifier_weight=None, labels, n_classes, cost: str = "proto-softmax",
+def _ot_fn(*, probs=None, features=None, classifier_weight=None, labels, n_classes, cost: str = DEFAULT_COST,
            **kw) -> float:
     _need("ot", probs=probs)
     M = cost_matrix(cost, classifier_weight=classifier_weight, features=features, probs=probs, labels=labels,

@@ -18,6 +18,7 @@ from hubscout.ot import (
     ot_relatedness,
     sinkhorn_log,
     sinkhorn_log_torch,
+    nearest_classes,
     top_correspondences,
 )
 
@@ -201,6 +202,26 @@ def test_cost_prototype_hand_example():
     np.testing.assert_allclose(M, (1 - cos) / 2, atol=1e-12)
 
 
+def test_cost_prototype_centred_hand_example_and_offset_invariance():
+    W = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    feats = np.array([[3.0, 1.0], [5.0, 1.0], [1.0, 1.0], [1.0, 1.0]])
+    labels = np.array([0, 0, 1, 1])
+    # prototypes (4,1) and (1,1); class-balanced centre (2.5,1) -> centred (1.5,0) and (-1.5,0)
+    M = cost_prototype(W, feats, labels, 2, centre=True)
+    np.testing.assert_allclose(M, [[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]], atol=1e-12)
+    # A shift shared by every target image (a domain offset) changes the raw cost but not the centred one.
+    shifted = feats + np.array([50.0, -20.0])
+    np.testing.assert_allclose(cost_prototype(W, shifted, labels, 2, centre=True), M, atol=1e-12)
+    assert not np.allclose(cost_prototype(W, shifted, labels, 2), cost_prototype(W, feats, labels, 2))
+    # Class balance: repeating class 0's samples does not move the centre.
+    heavy = np.concatenate([feats, feats[:2], feats[:2]])
+    np.testing.assert_allclose(cost_prototype(W, heavy, np.concatenate([labels, [0, 0, 0, 0]]), 2, centre=True), M,
+                               atol=1e-12)
+    np.testing.assert_allclose(
+        cost_matrix("proto-softmax-centred", classifier_weight=W, features=shifted, labels=labels, n_classes=2),
+        cost_prototype_softmax(W, feats, labels, 2, centre=True), atol=1e-12)
+
+
 def test_cost_prototype_softmax_hand_example():
     W = np.array([[1.0, 0.0], [0.0, 1.0]])
     feats = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 5.0]])
@@ -373,3 +394,12 @@ def test_top_correspondences():
     assert top_correspondences(np.zeros((2, 1)), ["a", "b"], ["x"]) == {"x": []}
     with pytest.raises(ValueError):
         top_correspondences(plan, ["t0"], ["cat", "dog"])
+
+
+def test_nearest_classes():
+    M = np.array([[0.9, 0.2], [0.1, 0.3], [0.5, 0.25]])
+    out = nearest_classes(M, ["t0", "t1", "t2"], ["cat", "dog"], k=2)
+    assert out == {"cat": [("t1", 0.1), ("t2", 0.5)], "dog": [("t0", 0.2), ("t2", 0.25)]}
+    assert len(nearest_classes(M, ["t0", "t1", "t2"], ["cat", "dog"], k=10)["cat"]) == 3
+    with pytest.raises(ValueError):
+        nearest_classes(M, ["t0"], ["cat", "dog"])

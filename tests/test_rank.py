@@ -62,6 +62,23 @@ def test_imagenet_plan_maps_animals_to_animal_classes(quick_repo):
     assert all(0 < s <= 1 for s in shares)
 
 
+def test_centred_cost_bridges_zebra_to_imagenet_zebra(quick_repo):
+    """To ImageNet models every Animal-MNIST silhouette looks a bit like a hatchet; centring the target prototypes
+    discounts that shared offset, and the zebra silhouettes (striped) then sit nearest ImageNet's zebra row."""
+    target = demo_target("animals-all", shots=20)
+    lite0 = ["imagenet-efficientnet-lite0"]
+    centred = rank(target, quick_repo, metrics="ot", teacher_ids=lite0, cost="proto-centred").best()
+    raw = rank(target, quick_repo, metrics="ot", teacher_ids=lite0, cost="proto").best()
+    assert centred.matches["zebra"][0][0] == "zebra"
+    assert "zebra" not in [name for name, _ in raw.matches["zebra"]]
+    # Other classes land on the right kind of ImageNet class too: birds on birds, dogs on dog breeds.
+    imagenet = quick_repo.get("imagenet-efficientnet-lite0").labels
+    birds = set(imagenet[7:25]) | set(imagenet[80:101]) | set(imagenet[127:147])
+    dogs = set(imagenet[151:269])
+    assert centred.matches["bird"][0][0] in birds
+    assert centred.matches["dog"][0][0] in dogs
+
+
 def test_errors_name_the_problem(quick_repo, footwear_target):
     with pytest.raises(TeacherNotFound):
         rank(footwear_target, quick_repo, teacher_ids=["no-such-teacher"])

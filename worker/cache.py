@@ -108,16 +108,20 @@ class ScoreStore:
         for t in teachers:
             scores: dict[str, float] = {}
             correspondences: dict = {}
+            matches: dict = {}
             for m in metrics:
                 row = by_key.get((t.outputs_key, m, self._cost_key(m, cost)))
                 if row is None or (row.extra or {}).get("v") != hubscout.__version__:
                     break
                 scores[m] = float("nan") if row.value is None else float(row.value)
                 if m == "ot":
+                    extra = row.extra or {}
                     correspondences = {c: [(str(x), float(w)) for x, w in pairs]
-                                       for c, pairs in ((row.extra or {}).get("correspondences") or {}).items()}
+                                       for c, pairs in (extra.get("correspondences") or {}).items()}
+                    matches = {c: [(str(x), float(w)) for x, w in pairs]
+                               for c, pairs in (extra.get("matches") or {}).items()}
             else:
-                out[t.id] = RankEntry(t.id, t.name, scores, correspondences, cached=True)
+                out[t.id] = RankEntry(t.id, t.name, scores, correspondences, matches=matches, cached=True)
         return out
 
     def record(self, entries, teacher_sha: dict[str, str], dataset_sha256: str, cost: str) -> int:
@@ -135,6 +139,7 @@ class ScoreStore:
                 if metric == "ot":
                     extra["correspondences"] = {c: [[x, float(w)] for x, w in pairs]
                                                 for c, pairs in e.correspondences.items()}
+                    extra["matches"] = {c: [[x, float(w)] for x, w in pairs] for c, pairs in e.matches.items()}
                 values[(tsha, metric, self._cost_key(metric, cost))] = dict(
                     value=json_safe(float(value)), direction=METRICS[metric].direction, extra=json_safe(extra))
         if not values:
