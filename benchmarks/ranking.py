@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -69,14 +70,22 @@ def _load_gt() -> dict[str, Any]:
 
 
 def _save_gt(gt: dict[str, Any]) -> None:
+    """Write ``gt`` merged into what is on disk: the ranking and distillation benchmarks may run side by side."""
     GT_FILE.parent.mkdir(parents=True, exist_ok=True)
-    tmp = GT_FILE.with_suffix(".tmp")
-    tmp.write_text(json.dumps(gt, indent=1, sort_keys=True) + "\n")
+    merged = {**_load_gt(), **gt}
+    gt.update(merged)
+    tmp = GT_FILE.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
     tmp.replace(GT_FILE)
 
 
+# Distillation options added after ground truth was first cached; at these defaults they leave the key unchanged.
+_LATER_OPTIONS = {"kd": "ot", "proto_temperature": 0.1}
+
+
 def gt_key(task: str, shots: int, seed: int, teacher_sha: str, cfg, test_sha: str) -> str:
-    blob = json.dumps([task, shots, seed, teacher_sha, cfg.to_dict(), test_sha], sort_keys=True)
+    c = {k: v for k, v in cfg.to_dict().items() if not (k in _LATER_OPTIONS and v == _LATER_OPTIONS[k])}
+    blob = json.dumps([task, shots, seed, teacher_sha, c, test_sha], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -276,7 +285,8 @@ def _plot(mean, names, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 3.2))
     vals = [mean[m]["tau_w"] for m in names]
-    ax.bar(names, vals, color=["tab:blue"] * 3 + ["tab:gray"] * 4 + ["tab:red"])
+    ax.bar(names, vals, color=["tab:blue" if m.startswith("ot[") else "tab:red" if m == "random" else "tab:gray"
+                               for m in names])
     ax.axhline(0, color="k", lw=0.5)
     ax.set_ylabel("mean weighted Kendall τ")
     ax.tick_params(axis="x", rotation=30)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from hubscout.data import Dataset, iter_batches, to_tensor
-from hubscout.extract import default_device, extract
+from hubscout.extract import default_device, extract, features_and_logits
 from hubscout.ot import DEFAULT_COST
 from hubscout.teachers import InputConfig, Repository, TeacherError, build_model, file_sha256, read_weights
 
@@ -44,6 +44,9 @@ METRICS_FILE = "metrics.json"
 LABELS_FILE = "labels.json"
 FORMAT = "hubscout-student"
 FORMAT_VERSION = 1
+
+
+KD_METHODS = ("ot", "proto")
 
 
 class StudentError(ValueError):
@@ -74,6 +77,11 @@ class DistillConfig:
     reg: float = 0.05  # ε, entropic regularisation of Sinkhorn, in cost units (costs lie in [0, 1])
     sinkhorn_iters: int = 30
     cost: str = DEFAULT_COST
+    # "ot": the OT term above. "proto": the prototype cross-task KD baseline (teacher-embedding class centres of
+    # the target classes turn the teacher's features into logits over the target classes; KL to the student, as
+    # in REFILLED's second stage, Ye et al., CVPR 2020). Kept for the benchmark's comparison.
+    kd: str = "ot"
+    proto_temperature: float = 0.1  # cosine to a class centre / this = the proto teacher's logit
     ce_only: bool = False
     val_fraction: float = 0.2
     seed: int = 0
@@ -101,6 +109,8 @@ class DistillConfig:
         need(math.isfinite(self.reg) and self.reg > 0, "reg must be > 0")
         need(int(self.sinkhorn_iters) >= 1, "sinkhorn_iters must be >= 1")
         need(self.cost in COSTS, f"cost must be one of {sorted(COSTS)}, got {self.cost!r}")
+        need(self.kd in KD_METHODS, f"kd must be one of {', '.join(KD_METHODS)}, got {self.kd!r}")
+        need(math.isfinite(self.proto_temperature) and self.proto_temperature > 0, "proto_temperature must be > 0")
         need(0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)")
         need(int(self.teacher_views) >= 1, "teacher_views must be >= 1")
 
@@ -330,6 +340,13 @@ def ot_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor, M: torch
     return sinkhorn_log_torch(log_a, log_b, M, reg, n_iter=n_iter).mean()
 
 
+def kl_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor, *, tau: float) -> torch.Tensor:
+    """KL(teacher || student) of the τ-softened predictions over the same classes (Hinton et al., 2015)."""
+    log_q = F.log_softmax(student_logits.float() / tau, dim=1)
+    p = F.softmax(teacher_logits.detach().float() / tau, dim=1)
+    return F.kl_div(log_q, p, reduction="batchmean")
+
+
 # ------------------------------------------------------------------------------------------------- augmentation
 
 def augment_images(images: np.ndarray, generator: torch.Generator, *, hflip: bool = True,
@@ -450,16 +467,21 @@ def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[st
         if on_progress is not None:
             on_progress(min(max(frac, 0.0), 1.0), msg)
 
-    # Teachers: their models (kept for the per-view forwards) and their ground costs from the clean train split.
-    t_models, t_costs = [], []
+    # Teachers: their models (kept for the per-view forwards) and, from the clean train split, their ground costs
+    # (OT) or the unit-norm centres of the target classes in their feature space (prototype KD).
+    t_models, t_costs, t_centres = [], [], []
     for t in teachers:
         report(0.0, f"teacher {t.id}: ground cost")
         model = t.load_model(dev)
         out = extract(t, train, model=model, device=dev)
-        M = cost_matrix(cfg.cost, classifier_weight=out.classifier_weight, features=out.features, probs=out.probs,
-                        labels=train.labels, n_classes=C)
+        if cfg.kd == "ot":
+            M = cost_matrix(cfg.cost, classifier_weight=out.classifier_weight, features=out.features,
+                            probs=out.probs, labels=train.labels, n_classes=C)
+            t_costs.append(torch.as_tensor(M, dtype=torch.float32, device=dev))
+        else:
+            centres = np.stack([out.features[train.labels == c].mean(axis=0) for c in range(C)])
+            t_centres.append(F.normalize(torch.as_tensor(centres, dtype=torch.float32, device=dev), dim=1))
         t_models.append(model)
-        t_costs.append(torch.as_tensor(M, dtype=torch.float32, device=dev))
 
     # Seeds: the model init from a forked global RNG (timm draws from it) so the caller's stream is untouched;
     # shuffling and augmentation from their own generators.
@@ -487,8 +509,12 @@ def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[st
         if v not in view_cache:
             logits = []
             with torch.inference_mode():
-                for t, tm in zip(teachers, t_models):
-                    z = [tm(x.to(dev)).float() for x in iter_batches(images, t.input, 64)]
+                for i, (t, tm) in enumerate(zip(teachers, t_models)):
+                    if cfg.kd == "ot":
+                        z = [tm(x.to(dev)).float() for x in iter_batches(images, t.input, 64)]
+                    else:  # logits over the target classes: cosine to each class centre
+                        z = [F.normalize(features_and_logits(tm, x.to(dev))[0].float(), dim=1) @ t_centres[i].T
+                             / cfg.proto_temperature for x in iter_batches(images, t.input, 64)]
                     logits.append(torch.cat(z).to(dev))
             view_cache[v] = logits
         return images, view_cache[v]
@@ -509,7 +535,8 @@ def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[st
         else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
 
     y_all = torch.from_numpy(train.labels).to(dev)
-    curves: dict[str, list] = {"epoch": [], "loss": [], "ce": [], "ot": [], "train_acc": [], "val_acc": []}
+    # "kd" is the distillation term whichever it is; "ot" repeats it for the OT loss (older readers know that key).
+    curves: dict[str, list] = {"epoch": [], "loss": [], "ce": [], "kd": [], "ot": [], "train_acc": [], "val_acc": []}
     kd_scale = cfg.lam * cfg.tau ** 2
     bar = None
     if show_progress:
@@ -528,9 +555,12 @@ def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[st
             y = y_all[idx_d]
             ce = F.cross_entropy(logits, y)
             otv = torch.zeros((), device=dev)
-            for wt, tl, M in zip(w, t_logits, t_costs):
-                otv = otv + float(wt) * ot_loss(tl[idx_d], logits, M, tau=cfg.tau, reg=cfg.reg,
-                                                n_iter=cfg.sinkhorn_iters)
+            for i, (wt, tl) in enumerate(zip(w, t_logits)):
+                if cfg.kd == "ot":
+                    term = ot_loss(tl[idx_d], logits, t_costs[i], tau=cfg.tau, reg=cfg.reg, n_iter=cfg.sinkhorn_iters)
+                else:
+                    term = kl_loss(tl[idx_d], logits, tau=cfg.tau)
+                otv = otv + float(wt) * term
             loss = ce + kd_scale * otv if ids else ce
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -545,7 +575,8 @@ def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[st
         curves["epoch"].append(epoch + 1)
         curves["loss"].append(s_loss / N)
         curves["ce"].append(s_ce / N)
-        curves["ot"].append(s_ot / N if ids else None)
+        curves["kd"].append(s_ot / N if ids else None)
+        curves["ot"].append(s_ot / N if ids and cfg.kd == "ot" else None)
         curves["train_acc"].append(n_correct / N)
         curves["val_acc"].append(val_acc)
         msg = f"epoch {epoch + 1}/{epochs} loss {s_loss / N:.3f}" + (

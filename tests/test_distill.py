@@ -9,7 +9,7 @@ import torch
 
 from hubscout.data import Dataset
 from hubscout.distill import (DistillConfig, Student, StudentError, augment_images, distill, evaluate,
-                              load_student, ot_loss)
+                              kl_loss, load_student, ot_loss)
 from hubscout.teachers import InputConfig, Repository, build_model
 
 FAST = dict(min_steps=0, student_arch="test_resnet", epochs=3, batch_size=16, teacher_views=2, sinkhorn_iters=10)
@@ -104,6 +104,9 @@ def test_config_roundtrip_and_validation():
         DistillConfig(cost="nope")
     with pytest.raises(ValueError, match="tau"):
         DistillConfig(tau=0)
+    with pytest.raises(ValueError, match="kd"):
+        DistillConfig(kd="refilled")
+    assert DistillConfig.from_dict({"kd": "proto", "proto_temperature": 0.2}).kd == "proto"
 
 
 # ------------------------------------------------------------------------------------------------------- distill
@@ -150,6 +153,30 @@ def test_multi_teacher_weights_normalised(toy, tiny_repo):
         distill(toy, tiny_repo, ["t-one", "t-two"], cfg, weights=[1.0])
     with pytest.raises(StudentError, match="non-negative"):
         distill(toy, tiny_repo, ["t-one", "t-two"], cfg, weights=[1.0, -1.0])
+
+
+def test_kl_loss_hand_example():
+    t = torch.tensor([[2.0, 0.0]])
+    s = torch.tensor([[0.0, 0.0]], requires_grad=True)
+    p = torch.softmax(t / 2.0, dim=1)
+    expected = float((p * (p.log() - np.log(0.5))).sum())
+    loss = kl_loss(t, s, tau=2.0)
+    assert loss.item() == pytest.approx(expected)
+    loss.backward()
+    assert s.grad[0, 0] < 0 < s.grad[0, 1]  # the student moves towards the teacher's preferred class
+    assert float(kl_loss(t, t.clone(), tau=2.0)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_prototype_kd_baseline(toy, tiny_repo, student):
+    cfg = DistillConfig(**FAST, seed=3, kd="proto")
+    s = distill(toy, tiny_repo, ["t-one"], cfg, device="cpu")
+    curves = s.metrics["curves"]
+    assert all(v is not None and np.isfinite(v) and v >= 0 for v in curves["kd"])
+    assert curves["ot"] == [None] * 3
+    assert s.config.kd == "proto"
+    # Same seed, same data, another distillation term: another student.
+    assert not np.array_equal(s.predict_proba(toy), student.predict_proba(toy))
+    assert curves["kd"] != student.metrics["curves"]["kd"]
 
 
 def test_tiny_data_keeps_every_class_in_train(tiny_repo):
