@@ -32,6 +32,8 @@ class RankEntry:
     scores: dict[str, float]
     correspondences: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
     plan: np.ndarray | None = None
+    # ``hubscout.ot.plan_summary`` of the plan: what a heatmap shows, and what the JSON form carries.
+    plan_summary: dict[str, Any] | None = None
     cached: bool = False
     forward_s: float = 0.0
     score_s: float = 0.0
@@ -75,6 +77,7 @@ class Ranking:
                     "scores": {m: {"value": float(v), "direction": METRICS[m].direction} for m, v in e.scores.items()},
                     "correspondences": {c: [[t, round(float(s), 4)] for t, s in pairs]
                                         for c, pairs in e.correspondences.items()},
+                    "plan": e.plan_summary,
                     "cached": e.cached,
                     "forward_s": round(e.forward_s, 4),
                     "score_s": round(e.score_s, 4),
@@ -131,6 +134,7 @@ def score_teacher(outputs: TeacherOutputs, teacher: Teacher, dataset: Dataset, m
             entry.plan = res.plan
             entry.correspondences = hot.top_correspondences(res.plan, teacher.labels, dataset.classes,
                                                             k=n_correspondences)
+            entry.plan_summary = hot.plan_summary(res.plan, teacher.labels, dataset.classes)
         else:
             scores[m] = float(METRICS[m].fn(probs=probs, features=outputs.features,
                                             classifier_weight=outputs.classifier_weight, labels=labels,

@@ -77,7 +77,8 @@ class DbOutputsCache:
 
 
 class ScoreStore:
-    """Every metric value computed for a (teacher weights, dataset content) pair, with OT's correspondences.
+    """Every metric value computed for a (teacher weights, dataset content) pair, with OT's correspondences and
+    plan summary.
 
     Scores are tagged with the library version that computed them; another version's are recomputed."""
 
@@ -108,16 +109,20 @@ class ScoreStore:
         for t in teachers:
             scores: dict[str, float] = {}
             correspondences: dict = {}
+            plan = None
             for m in metrics:
                 row = by_key.get((t.outputs_key, m, self._cost_key(m, cost)))
                 if row is None or (row.extra or {}).get("v") != hubscout.__version__:
                     break
-                scores[m] = float("nan") if row.value is None else float(row.value)
                 if m == "ot":
+                    if "plan" not in (row.extra or {}):
+                        break  # stored before plans were kept: score again (from the cached outputs)
                     correspondences = {c: [(str(x), float(w)) for x, w in pairs]
                                        for c, pairs in ((row.extra or {}).get("correspondences") or {}).items()}
+                    plan = row.extra["plan"]
+                scores[m] = float("nan") if row.value is None else float(row.value)
             else:
-                out[t.id] = RankEntry(t.id, t.name, scores, correspondences, cached=True)
+                out[t.id] = RankEntry(t.id, t.name, scores, correspondences, plan_summary=plan, cached=True)
         return out
 
     def record(self, entries, teacher_sha: dict[str, str], dataset_sha256: str, cost: str) -> int:
@@ -135,6 +140,7 @@ class ScoreStore:
                 if metric == "ot":
                     extra["correspondences"] = {c: [[x, float(w)] for x, w in pairs]
                                                 for c, pairs in e.correspondences.items()}
+                    extra["plan"] = e.plan_summary
                 values[(tsha, metric, self._cost_key(metric, cost))] = dict(
                     value=json_safe(float(value)), direction=METRICS[metric].direction, extra=json_safe(extra))
         if not values:
