@@ -199,8 +199,7 @@ function renderRanking(r) {
     const tr = body.insertRow();
     tr.dataset.teacher = t.teacher_id;
     if (t.rank === 1) tr.className = "best";
-    const cells = [String(t.rank)];
-    tr.insertCell().textContent = cells[0];
+    tr.insertCell().textContent = String(t.rank);
     const name = tr.insertCell();
     const b = document.createElement("strong");
     b.textContent = t.teacher_id;

@@ -54,9 +54,9 @@ function drawHeatmap(svg, plan) {
                                   fill: shareColour(v), "class": "cell"}, svg);
       svgEl("title", {}, rect, `${r} → ${c}: ${(100 * v).toFixed(1)}%`);
       if (showNumbers && v >= 0.05) {
+        // Inline style: the stylesheet's text colour would win over a fill attribute.
         svgEl("text", {x: left + j * cell + cell / 2, y: top + i * cellH + cellH / 2 + 4, "text-anchor": "middle",
-                       fill: v > 0.45 ? "#fff" : "#1d2430", style: `fill:${v > 0.45 ? "#fff" : "#1d2430"}`},
-              svg, Math.round(100 * v).toString());
+                       style: `fill:${v > 0.45 ? "#fff" : "#1d2430"}`}, svg, Math.round(100 * v).toString());
       }
     });
   });
@@ -118,9 +118,8 @@ function drawLines(svg, series, {title = "", ylabel = "", ymin = null, ymax = nu
     svgEl("polyline", {points: p.map(([x, y]) => `${X(x)},${Y(y)}`).join(" "), fill: "none", stroke: s.colour,
                        "stroke-width": 2, "stroke-dasharray": s.dash || "", "class": "series"}, svg);
     if (p.length < 30) for (const [x, y] of p) svgEl("circle", {cx: X(x), cy: Y(y), r: 2.5, fill: s.colour}, svg);
-    const label = svgEl("text", {x: lx, y: 15, "text-anchor": "end", style: `fill:${s.colour}`}, svg, s.name);
+    svgEl("text", {x: lx, y: 15, "text-anchor": "end", style: `fill:${s.colour}`}, svg, s.name);
     lx -= 10 + 6.5 * s.name.length;
-    void label;
   }
 }
 
