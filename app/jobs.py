@@ -85,21 +85,27 @@ def heartbeat(db: Database, claim_: Claim) -> bool:
     return n == 1
 
 
-def progress(db: Database, claim_: Claim, fraction: float, message: str) -> None:
+def progress(db: Database, claim_: Claim, fraction: float, message: str, curves: dict | None = None) -> None:
+    """``curves``: a distillation's training curves so far (kept as they were when not given)."""
     fraction = min(max(float(fraction), 0.0), 1.0)
+    values = dict(progress=fraction, message=message[:500], heartbeat_at=utcnow())
+    if curves is not None:
+        values["curves"] = curves
     with db.session() as s:
-        n = s.execute(update(JobRow).where(_owned(claim_))
-                      .values(progress=fraction, message=message[:500], heartbeat_at=utcnow())).rowcount
+        n = s.execute(update(JobRow).where(_owned(claim_)).values(**values)).rowcount
         s.commit()
     if n != 1:
         raise JobLost(claim_.job_id)
 
 
-def finish(s: Session, claim_: Claim, result_id: str) -> bool:
-    """Mark succeeded inside the caller's transaction, which also writes the result: both or neither."""
-    n = s.execute(update(JobRow).where(_owned(claim_)).values(
-        status=JobStatus.SUCCEEDED, progress=1.0, message="done", result_id=result_id, finished_at=utcnow(),
-        heartbeat_at=utcnow())).rowcount
+def finish(s: Session, claim_: Claim, result_id: str, curves: dict | None = None) -> bool:
+    """Mark succeeded inside the caller's transaction, which also writes the result: both or neither.
+    ``curves``: a distillation's complete training curves."""
+    values = dict(status=JobStatus.SUCCEEDED, progress=1.0, message="done", result_id=result_id,
+                  finished_at=utcnow(), heartbeat_at=utcnow())
+    if curves is not None:
+        values["curves"] = curves
+    n = s.execute(update(JobRow).where(_owned(claim_)).values(**values)).rowcount
     return n == 1
 
 

@@ -88,7 +88,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             svc.close()
 
-    from app.routes import datasets, health, jobs, teachers
+    from fastapi.staticfiles import StaticFiles
+
+    from app.routes import datasets, health, jobs, teachers, web
 
     app = FastAPI(
         title="hubscout",
@@ -101,8 +103,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     problems.install(app)
-    for module in (datasets, teachers, jobs, health):
-        app.include_router(module.router)
+    for router in (datasets.router, datasets.demo_router, teachers.router, jobs.router, health.router, web.router):
+        app.include_router(router)
+    app.mount("/static", StaticFiles(directory=web.WEB_DIR), name="static")
     _add_problem_schema(app)
     return app
 

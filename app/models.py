@@ -117,6 +117,8 @@ class JobRow(Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    # A distillation's per-epoch training curves so far, written with its progress, so a client can draw them live.
+    curves: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
 
 
 class TeacherOutputRow(Base):

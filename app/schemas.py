@@ -33,6 +33,20 @@ class DatasetOut(BaseModel):
     created_at: dt.datetime
 
 
+class DemoTargetOut(BaseModel):
+    name: str
+    description: str
+    classes: list[str]
+
+
+class DemoDatasetCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, description="A target of GET /v1/demo-targets.")
+    shots: int = Field(10, ge=1, description="Samples per class.")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
 # ------------------------------------------------------------------------------------------------- teachers
 
 class InputConfigIn(BaseModel):
@@ -156,10 +170,30 @@ class JobOut(BaseModel):
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
+    curves: dict[str, list[float | int | None]] | None = Field(
+        None, description="Distillations: the per-epoch training curves so far (epoch, loss, ce, ot, train_acc, "
+                          "val_acc), updated while the job runs.")
     links: JobLinks
 
 
 # ------------------------------------------------------------------------------------------------- results
+
+class TransportPlan(BaseModel):
+    """The OT plan between a teacher's classes and the target's, as column shares (``hubscout.ot.plan_summary``).
+
+    ``share[i][j]``: the fraction of target class ``target_classes[j]``'s mass that comes from teacher class
+    ``teacher_classes[i]``. Large label spaces are cut to the teacher classes with the most mass (``truncated``;
+    ``kept_share`` is how much of each column the kept rows hold)."""
+
+    teacher_classes: list[str]
+    teacher_index: list[int] = Field(description="Positions of the kept rows among the teacher's classes.")
+    target_classes: list[str]
+    share: list[list[float]]
+    kept_share: list[float]
+    teacher_num_classes: int
+    target_num_classes: int
+    truncated: bool
+
 
 class RankedTeacher(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -171,6 +205,7 @@ class RankedTeacher(BaseModel):
     correspondences: dict[str, list[list[Any]]]
     matches: dict[str, list[list[Any]]] = Field(default_factory=dict, description=(
         "Per target class, the teacher classes nearest under the ground cost, as [name, cost]"))
+    plan: TransportPlan | None = Field(None, description="With the ot metric: the transport plan, for a heatmap.")
     cached: bool
 
 
@@ -205,6 +240,18 @@ class StudentOut(BaseModel):
     archive_sha256: str
     created_at: dt.datetime
     download: str
+
+
+class Info(BaseModel):
+    """What a client (the web page) needs to know before its first call; public."""
+
+    name: Literal["hubscout"] = "hubscout"
+    version: str
+    auth_required: bool = Field(description="Whether requests must carry an API key (Authorization: Bearer).")
+    mode: Literal["embedded", "distributed"]
+    metrics: list[str]
+    max_upload_bytes: int
+    max_epochs: int
 
 
 class Health(BaseModel):

@@ -24,7 +24,7 @@ from app.models import (DatasetRow, JobKind, JobRow, JobStatus, RankingRow, Stud
 from app.problems import Problem, not_found
 from app.queue import JobQueue
 from app.repository import row_from_teacher
-from app.schemas import DistillationCreate, RankingCreate, TeacherCreate
+from app.schemas import DemoDatasetCreate, DistillationCreate, RankingCreate, TeacherCreate
 from app.settings import Settings
 from app.storage import LocalStorage
 from app.uploads import UploadedFile
@@ -50,6 +50,26 @@ class Services:
         self.db.dispose()
 
 
+def auth_required(settings: Settings) -> bool:
+    # The API keys of the auth layer (HUBSCOUT_API_KEYS); a build without it has none.
+    return bool(getattr(settings, "api_keys", None))
+
+
+def info(svc: Services) -> dict[str, Any]:
+    from app.schemas import METRIC_CHOICES
+
+    s = svc.settings
+    return {"version": _version(), "auth_required": auth_required(s),
+            "mode": "embedded" if s.embedded else "distributed", "metrics": list(METRIC_CHOICES),
+            "max_upload_bytes": s.max_upload_bytes, "max_epochs": s.max_epochs}
+
+
+def _version() -> str:
+    import hubscout
+
+    return hubscout.__version__
+
+
 def _invalid(detail: str, **ext: Any) -> Problem:
     return Problem(422, detail, type_="validation-error", title="Invalid request", **ext)
 
@@ -62,8 +82,7 @@ def _display_name(name: str) -> str:
 
 
 def ingest_dataset(svc: Services, upload: UploadedFile, name: str) -> tuple[DatasetRow, bool]:
-    """Parse an uploaded file into a dataset and store it in canonical form (npz) once per content hash.
-    Returns (row, created)."""
+    """Parse an uploaded file into a dataset and store it once per content hash. Returns (row, created)."""
     from hubscout.data import DatasetError, Limits, load_dataset
 
     s = svc.settings
@@ -73,6 +92,39 @@ def ingest_dataset(svc: Services, upload: UploadedFile, name: str) -> tuple[Data
         ds = load_dataset(upload.path, limits=limits, name=_display_name(name))
     except DatasetError as e:
         raise Problem(422, str(e), type_="invalid-dataset", title="Invalid dataset") from None
+    return _store_dataset(svc, ds, upload.size)
+
+
+def demo_targets() -> list[dict[str, Any]]:
+    from hubscout.sources import TARGETS
+
+    return [{"name": t.name, "description": t.description, "classes": t.classes} for t in TARGETS.values()]
+
+
+def create_demo_dataset(svc: Services, body: DemoDatasetCreate) -> tuple[DatasetRow, bool]:
+    """A dataset drawn from a built-in demo target, stored as an upload of it would be. Returns (row, created)."""
+    from hubscout.data import DatasetError
+    from hubscout.sources import TARGETS, demo_target
+
+    target = TARGETS.get(body.name)
+    if target is None:
+        raise _invalid(f"unknown demo target {body.name!r}; known: {', '.join(TARGETS)}", known=list(TARGETS))
+    if body.shots * len(target.classes) > svc.settings.max_samples:
+        raise _invalid(f"{body.shots} shots of {len(target.classes)} classes is more than the "
+                       f"{svc.settings.max_samples} samples a dataset may hold")
+    try:
+        ds = demo_target(body.name, shots=body.shots, seed=body.seed)
+    except DatasetError as e:  # the source's files are not installed on this server
+        log.warning("demo target %s unavailable: %s", body.name, e)
+        raise Problem(503, f"the data of demo target {body.name!r} is not installed on this server",
+                      type_="demo-data-unavailable", title="Service unavailable") from None
+    except ValueError as e:  # more shots than the smallest class has
+        raise _invalid(str(e)) from None
+    return _store_dataset(svc, ds, 0)
+
+
+def _store_dataset(svc: Services, ds, upload_bytes: int) -> tuple[DatasetRow, bool]:
+    """Store ``ds`` in canonical form (npz) unless a dataset with its content hash exists. Returns (row, created)."""
     sha = ds.sha256
     with svc.db.session() as sess:
         existing = sess.scalar(select(DatasetRow).where(DatasetRow.sha256 == sha))
@@ -91,7 +143,7 @@ def ingest_dataset(svc: Services, upload: UploadedFile, name: str) -> tuple[Data
         row = DatasetRow(id=dataset_id, sha256=sha, name=ds.name, n_samples=len(ds), num_classes=ds.num_classes,
                          classes=list(ds.classes), class_counts=ds.class_counts(),
                          image_shape=[int(x) for x in ds.images.shape[1:]], storage_key=key, size_bytes=size,
-                         upload_bytes=upload.size)
+                         upload_bytes=upload_bytes)
         with svc.db.session() as sess:
             sess.add(row)
             try:

@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     limit_threads(1)
 
     from hubscout.extract import FileCache
+    from hubscout.plots import plot_transport_plan
     from hubscout.rank import rank
     from hubscout.sources import TARGETS, demo_target
     from hubscout.teachers import Repository
@@ -167,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     per_class = args.test_per_class or (100 if args.quick else 200)
     print(f"repo {repo_dir} ({len(teachers)} teachers), {len(tasks)} tasks", flush=True)
 
+    name_out = "ranking_quick" if args.quick else "ranking"
     gt_all = _load_gt()
     metric_names = [f"ot[{c}]" for c in COSTS] + list(BASELINES) + ["random"]
     per_task: list[dict[str, Any]] = []
@@ -195,6 +197,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if c not in rankings:
                     rankings[c] = rank(train, repo, metrics=["ot"], teacher_ids=tids, cache=cache, cost=c,
                                        device="cpu")
+        # The plan of the teacher OT puts first, drawn as the CLI and the web page draw it.
+        best = r.entries[0]
+        plot_transport_plan(best.plan_summary, RESULTS / f"{name_out}_plans" / f"{name}-{shots}shot.png",
+                            title=f"{name}-{shots}shot: {best.teacher_id} (OT's first)")
         forward_s = sum(e.forward_s for e in r.entries)
         score_s = sum(e.score_s for e in r.entries)
 
@@ -269,9 +275,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           md_table(["task", "rank s", "forward s", "scoring s", "brute force s", "ratio"],
                    [[t["task"], t["rank_s"], t["forward_s"], t["score_s"], t["brute_force_s"],
                      t["brute_force_s"] / max(t["rank_s"], 1e-9)] for t in per_task])]
-    name = "ranking_quick" if args.quick else "ranking"
+    name = name_out
     _plot(mean, metric_names, RESULTS / f"{name}.png")
     md.append(f"\n![mean weighted tau]({name}.png)\n")
+    md.append("\n## The plan of OT's first teacher, per task\n\n" + "".join(
+        f"![{t['task']}]({name}_plans/{t['task']}.png) " for t in per_task) + "\n")
     write_results(name, payload, "".join(md))
     print(f"wrote {RESULTS / name}.md/.json/.png in {payload['wall_s']:.0f}s", flush=True)
     return payload

@@ -194,6 +194,9 @@ def rank_cmd(
     shortlist: Optional[int] = typer.Option(None, help="score all teachers from their specifications first and "
                                                        "run only the best K (large repositories)"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output, no progress bars"),
+    plot: Optional[Path] = typer.Option(None, "--plot", file_okay=False,
+                                        help="write ranking.png and the best teachers' transport plans "
+                                             "(plan-<teacher>.png) into this folder"),
 ) -> None:
     """Rank the repository's teachers for DATASET."""
     from hubscout.data import load_dataset
@@ -205,6 +208,11 @@ def rank_cmd(
                    teacher_ids=teachers.split(",") if teachers else None,
                    cache=FileCache(cache_dir) if cache_dir else None, cost=cost, show_progress=not as_json,
                    shortlist_k=shortlist)
+    if plot is not None:
+        from hubscout.plots import plot_ranking_dir
+
+        written = plot_ranking_dir(ranking.to_dict(), plot)
+        console.print(f"wrote {', '.join(str(p) for p in written)}")
     if as_json:
         _print_json(ranking.to_dict())
         return
@@ -241,6 +249,8 @@ def distill_cmd(
     ce_only: bool = typer.Option(False, "--ce-only", help="train with cross-entropy only, for comparison"),
     seed: int = typer.Option(0),
     as_json: bool = typer.Option(False, "--json"),
+    plot: Optional[Path] = typer.Option(None, "--plot", file_okay=False,
+                                        help="write the training curves (curves.png) into this folder"),
 ) -> None:
     """Distil a student for DATASET from one or more teachers (several are weighted by relatedness)."""
     from hubscout.data import load_dataset
@@ -257,6 +267,12 @@ def distill_cmd(
     weights = relatedness_weights(ds, r, ids) if len(ids) > 1 and not ce_only else None
     result = distill(ds, r, ids, cfg, weights=weights, show_progress=not as_json)
     result.save(out)
+    if plot is not None:
+        from hubscout.plots import plot_training_curves
+
+        path = plot_training_curves(result.metrics["curves"], plot / "curves.png",
+                                    title=f"{cfg.student_arch} from {', '.join(ids) or 'labels only (CE)'}")
+        console.print(f"wrote {path}")
     summary = {"out": str(out), **{k: v for k, v in result.metrics.items() if k != "curves"}}
     if as_json:
         _print_json(summary)

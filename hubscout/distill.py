@@ -409,13 +409,15 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
 def distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[str],
             config: DistillConfig | None = None, *, weights: Sequence[float] | None = None,
             device: str | torch.device | None = None, show_progress: bool = False,
-            on_progress: ProgressFn | None = None) -> Student:
+            on_progress: ProgressFn | None = None,
+            on_epoch: Callable[[dict[str, list]], None] | None = None) -> Student:
     """Train a student on ``dataset`` with CE plus the OT distillation term from ``teacher_ids``.
 
     Lu, Ye & Zhan, "Selective Cross-Task Distillation" (arXiv 2204.11526): each teacher's softened prediction is
     transported onto the student's under its ground cost M_t (K×C), computed once from the teacher's features on
     the training split; teachers are weighted by ``weights`` (e.g. from their relatedness), normalised to sum 1,
     or uniformly. ``config.ce_only`` trains the plain cross-entropy student, for comparison, and needs no teacher.
+    ``on_epoch`` gets the training curves so far (a copy of ``metrics["curves"]``) after every epoch.
 
     Deterministic on CPU for a given ``config.seed``.
     """
@@ -424,14 +426,14 @@ def distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[str
     # to zero changes nothing that matters. Back to torch's default (off) afterwards.
     torch.set_flush_denormal(True)
     try:
-        return _distill(dataset, repo, teacher_ids, cfg, weights, device, show_progress, on_progress)
+        return _distill(dataset, repo, teacher_ids, cfg, weights, device, show_progress, on_progress, on_epoch)
     finally:
         torch.set_flush_denormal(False)
 
 
 def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[str], cfg: DistillConfig,
              weights: Sequence[float] | None, device: str | torch.device | None, show_progress: bool,
-             on_progress: ProgressFn | None) -> Student:
+             on_progress: ProgressFn | None, on_epoch: Callable[[dict[str, list]], None] | None) -> Student:
     from hubscout.ot import cost_matrix
 
     t_start = time.perf_counter()
@@ -584,6 +586,8 @@ def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[st
         if bar is not None:
             bar.set_postfix(loss=f"{s_loss / N:.3f}", val=f"{val_acc:.3f}" if val_acc is not None else "-")
             bar.update(1)
+        if on_epoch is not None:
+            on_epoch({k: list(v) for k, v in curves.items()})
         report((epoch + 1) / epochs, msg)
     if bar is not None:
         bar.close()

@@ -533,3 +533,49 @@ def nearest_classes(M, teacher_labels: Sequence[str], target_labels: Sequence[st
         top = np.argsort(M[:, c], kind="stable")[:k]
         out[target_labels[c]] = [(str(teacher_labels[i]), float(M[i, c])) for i in top]
     return out
+
+
+PLAN_MAX_TEACHER_CLASSES = 60
+PLAN_MAX_TARGET_CLASSES = 60
+
+
+def plan_summary(plan, teacher_labels: Sequence[str], target_labels: Sequence[str], *,
+                 max_teacher_classes: int = PLAN_MAX_TEACHER_CLASSES,
+                 max_target_classes: int = PLAN_MAX_TARGET_CLASSES, digits: int = 4) -> dict:
+    """The transport plan as a heatmap can show it, small enough to store with every ranked teacher.
+
+    Values are column shares (as in :func:`top_correspondences`): ``share[i][j]`` is the fraction of target
+    class ``target_classes[j]``'s mass that comes from teacher class ``teacher_classes[i]``. An ImageNet teacher
+    has 1000 classes, of which a few carry the mass: past ``max_teacher_classes`` only the teacher classes with
+    the most mass (over the kept target columns) are kept, ordered by the target class they send most to, then by
+    mass, so the plan reads as blocks; ``kept_share`` says how much of each column they hold. Past
+    ``max_target_classes`` the first target classes are kept.
+    """
+    P = _as_matrix(plan, "plan")
+    K, C = P.shape
+    if len(teacher_labels) != K or len(target_labels) != C:
+        raise ValueError(f"plan is {K}x{C} but got {len(teacher_labels)} teacher and {len(target_labels)} "
+                         "target names")
+    if max_teacher_classes < 1 or max_target_classes < 1:
+        raise ValueError("the plan summary must keep at least one class on each side")
+    cols = np.arange(min(C, max_target_classes))
+    col_mass = P[:, cols].sum(axis=0)
+    share = np.divide(P[:, cols], col_mass, out=np.zeros((K, len(cols))), where=col_mass > 0)
+    if K <= max_teacher_classes:
+        rows = np.arange(K)  # all of a small teacher's classes, in its own order: its zeros say something too
+    else:
+        row_mass = share.sum(axis=1)
+        rows = np.argsort(-row_mass, kind="stable")[:max_teacher_classes]
+        # Block-diagonal order: by the target column a teacher class favours, heaviest first within a column.
+        rows = rows[np.lexsort((-row_mass[rows], share[rows].argmax(axis=1)))]
+    kept = share[rows]
+    return {
+        "teacher_classes": [str(teacher_labels[i]) for i in rows],
+        "teacher_index": [int(i) for i in rows],
+        "target_classes": [str(target_labels[j]) for j in cols],
+        "share": [[round(float(x), digits) for x in r] for r in kept],
+        "kept_share": [round(float(x), digits) for x in kept.sum(axis=0)],
+        "teacher_num_classes": int(K),
+        "target_num_classes": int(C),
+        "truncated": bool(len(rows) < K or len(cols) < C),
+    }

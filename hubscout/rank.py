@@ -34,6 +34,8 @@ class RankEntry:
     plan: np.ndarray | None = None
     # Per target class, the teacher classes nearest under the ground cost (see hubscout.ot.nearest_classes).
     matches: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    # ``hubscout.ot.plan_summary`` of the plan: what a heatmap shows, and what the JSON form carries.
+    plan_summary: dict[str, Any] | None = None
     cached: bool = False
     forward_s: float = 0.0
     score_s: float = 0.0
@@ -78,6 +80,7 @@ class Ranking:
                     "correspondences": {c: [[t, round(float(s), 4)] for t, s in pairs]
                                         for c, pairs in e.correspondences.items()},
                     "matches": {c: [[t, round(float(s), 4)] for t, s in pairs] for c, pairs in e.matches.items()},
+                    "plan": e.plan_summary,
                     "cached": e.cached,
                     "forward_s": round(e.forward_s, 4),
                     "score_s": round(e.score_s, 4),
@@ -135,6 +138,7 @@ def score_teacher(outputs: TeacherOutputs, teacher: Teacher, dataset: Dataset, m
             entry.correspondences = hot.top_correspondences(res.plan, teacher.labels, dataset.classes,
                                                             k=n_correspondences)
             entry.matches = hot.nearest_classes(M, teacher.labels, dataset.classes, k=n_correspondences)
+            entry.plan_summary = hot.plan_summary(res.plan, teacher.labels, dataset.classes)
         else:
             scores[m] = float(METRICS[m].fn(probs=probs, features=outputs.features,
                                             classifier_weight=outputs.classifier_weight, labels=labels,

@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -21,17 +22,26 @@ def test_rank_distil_evaluate(quick_repo, tmp_path):
     assert invoke("data", "demo-target", "footwear", "--shots", 10, "--out", target).exit_code == 0
     assert invoke("data", "demo-target", "footwear", "--split", "test", "--out", test).exit_code == 0
 
-    res = invoke("rank", target, "--repo", quick_repo.root, "--metric", "ot,leep", "--json")
+    plots = tmp_path / "plots"
+    res = invoke("rank", target, "--repo", quick_repo.root, "--metric", "ot,leep", "--json", "--plot", plots)
     assert res.exit_code == 0, res.output
     ranking = json.loads(res.stdout)
     assert ranking["teachers"][0]["teacher_id"] == "fashion-footwear"
     assert ranking["n_samples"] == 30 and ranking["classes"] == ["ankle-boot", "sandal", "sneaker"]
+    # The ranking's bars and the plans of the best three teachers.
+    best3 = [t["teacher_id"] for t in ranking["teachers"][:3]]
+    assert sorted(p.name for p in plots.iterdir()) == sorted(["ranking.png"] + [f"plan-{t}.png" for t in best3])
+    for p in plots.iterdir():
+        with Image.open(p) as im:
+            assert im.format == "PNG" and min(im.size) > 250, p.name
 
     out = tmp_path / "student"
     res = invoke("distill", target, "--repo", quick_repo.root, "--teacher", "fashion-footwear", "--epochs", 3,
-                 "--min-steps", 40, "--student", "resnet10t", "--out", out, "--json")
+                 "--min-steps", 40, "--student", "resnet10t", "--out", out, "--json", "--plot", plots)
     assert res.exit_code == 0, res.output
     assert {"model.safetensors", "config.json", "metrics.json"} <= {p.name for p in out.iterdir()}
+    with Image.open(plots / "curves.png") as im:
+        assert im.format == "PNG" and im.size == (1100, 374)
 
     res = invoke("evaluate", out, test, "--json")
     assert res.exit_code == 0, res.output

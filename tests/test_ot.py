@@ -16,6 +16,7 @@ from hubscout.ot import (
     cost_prototype_softmax,
     ot_dataset_sinkhorn,
     ot_relatedness,
+    plan_summary,
     sinkhorn_log,
     sinkhorn_log_torch,
     nearest_classes,
@@ -403,3 +404,47 @@ def test_nearest_classes():
     assert len(nearest_classes(M, ["t0", "t1", "t2"], ["cat", "dog"], k=10)["cat"]) == 3
     with pytest.raises(ValueError):
         nearest_classes(M, ["t0"], ["cat", "dog"])
+
+
+def test_plan_summary_of_a_small_plan_keeps_every_class_as_column_shares():
+    plan = np.array([[0.10, 0.00], [0.30, 0.05], [0.05, 0.15], [0.05, 0.00]])
+    s = plan_summary(plan, ["t0", "t1", "t2", "t3"], ["cat", "dog"])
+    assert s["teacher_classes"] == ["t0", "t1", "t2", "t3"] and s["teacher_index"] == [0, 1, 2, 3]
+    assert s["target_classes"] == ["cat", "dog"] and not s["truncated"]
+    np.testing.assert_allclose(s["share"], [[0.2, 0.0], [0.6, 0.25], [0.1, 0.75], [0.1, 0.0]], atol=1e-4)
+    assert s["kept_share"] == [1.0, 1.0]
+    assert (s["teacher_num_classes"], s["target_num_classes"]) == (4, 2)
+    # Shares agree with the correspondences read from the same plan.
+    assert s["share"][2][1] == pytest.approx(top_correspondences(plan, list("abcd"), ["x", "y"])["y"][0][1], abs=1e-4)
+    with pytest.raises(ValueError):
+        plan_summary(plan, ["t0"], ["cat", "dog"])
+
+
+def test_plan_summary_of_a_large_teacher_keeps_the_heaviest_classes_in_blocks():
+    rng = np.random.default_rng(0)
+    K, C = 1000, 3
+    plan = rng.random((K, C)) * 1e-4
+    heavy = {0: [917, 12], 1: [500], 2: [3, 640, 999]}  # the classes each target column mostly draws from
+    for c, rows in heavy.items():
+        plan[rows, c] += 0.2
+    plan /= plan.sum()
+    labels = [f"class-{k}" for k in range(K)]
+    s = plan_summary(plan, labels, ["a", "b", "c"], max_teacher_classes=10)
+    assert s["truncated"] and len(s["teacher_classes"]) == 10 and s["teacher_num_classes"] == 1000
+    kept = s["teacher_index"]
+    assert {r for rows in heavy.values() for r in rows} <= set(kept)
+    assert [labels[i] for i in kept] == s["teacher_classes"]
+    # Ordered by favourite target column: the heavy rows of column a come before b's, b's before c's.
+    pos = {r: kept.index(r) for rows in heavy.values() for r in rows}
+    assert max(pos[r] for r in heavy[0]) < pos[500] < min(pos[r] for r in heavy[2])
+    full = plan / plan.sum(axis=0)
+    np.testing.assert_allclose(s["share"], full[kept], atol=1e-4)
+    np.testing.assert_allclose(s["kept_share"], full[kept].sum(axis=0), atol=1e-3)
+    assert all(0.5 < x < 1.0 for x in s["kept_share"])
+
+
+def test_plan_summary_cuts_many_target_classes():
+    plan = np.full((4, 100), 1 / 400)
+    s = plan_summary(plan, list("abcd"), [f"c{j}" for j in range(100)], max_target_classes=60)
+    assert s["target_classes"] == [f"c{j}" for j in range(60)] and s["target_num_classes"] == 100
+    assert s["truncated"] and np.asarray(s["share"]).shape == (4, 60)

@@ -21,6 +21,13 @@ def test_footwear_target_ranks_the_footwear_teacher_first(quick_repo, footwear_t
     for cls, pairs in corr.items():
         assert pairs[0][0] == cls
         assert pairs[0][1] > 0.5
+    # Its plan, as stored for the heatmap: every teacher class down, every target class across.
+    teacher = quick_repo.get("fashion-footwear")
+    plan = ranking.to_dict()["teachers"][0]["plan"]
+    assert plan["teacher_classes"] == teacher.labels and plan["target_classes"] == footwear_target.classes
+    assert not plan["truncated"] and plan["kept_share"] == pytest.approx([1.0] * 3, abs=1e-3)
+    for j, cls in enumerate(footwear_target.classes):
+        assert plan["share"][teacher.labels.index(cls)][j] == pytest.approx(corr[cls][0][1], abs=1e-4)
 
 
 def test_all_metrics_have_directions_and_json(quick_repo, footwear_target):
@@ -58,6 +65,10 @@ def test_imagenet_plan_maps_animals_to_animal_classes(quick_repo):
     assert set(corr) == {"bear", "elephant", "giraffe", "zebra"}
     names = [name for pairs in corr.values() for name, _ in pairs]
     assert all(name in quick_repo.get("imagenet-efficientnet-lite0").labels for name in names)
+    # A 1000-class plan is kept to its heaviest 60 rows, which hold every top correspondence.
+    plan = ranking.best().plan_summary
+    assert plan["truncated"] and plan["teacher_num_classes"] == 1000 and len(plan["teacher_classes"]) == 60
+    assert set(names) <= set(plan["teacher_classes"])
     shares = [share for pairs in corr.values() for _, share in pairs]
     assert all(0 < s <= 1 for s in shares)
 

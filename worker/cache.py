@@ -77,7 +77,8 @@ class DbOutputsCache:
 
 
 class ScoreStore:
-    """Every metric value computed for a (teacher weights, dataset content) pair, with OT's correspondences.
+    """Every metric value computed for a (teacher weights, dataset content) pair, with OT's correspondences and
+    plan summary.
 
     Scores are tagged with the library version that computed them; another version's are recomputed."""
 
@@ -109,19 +110,24 @@ class ScoreStore:
             scores: dict[str, float] = {}
             correspondences: dict = {}
             matches: dict = {}
+            plan = None
             for m in metrics:
                 row = by_key.get((t.outputs_key, m, self._cost_key(m, cost)))
                 if row is None or (row.extra or {}).get("v") != hubscout.__version__:
                     break
-                scores[m] = float("nan") if row.value is None else float(row.value)
                 if m == "ot":
                     extra = row.extra or {}
+                    if "plan" not in extra or "matches" not in extra:
+                        break  # stored before plans and matches were kept: score again (from the cached outputs)
                     correspondences = {c: [(str(x), float(w)) for x, w in pairs]
                                        for c, pairs in (extra.get("correspondences") or {}).items()}
                     matches = {c: [(str(x), float(w)) for x, w in pairs]
                                for c, pairs in (extra.get("matches") or {}).items()}
+                    plan = extra["plan"]
+                scores[m] = float("nan") if row.value is None else float(row.value)
             else:
-                out[t.id] = RankEntry(t.id, t.name, scores, correspondences, matches=matches, cached=True)
+                out[t.id] = RankEntry(t.id, t.name, scores, correspondences, matches=matches, plan_summary=plan,
+                                      cached=True)
         return out
 
     def record(self, entries, teacher_sha: dict[str, str], dataset_sha256: str, cost: str) -> int:
@@ -140,6 +146,7 @@ class ScoreStore:
                     extra["correspondences"] = {c: [[x, float(w)] for x, w in pairs]
                                                 for c, pairs in e.correspondences.items()}
                     extra["matches"] = {c: [[x, float(w)] for x, w in pairs] for c, pairs in e.matches.items()}
+                    extra["plan"] = e.plan_summary
                 values[(tsha, metric, self._cost_key(metric, cost))] = dict(
                     value=json_safe(float(value)), direction=METRICS[metric].direction, extra=json_safe(extra))
         if not values:

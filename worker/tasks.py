@@ -76,6 +76,7 @@ class Reporter:
     def __init__(self, ctx: Context, claim: jobs.Claim, lost: threading.Event, min_interval: float = 0.5):
         self.ctx, self.claim, self.lost, self.min_interval = ctx, claim, lost, min_interval
         self._last = 0.0
+        self._curves: dict | None = None  # newer than what the row holds
 
     def __call__(self, fraction: float, message: str) -> None:
         if self.lost.is_set():
@@ -84,7 +85,12 @@ class Reporter:
         if now - self._last < self.min_interval and fraction < 1.0:
             return
         self._last = now
-        jobs.progress(self.ctx.db, self.claim, fraction, message)
+        curves, self._curves = self._curves, None
+        jobs.progress(self.ctx.db, self.claim, fraction, message, curves=curves)
+
+    def curves(self, curves: dict) -> None:
+        """``on_epoch`` for distillation: the curves go out with the next progress write."""
+        self._curves = json_safe(curves)
 
     def scaled(self, lo: float, hi: float) -> Callable[[float, str], None]:
         return lambda f, m: self(lo + (hi - lo) * f, m)
@@ -240,7 +246,8 @@ def run_distillation(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: Data
     if len(ids) > 1 and not cfg.ce_only:
         report(0.0, "weighting teachers by relatedness")
         weights = relatedness_weights(ds, repo, ids, cache=DbOutputsCache(ctx.db, ctx.storage), device=device)
-    student = distill(ds, repo, ids, cfg, weights=weights, device=device, on_progress=report.scaled(0.05, 0.95))
+    student = distill(ds, repo, ids, cfg, weights=weights, device=device, on_progress=report.scaled(0.05, 0.95),
+                      on_epoch=report.curves)
     report(0.96, "saving the student")
     sid = result_id_for(job.id)
     key = f"students/{sid}.zip"
@@ -261,7 +268,7 @@ def run_distillation(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: Data
                      archive_bytes=size, archive_sha256=digest)
     with ctx.db.session() as s:
         s.merge(row)
-        if not jobs.finish(s, claim, sid):
+        if not jobs.finish(s, claim, sid, curves=row.metrics.get("curves")):
             s.rollback()
             ctx.storage.delete(key)  # cancelled while saving: leave nothing behind
             raise jobs.JobLost(job.id)

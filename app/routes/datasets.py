@@ -8,12 +8,13 @@ from starlette.concurrency import run_in_threadpool
 from app import services as ops
 from app.models import DatasetRow
 from app.problems import Problem
-from app.routes import problems, services
-from app.schemas import DatasetOut
+from app.routes import problems, require_json, services
+from app.schemas import DatasetOut, DemoDatasetCreate, DemoTargetOut
 from app.services import Services
 from app.uploads import read_multipart
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+demo_router = APIRouter(tags=["datasets"])
 
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"],
@@ -45,6 +46,23 @@ async def upload_dataset(request: Request, response: Response, svc: Services = D
         row, created = await run_in_threadpool(ops.ingest_dataset, svc, upload, name)
     finally:
         form.cleanup()
+    response.status_code = 201 if created else 200
+    response.headers["Location"] = f"/v1/datasets/{row.id}"
+    return dataset_out(row)
+
+
+@demo_router.get("/v1/demo-targets", response_model=list[DemoTargetOut], summary="The built-in demo targets")
+def list_demo_targets() -> list[DemoTargetOut]:
+    return [DemoTargetOut(**t) for t in ops.demo_targets()]
+
+
+@router.post("/demo", status_code=201, response_model=DatasetOut, dependencies=[Depends(require_json)],
+             responses={200: {"description": "The same content exists: the existing dataset", "model": DatasetOut},
+                        **problems(415, 422, 503)},
+             summary="Create a dataset from a built-in demo target")
+def create_demo_dataset(body: DemoDatasetCreate, response: Response,
+                        svc: Services = Depends(services)) -> DatasetOut:
+    row, created = ops.create_demo_dataset(svc, body)
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/v1/datasets/{row.id}"
     return dataset_out(row)

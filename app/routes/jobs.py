@@ -21,7 +21,7 @@ def job_out(row: JobRow) -> JobOut:
     return JobOut(id=row.id, kind=row.kind, status=row.status, progress=row.progress, message=row.message,
                   dataset_id=row.dataset_id, params=row.params, error=row.error, attempts=row.attempts,
                   result_id=row.result_id if result else None, created_at=row.created_at,
-                  started_at=row.started_at, finished_at=row.finished_at,
+                  started_at=row.started_at, finished_at=row.finished_at, curves=row.curves,
                   links=JobLinks(self=f"/v1/jobs/{row.id}", result=result))
 
 

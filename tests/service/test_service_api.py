@@ -102,7 +102,64 @@ def test_unknown_routes_and_ids_are_404_problems(client):
     assert_problem(client.put("/v1/datasets/x"), 405)
 
 
+def test_the_web_page_and_its_files_are_served(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    for name, ctype in (("app.js", "javascript"), ("charts.js", "javascript"), ("style.css", "text/css")):
+        assert f"/static/{name}" in r.text
+        f = client.get(f"/static/{name}")
+        assert f.status_code == 200 and ctype in f.headers["content-type"], name
+    assert client.get("/static/nothing.js").status_code == 404
+    assert client.get("/static/../app/settings.py").status_code == 404
+
+
+def test_info_is_public_and_tells_the_page_what_it_needs(client):
+    info = client.get("/v1/info").json()
+    assert info["auth_required"] is False  # no API key configured
+    assert info["mode"] == "embedded" and info["max_upload_bytes"] == MAX_UPLOAD
+    assert info["metrics"] == ["ot", "leep", "nce", "hscore", "logme"]
+
+
 # ------------------------------------------------------------------------------------------------- datasets
+
+def test_demo_targets_make_datasets_like_uploads(client, settings):
+    from hubscout.data import load_dataset
+    from hubscout.sources import TARGETS, demo_target
+
+    targets = {t["name"]: t for t in client.get("/v1/demo-targets").json()}
+    assert set(targets) == set(TARGETS)
+    assert targets["footwear"]["classes"] == ["sandal", "sneaker", "ankle-boot"]
+
+    r = client.post("/v1/datasets/demo", json={"name": "footwear", "shots": 4, "seed": 7})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    expected = demo_target("footwear", 4, seed=7)
+    assert body["sha256"] == expected.sha256 and body["name"] == "footwear-4shot-s7"
+    assert body["n_samples"] == 12 and body["class_counts"] == {"sandal": 4, "sneaker": 4, "ankle-boot": 4}
+    assert r.headers["location"] == f"/v1/datasets/{body['id']}"
+    stored = load_dataset(settings.storage_root / "datasets" / f"{body['id']}.npz")
+    assert np.array_equal(stored.images, expected.images) and np.array_equal(stored.labels, expected.labels)
+    # The same content, asked for again or uploaded as a file, is the same dataset.
+    again = client.post("/v1/datasets/demo", json={"name": "footwear", "shots": 4, "seed": 7})
+    assert again.status_code == 200 and again.json()["id"] == body["id"]
+    upload = client.post("/v1/datasets", files={"file": ("f.npz", npz_bytes(expected))})
+    assert upload.status_code == 200 and upload.json()["id"] == body["id"]
+
+
+@pytest.mark.parametrize("body, status, needle", [
+    ({"name": "nope", "shots": 4}, 422, "known: footwear"),
+    ({"name": "footwear", "shots": 0}, 422, "shots"),
+    ({"name": "footwear", "shots": 7000}, 422, "only 6000"),
+    ({"name": "footwear", "shots": 10**6}, 422, "more than the 200000 samples"),
+    ({"name": "footwear", "shots": 4, "colour": "red"}, 422, "colour"),
+])
+def test_bad_demo_requests_are_problems_and_store_nothing(client, settings, body, status, needle):
+    before = count(client, DatasetRow)
+    problem = assert_problem(client.post("/v1/datasets/demo", json=body), status)
+    assert needle in json.dumps(problem)
+    assert count(client, DatasetRow) == before
+    assert_problem(client.post("/v1/datasets/demo", content=b"name=footwear"), 415)
+
 
 def test_upload_npz_then_get(client):
     ds = toy_dataset()

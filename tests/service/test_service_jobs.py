@@ -144,6 +144,56 @@ def test_a_finished_job_is_not_run_again(db, settings):
     assert job(db, j).status == "succeeded" and job(db, j).attempts == 1
 
 
+def test_distillation_curves_go_out_with_progress_and_with_the_result(db, settings):
+    import threading
+
+    from worker.tasks import Context, Reporter
+
+    j = new_job(db)
+    c = jobs.claim(db, settings, j, "w1")
+    report = Reporter(Context(settings, db, None, None), c, threading.Event(), min_interval=0)  # type: ignore
+    report(0.1, "training")
+    assert job(db, j).curves is None
+    one = {"epoch": [1], "loss": [1.5], "ce": [1.0], "ot": [0.03], "train_acc": [0.5], "val_acc": [float("nan")]}
+    report.curves(one)
+    report(0.5, "epoch 1/2")
+    assert job(db, j).curves == {**one, "val_acc": [None]}  # JSON-safe
+    report(0.6, "no new epoch")
+    assert job(db, j).curves["epoch"] == [1]  # kept until newer curves come
+    two = {k: v * 2 for k, v in one.items()}
+    with db.session() as s:
+        s.add(RankingRow(id=result_id_for(j), job_id=j, dataset_id="ds", result={}))
+        assert jobs.finish(s, c, result_id_for(j), curves={**two, "val_acc": [0.5, 0.5]})
+        s.commit()
+    assert job(db, j).curves["epoch"] == [1, 1] and job(db, j).status == "succeeded"
+
+
+def test_stored_scores_carry_the_plan_and_older_ones_are_scored_again(db):
+    from types import SimpleNamespace
+
+    from hubscout.ot import plan_summary
+    from hubscout.rank import RankEntry
+    from worker.cache import ScoreStore
+
+    store = ScoreStore(db)
+    teachers = [SimpleNamespace(id=f"t{i}", name=f"T{i}", outputs_key=f"{i}" * 64) for i in range(2)]
+    plan = plan_summary([[0.4, 0.1], [0.1, 0.4]], ["x", "y"], ["a", "b"])
+    entries = [RankEntry(t.id, t.name, {"ot": 0.2, "leep": -1.0}, {"a": [("x", 0.8)]}, plan_summary=plan)
+               for t in teachers]
+    assert store.record(entries, {t.id: t.outputs_key for t in teachers}, "d" * 64, "proto-softmax") == 4
+    found = store.lookup(teachers, "d" * 64, ["ot", "leep"], "proto-softmax")
+    assert set(found) == {"t0", "t1"} and found["t0"].plan_summary == plan and found["t0"].cached
+    # A score stored before plans were kept: that teacher is scored again, the other one is not.
+    with db.session() as s:
+        from app.models import ScoreRow
+
+        row = s.query(ScoreRow).filter_by(teacher_sha256="1" * 64, metric="ot").one()
+        row.extra = {k: v for k, v in row.extra.items() if k != "plan"}
+        s.commit()
+    assert set(store.lookup(teachers, "d" * 64, ["ot", "leep"], "proto-softmax")) == {"t0"}
+    assert set(store.lookup(teachers, "d" * 64, ["leep"], "proto-softmax")) == {"t0", "t1"}
+
+
 def _add(repo: Repository, tid: str, seed: int = 0) -> None:
     torch.manual_seed(seed)
     repo.add(arch="test_resnet", weights=build_model("test_resnet", 2, 1).state_dict(), labels=["a", "b"],

@@ -1,0 +1,424 @@
+// The hubscout page: dataset → ranking → transport plan → distillation → download, on the /v1 API.
+// State lives in the URL hash (#ds=…&rank=…&distil=…), so a reload or a shared link comes back to the same results.
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+const KEY_STORE = "hubscout.apiKey";
+const FINAL = new Set(["succeeded", "failed", "cancelled"]);
+const state = {info: null, dataset: null, ranking: null, selected: new Set(), planTeacher: null};
+
+// ------------------------------------------------------------------------------------------------ API
+
+class ApiError extends Error {
+  constructor(status, detail) { super(detail); this.status = status; }
+}
+
+function authHeaders() {
+  const key = localStorage.getItem(KEY_STORE);
+  return key ? {Authorization: `Bearer ${key}`} : {};
+}
+
+async function api(path, {method = "GET", json = undefined, body = undefined} = {}) {
+  const headers = authHeaders();
+  if (json !== undefined) { headers["Content-Type"] = "application/json"; body = JSON.stringify(json); }
+  const r = await fetch(path, {method, headers, body});
+  if (!r.ok) {
+    let detail = `${r.status} ${r.statusText}`;
+    try { const p = await r.json(); detail = p.detail || p.title || detail; } catch (_) { /* not JSON */ }
+    if (r.status === 401) showAuth(true);
+    throw new ApiError(r.status, detail);
+  }
+  return r.headers.get("content-type")?.includes("json") ? r.json() : r;
+}
+
+function showError(err) {
+  $("#error-text").textContent = err instanceof ApiError ? err.message : `Error: ${err.message || err}`;
+  $("#error").hidden = false;
+}
+
+function clearError() { $("#error").hidden = true; }
+
+function showAuth(needed) {
+  const form = $("#auth");
+  form.hidden = !needed && !localStorage.getItem(KEY_STORE);
+  $("#api-key").value = localStorage.getItem(KEY_STORE) || "";
+  $("#auth-state").textContent = localStorage.getItem(KEY_STORE) ? "saved" : "required";
+}
+
+async function busy(button, fn) {
+  clearError();
+  button.disabled = true;
+  try { return await fn(); } catch (e) { showError(e); } finally { button.disabled = false; }
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// Polls a job until it ends, drawing its progress into `box` and handing every state to `onUpdate`.
+async function watchJob(jobId, box, onUpdate = () => {}) {
+  box.hidden = false;
+  box.className = "progress";
+  box.dataset.status = "queued";
+  for (let delay = 300; ; delay = Math.min(delay * 1.3, 1500)) {
+    const job = await api(`/v1/jobs/${jobId}`);
+    box.querySelector(".bar").style.width = `${Math.round(100 * job.progress)}%`;
+    box.querySelector(".msg").textContent =
+      `${job.status} · ${Math.round(100 * job.progress)}% · ${job.error || job.message}`;
+    box.dataset.status = job.status;
+    onUpdate(job);
+    if (FINAL.has(job.status)) {
+      box.classList.add(job.status);
+      if (job.status !== "succeeded") throw new ApiError(0, `${job.kind} job ${job.status}: ${job.error || ""}`);
+      return job;
+    }
+    await sleep(delay);
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ URL state
+
+function hashState() { return Object.fromEntries(new URLSearchParams(location.hash.slice(1))); }
+
+function setHash(patch) {
+  const s = {...hashState(), ...patch};
+  for (const k of Object.keys(s)) if (!s[k]) delete s[k];
+  history.replaceState(null, "", "#" + new URLSearchParams(s).toString());
+}
+
+// ------------------------------------------------------------------------------------------------ 1. dataset
+
+function setDataset(ds) {
+  state.dataset = ds;
+  const card = $("#dataset-card");
+  card.hidden = false;
+  const counts = Object.values(ds.class_counts);
+  card.innerHTML = "";
+  const strong = document.createElement("strong");
+  strong.textContent = ds.name;
+  card.append(strong, ` · ${ds.n_samples} images of ${ds.image_shape.join("×")} · ${ds.num_classes} classes `
+    + `(${Math.min(...counts)}–${Math.max(...counts)} per class): ${ds.classes.join(", ")} `);
+  const id = document.createElement("span");
+  id.className = "id";
+  id.textContent = ds.id;
+  card.append(id);
+  $("#step-rank").classList.remove("locked");
+  setHash({ds: ds.id});
+}
+
+async function loadDemoTargets() {
+  const targets = await api("/v1/demo-targets");
+  const sel = $("#demo-name");
+  sel.innerHTML = "";
+  for (const t of targets) {
+    const o = document.createElement("option");
+    o.value = t.name;
+    o.textContent = `${t.name} — ${t.classes.length} classes`;
+    o.title = t.description;
+    sel.append(o);
+  }
+}
+
+$("#upload-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const file = $("#file").files[0];
+  if (!file) return;
+  busy($("#upload"), async () => {
+    const form = new FormData();
+    form.append("file", file);
+    setDataset(await api("/v1/datasets", {method: "POST", body: form}));
+  });
+});
+
+$("#demo-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  busy($("#demo-create"), async () => {
+    setDataset(await api("/v1/datasets/demo", {method: "POST",
+      json: {name: $("#demo-name").value, shots: Number($("#demo-shots").value)}}));
+  });
+});
+
+// ------------------------------------------------------------------------------------------------ 2. ranking
+
+function metricBoxes() {
+  const fs = $("#metrics");
+  const names = {ot: "OT relatedness (ours)", leep: "LEEP", nce: "NCE", hscore: "H-score", logme: "LogME"};
+  for (const m of state.info.metrics) {
+    const label = document.createElement("label");
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.value = m;
+    box.checked = m === "ot" || m === "logme";
+    label.append(box, ` ${names[m] || m}`);
+    fs.append(label);
+  }
+}
+
+$("#rank-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const metrics = [...document.querySelectorAll("#metrics input:checked")].map((b) => b.value);
+  busy($("#rank"), async () => {
+    if (!metrics.length) throw new Error("choose at least one metric");
+    // OT first: it orders the table and gives the plans.
+    metrics.sort((a, b) => (b === "ot") - (a === "ot"));
+    const job = await api("/v1/rankings", {method: "POST", json: {dataset_id: state.dataset.id, metrics}});
+    setHash({rank: job.id, distil: ""});
+    await showRanking(job.id);
+  });
+});
+
+async function showRanking(jobId) {
+  const job = await watchJob(jobId, $("#rank-progress"));
+  const ranking = await api(job.links.result);
+  state.ranking = ranking;
+  renderRanking(ranking);
+  state.selected = new Set(ranking.teachers.length ? [ranking.teachers[0].teacher_id] : []);
+  syncSelection();
+  $("#step-distil").classList.remove("locked");
+  if (ranking.teachers.length && ranking.teachers[0].plan) showPlan(ranking.teachers[0].teacher_id);
+}
+
+function fmt(v) {
+  if (v === null || v === undefined || !isFinite(v)) return "n/a";
+  return Math.abs(v) >= 100 ? v.toFixed(1) : v.toFixed(4);
+}
+
+function renderRanking(r) {
+  const table = $("#ranking-table");
+  table.hidden = false;
+  const arrows = (m) => (r.directions[m] === "lower" ? "↓ better" : "↑ better");
+  const head = ["#", "teacher", ...r.metrics.map((m) => `${m} (${arrows(m)})`), "top correspondences", "plan",
+                "distil"];
+  table.tHead.innerHTML = "";
+  const hr = table.tHead.insertRow();
+  for (const h of head) { const th = document.createElement("th"); th.textContent = h; hr.append(th); }
+  const body = table.tBodies[0];
+  body.innerHTML = "";
+  const prim = r.primary;
+  const vals = r.teachers.map((t) => t.scores[prim]?.value).filter((v) => v !== null && isFinite(v));
+  const lo = Math.min(...vals), hi = Math.max(...vals);
+  for (const t of r.teachers) {
+    const tr = body.insertRow();
+    tr.dataset.teacher = t.teacher_id;
+    if (t.rank === 1) tr.className = "best";
+    tr.insertCell().textContent = String(t.rank);
+    const name = tr.insertCell();
+    const b = document.createElement("strong");
+    b.textContent = t.teacher_id;
+    name.append(b);
+    if (t.name && t.name !== t.teacher_id) name.append(document.createElement("br"), t.name);
+    for (const m of r.metrics) {
+      const td = tr.insertCell();
+      td.className = "num";
+      const v = t.scores[m]?.value;
+      td.textContent = fmt(v);
+      if (m === prim && hi > lo && v !== null && isFinite(v)) {
+        // Longer bar = better teacher, whichever way the metric points.
+        const good = r.directions[m] === "lower" ? (hi - v) / (hi - lo) : (v - lo) / (hi - lo);
+        const bar = document.createElement("span");
+        bar.className = "scorebar";
+        bar.style.width = `${Math.round(6 + 54 * good)}px`;
+        td.append(bar);
+      }
+    }
+    const corr = tr.insertCell();
+    corr.className = "corr";
+    corr.textContent = Object.entries(t.correspondences || {}).slice(0, 4)
+      .filter(([, pairs]) => pairs.length)
+      .map(([c, pairs]) => `${c} ← ${pairs[0][0]} ${Math.round(100 * pairs[0][1])}%`).join("; ") || "—";
+    const planCell = tr.insertCell();
+    if (t.plan) {
+      const btn = document.createElement("button");
+      btn.type = "button";
+      btn.className = "small plan-btn";
+      btn.dataset.teacher = t.teacher_id;
+      btn.textContent = "heatmap";
+      btn.addEventListener("click", () => showPlan(t.teacher_id));
+      planCell.append(btn);
+    } else {
+      planCell.textContent = "—";
+    }
+    const pick = tr.insertCell();
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.className = "pick";
+    box.value = t.teacher_id;
+    box.setAttribute("aria-label", `distil from ${t.teacher_id}`);
+    box.addEventListener("change", () => {
+      box.checked ? state.selected.add(t.teacher_id) : state.selected.delete(t.teacher_id);
+      syncSelection();
+    });
+    pick.append(box);
+  }
+  const note = $("#rank-note");
+  note.hidden = false;
+  note.textContent = `${r.teachers.length} teachers for ${r.n_samples} images, ordered by ${prim}; `
+    + `ranked in ${r.elapsed_s.toFixed(2)} s` + (r.teachers.every((t) => t.cached) ? " (all from the cache)." : ".");
+}
+
+function syncSelection() {
+  for (const box of document.querySelectorAll("#ranking-table input.pick")) box.checked = state.selected.has(box.value);
+  const ids = [...state.selected];
+  $("#distil-teachers").textContent = ids.length ? ids.join(", ") : "none ticked (tick one, or train CE only)";
+}
+
+function showPlan(teacherId) {
+  const t = state.ranking.teachers.find((x) => x.teacher_id === teacherId);
+  if (!t || !t.plan) return;
+  state.planTeacher = teacherId;
+  for (const b of document.querySelectorAll(".plan-btn")) b.classList.toggle("active", b.dataset.teacher === teacherId);
+  const sec = $("#step-plan");
+  sec.hidden = false;
+  sec.dataset.teacher = teacherId;
+  $("#plan-title").textContent = `${teacherId} → your classes`;
+  const p = t.plan;
+  const note = $("#plan-note");
+  note.hidden = !p.truncated;
+  if (p.truncated) {
+    const kept = p.kept_share.reduce((a, b) => a + b, 0) / Math.max(p.kept_share.length, 1);
+    note.textContent = `The teacher has ${p.teacher_num_classes} classes: the plan keeps the `
+      + `${p.teacher_classes.length} that carry the most mass (${Math.round(100 * kept)}% of it on average)`
+      + (p.target_num_classes > p.target_classes.length
+        ? `, for the first ${p.target_classes.length} of your ${p.target_num_classes} classes.` : ".");
+  }
+  drawPlan(p, false);
+  const ul = $("#correspondences");
+  ul.innerHTML = "";
+  for (const [c, pairs] of Object.entries(t.correspondences || {})) {
+    const li = document.createElement("li");
+    const b = document.createElement("strong");
+    b.textContent = c;
+    li.append(b, " ← ");
+    pairs.forEach(([name, share], i) => {
+      if (i) li.append(", ");
+      li.append(name + " ");
+      const s = document.createElement("span");
+      s.className = "share";
+      s.textContent = `${Math.round(100 * share)}%`;
+      li.append(s);
+    });
+    if (!pairs.length) li.append("—");
+    ul.append(li);
+  }
+}
+
+const PLAN_ROWS = 25;
+
+// A long plan (an ImageNet teacher keeps 60 rows) first shows its heaviest rows only, in their stored order.
+function drawPlan(p, all) {
+  const more = $("#plan-more");
+  let shown = p;
+  if (!all && p.teacher_classes.length > PLAN_ROWS) {
+    const mass = p.share.map((r) => r.reduce((a, b) => a + b, 0));
+    const keep = mass.map((m, i) => [m, i]).sort((a, b) => b[0] - a[0]).slice(0, PLAN_ROWS).map((x) => x[1])
+      .sort((a, b) => a - b);
+    shown = {...p, teacher_classes: keep.map((i) => p.teacher_classes[i]), share: keep.map((i) => p.share[i])};
+  }
+  more.hidden = p.teacher_classes.length <= PLAN_ROWS;
+  more.textContent = all ? `show the top ${PLAN_ROWS} rows` : `show all ${p.teacher_classes.length} rows`;
+  more.onclick = () => drawPlan(p, !all);
+  charts.drawHeatmap($("#plan-svg"), shown);
+}
+
+// ------------------------------------------------------------------------------------------------ 3. distillation
+
+$("#distil-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  busy($("#distil"), async () => {
+    const ceOnly = $("#ce-only").checked;
+    const body = {dataset_id: state.dataset.id, teacher_ids: ceOnly ? [] : [...state.selected], ce_only: ceOnly};
+    if (!ceOnly && !body.teacher_ids.length) throw new Error("tick at least one teacher in the ranking");
+    const arch = $("#student-arch").value.trim();
+    if (arch) body.student_arch = arch;
+    if ($("#epochs").value) body.epochs = Number($("#epochs").value);
+    if ($("#min-steps").value !== "") body.min_steps = Number($("#min-steps").value);
+    const job = await api("/v1/distillations", {method: "POST", json: body});
+    setHash({distil: job.id});
+    await showDistillation(job.id);
+  });
+});
+
+async function showDistillation(jobId) {
+  $("#student-card").hidden = true;
+  $("#curves").hidden = false;
+  const draw = (curves) => charts.drawCurves($("#loss-svg"), $("#acc-svg"), curves || {});
+  draw({});
+  let last = -1;
+  const job = await watchJob(jobId, $("#distil-progress"), (j) => {
+    const n = j.curves?.epoch?.length ?? 0;
+    if (n !== last) { last = n; draw(j.curves); $("#curves").dataset.epochs = n; }
+  });
+  const student = await api(job.links.result);
+  draw(student.metrics.curves);
+  $("#curves").dataset.epochs = student.metrics.curves?.epoch?.length ?? 0;
+  renderStudent(student);
+}
+
+function pct(v) { return v === null || v === undefined ? "n/a" : `${(100 * v).toFixed(1)}%`; }
+
+function renderStudent(s) {
+  const card = $("#student-card");
+  card.hidden = false;
+  card.innerHTML = "";
+  const m = s.metrics;
+  const strong = document.createElement("strong");
+  strong.textContent = `Student ${s.student_arch}`;
+  card.append(strong, ` from ${s.teacher_ids.join(", ") || "no teacher (cross-entropy only)"}: `
+    + `train accuracy ${pct(m.train_accuracy)}, validation accuracy ${pct(m.val_accuracy)} `
+    + `(${m.n_val} held-out images), ${m.epochs} epochs / ${m.steps} steps in ${m.elapsed_s.toFixed(1)} s. `);
+  const btn = document.createElement("button");
+  btn.id = "download";
+  btn.type = "button";
+  btn.textContent = `Download student (${(s.archive_bytes / 1e6).toFixed(1)} MB zip)`;
+  btn.addEventListener("click", () => busy(btn, () => download(s)));
+  card.append(btn);
+}
+
+async function download(s) {
+  // A plain link cannot carry the Authorization header: fetch the archive and hand it over as a blob.
+  const r = await api(s.download);
+  const url = URL.createObjectURL(await r.blob());
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = `student-${s.id}.zip`;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+// ------------------------------------------------------------------------------------------------ start
+
+$("#error-close").addEventListener("click", clearError);
+$("#auth").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const key = $("#api-key").value.trim();
+  key ? localStorage.setItem(KEY_STORE, key) : localStorage.removeItem(KEY_STORE);
+  showAuth(state.info?.auth_required);
+  start();
+});
+
+let started = false;
+
+async function start() {
+  try {
+    if (!state.info) {
+      state.info = await api("/v1/info");
+      $("#version").textContent = state.info.version;
+      showAuth(state.info.auth_required);
+      metricBoxes();
+    }
+    if (state.info.auth_required && !localStorage.getItem(KEY_STORE)) return;  // wait for a key
+    if (started) return;
+    started = true;
+    await loadDemoTargets();
+    const h = hashState();
+    if (h.ds) setDataset(await api(`/v1/datasets/${encodeURIComponent(h.ds)}`));
+    if (h.rank) await showRanking(h.rank);
+    if (h.distil) await showDistillation(h.distil);
+  } catch (e) {
+    started = false;
+    showError(e);
+  }
+}
+
+document.body.dataset.ready = "1";
+start();
