@@ -241,7 +241,7 @@ def distill_cmd(
     """Distil a student for DATASET from one or more teachers (several are weighted by relatedness)."""
     from hubscout.data import load_dataset
     from hubscout.distill import DistillConfig, distill
-    from hubscout.rank import relatedness_weights
+    from hubscout.rank import relatedness_scores, weights_from_scores
 
     ds = load_dataset(dataset)
     r = _repo(repo)
@@ -250,8 +250,11 @@ def distill_cmd(
     overrides = {"student_arch": student, "epochs": epochs, "min_steps": min_steps, "lam": lam, "tau": tau}
     cfg = DistillConfig.from_dict({**cfg.to_dict(), **{k: v for k, v in overrides.items() if v is not None},
                                    "ce_only": ce_only, "seed": seed})
-    weights = relatedness_weights(ds, r, ids) if len(ids) > 1 and not ce_only else None
-    result = distill(ds, r, ids, cfg, weights=weights, show_progress=not as_json)
+    weights = relatedness = None
+    if len(ids) > 1 and not ce_only:
+        scores = relatedness_scores(ds, r, ids)
+        weights, relatedness = weights_from_scores(scores), dict(zip(ids, scores))
+    result = distill(ds, r, ids, cfg, weights=weights, relatedness=relatedness, show_progress=not as_json)
     result.save(out)
     summary = {"out": str(out), **{k: v for k, v in result.metrics.items() if k != "curves"}}
     if as_json:

@@ -226,7 +226,7 @@ def _zip_folder(folder: Path, dest: Path) -> None:
 
 def run_distillation(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: DatasetRow, report: Reporter) -> None:
     from hubscout.distill import DistillConfig, distill
-    from hubscout.rank import relatedness_weights
+    from hubscout.rank import relatedness_scores, weights_from_scores
     from hubscout.teachers import Repository
 
     params = job.params
@@ -236,11 +236,13 @@ def run_distillation(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: Data
     ids = list(params.get("teacher_ids") or [])
     cfg = DistillConfig.from_dict(params["config"])
     device = device_for(ctx.settings)
-    weights = None
+    weights = relatedness = None
     if len(ids) > 1 and not cfg.ce_only:
         report(0.0, "weighting teachers by relatedness")
-        weights = relatedness_weights(ds, repo, ids, cache=DbOutputsCache(ctx.db, ctx.storage), device=device)
-    student = distill(ds, repo, ids, cfg, weights=weights, device=device, on_progress=report.scaled(0.05, 0.95))
+        scores = relatedness_scores(ds, repo, ids, cache=DbOutputsCache(ctx.db, ctx.storage), device=device)
+        weights, relatedness = weights_from_scores(scores), dict(zip(ids, scores))
+    student = distill(ds, repo, ids, cfg, weights=weights, relatedness=relatedness, device=device,
+                      on_progress=report.scaled(0.05, 0.95))
     report(0.96, "saving the student")
     sid = result_id_for(job.id)
     key = f"students/{sid}.zip"
