@@ -34,7 +34,10 @@ ApiKeyOpt = typer.Option(None, "--api-key", envvar="HUBSCOUT_API_KEY", show_defa
 
 
 def _fail(msg: str, code: int = 2) -> None:
-    console.print(f"[red]error:[/red] {msg}")
+    # soft_wrap: one line whatever the terminal's width, so scripts and logs get the whole message intact.
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/red] {escape(msg)}", soft_wrap=True, highlight=False)
     raise typer.Exit(code)
 
 
@@ -120,6 +123,24 @@ def teachers_add(
                              input=InputConfig(input_size, channels, mean_v, std_v), metadata=meta,
                              teacher_id=teacher_id)
     console.print(f"added teacher [bold]{t.id}[/bold] ({t.arch}, {t.num_classes} classes, {t.num_params:,} params)")
+
+
+@teachers_app.command("import-timm")
+@_guard
+def teachers_import_timm(
+    name: str = typer.Argument(..., help="timm model with pretrained weights, e.g. resnet50.a1_in1k or "
+                                         "convnext_tiny (its default tag); see timm.list_pretrained()"),
+    teacher_id: Optional[str] = typer.Option(None, "--id", help="id (default: timm-<model>)"),
+    overwrite: bool = typer.Option(False, help="replace a teacher with the same id"),
+    repo: str = RepoOpt,
+) -> None:
+    """Register a timm model with its pretrained weights (downloaded from the model hub) as a teacher."""
+    from hubscout.hub import import_timm
+    from hubscout.teachers import Repository
+
+    t = import_timm(Repository(repo), name, teacher_id=teacher_id, overwrite=overwrite)
+    console.print(f"added teacher [bold]{t.id}[/bold] ({t.arch}, {t.num_classes} classes, {t.num_params:,} params, "
+                  f"{t.input.size}×{t.input.size} input); `hubscout teachers spec` adds it to --shortlist searches")
 
 
 @teachers_app.command("list")
