@@ -90,8 +90,8 @@ def get_student(student_id: str, svc: Services = Depends(services)) -> StudentOu
 @router.get("/v1/students/{student_id}/download", tags=["results"], response_class=FileResponse,
             responses={200: {"content": {"application/zip": {}},
                              "description": "The student folder (model.safetensors, config.json, metrics.json, "
-                                            "labels.json) as a zip; unzip and load with "
-                                            "hubscout.distill.load_student."},
+                                            "labels.json, model.onnx, MODEL_CARD.md) as a zip; unzip and load "
+                                            "with hubscout.distill.load_student, or run model.onnx."},
                        **problems(404, 410)})
 def download_student(student_id: str, svc: Services = Depends(services)) -> FileResponse:
     row, path = ops.student_archive(svc, student_id)
