@@ -47,7 +47,7 @@ def test_rank_on_the_server_prints_what_a_local_rank_prints(embedded_service, qu
     table = invoke("rank", target_zip, "--teachers", TEACHERS, env={"HUBSCOUT_SERVER": embedded_service.base_url})
     assert table.exit_code == 0, table.output
     assert "fashion-footwear" in table.stdout and "ot (↓)" in table.stdout
-    assert f"ranked in" in table.output and f"on {embedded_service.base_url}" in table.output
+    assert "ranked in" in table.output and f"on {embedded_service.base_url}" in table.output
 
 
 def test_distill_on_the_server_downloads_the_student(embedded_service, target_zip, footwear_test, tmp_path):
