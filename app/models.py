@@ -50,6 +50,16 @@ class JobStatus:
     ALL = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 
 
+class CallbackState:
+    """Where a job's webhook stands; NULL when the job has no callback_url."""
+
+    WAITING = "waiting"  # the job has not ended yet
+    PENDING = "pending"  # handed to a worker for delivery (first attempt or a retry)
+    DELIVERED = "delivered"  # a 2xx answer was recorded: never sent again
+    FAILED = "failed"  # every attempt failed
+    ALL = (WAITING, PENDING, DELIVERED, FAILED)
+
+
 class JobKind:
     RANKING = "ranking"
     DISTILLATION = "distillation"
@@ -99,6 +109,7 @@ class JobRow(Base):
     __table_args__ = (
         Index("ix_jobs_created_at_id", "created_at", "id"),
         Index("ix_jobs_status_heartbeat", "status", "heartbeat_at"),
+        Index("ix_jobs_callback_state", "callback_state"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -119,6 +130,11 @@ class JobRow(Base):
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
     # A distillation's per-epoch training curves so far, written with its progress, so a client can draw them live.
     curves: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    callback_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    callback_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    callback_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    callback_error: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    callback_done_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
 
 
 class TeacherOutputRow(Base):

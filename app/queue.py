@@ -11,16 +11,24 @@ log = logging.getLogger("hubscout.queue")
 
 class JobQueue:
     def __init__(self, settings: Settings):
-        from worker.config import TASK_RUN_JOB, ensure_broker_dirs, make_celery
+        from worker.config import TASK_DELIVER_WEBHOOK, TASK_RUN_JOB, ensure_broker_dirs, make_celery
 
         self.settings = settings
         ensure_broker_dirs(settings)
         self.celery = make_celery(settings)
         self._task = TASK_RUN_JOB
+        self._webhook_task = TASK_DELIVER_WEBHOOK
 
     def enqueue(self, job_id: str) -> str:
+        return self._send(self._task, job_id)
+
+    def enqueue_webhook(self, job_id: str) -> str:
+        """Deliver the callback of an ended job (app.webhooks); the task retries itself with backoff."""
+        return self._send(self._webhook_task, job_id)
+
+    def _send(self, task: str, job_id: str) -> str:
         task_id = uuid.uuid4().hex
-        self.celery.send_task(self._task, args=[job_id], task_id=task_id, retry=True,
+        self.celery.send_task(task, args=[job_id], task_id=task_id, retry=True,
                               retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5})
         return task_id
 

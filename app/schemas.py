@@ -92,6 +92,31 @@ class TeacherOut(TeacherSummary):
 
 # ------------------------------------------------------------------------------------------------- jobs
 
+CALLBACK_URL = Field(None, max_length=2048, description="Optional http(s) URL called once with a signed JSON POST "
+                                                        "when the job ends (succeeded, failed or cancelled).")
+
+
+def check_callback_url(v: str | None) -> str | None:
+    """An absolute http(s) URL with a host and no credentials (they would be stored and shown with the job)."""
+    from urllib.parse import urlsplit
+
+    if v is None:
+        return None
+    if any(c.isspace() for c in v):
+        raise ValueError("callback_url must not contain whitespace")
+    try:
+        parts = urlsplit(v)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError as e:
+        raise ValueError(f"callback_url is not a valid URL: {e}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("callback_url must be an http or https URL")
+    if not parts.hostname:
+        raise ValueError("callback_url must name a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("callback_url must not carry credentials; verify the signature instead")
+    return v
+
 class RankingCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -101,6 +126,9 @@ class RankingCreate(BaseModel):
     teacher_ids: list[str] | None = Field(None, min_length=1, max_length=10_000,
                                           description="Default: every teacher of the repository.")
     top_k: int | None = Field(None, ge=1)
+    callback_url: str | None = CALLBACK_URL
+
+    _callback = field_validator("callback_url")(check_callback_url)
 
     @field_validator("metrics", mode="before")
     @classmethod
@@ -142,6 +170,9 @@ class DistillationCreate(BaseModel):
     tau: float | None = Field(None, gt=0, allow_inf_nan=False)
     ce_only: bool = False
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    callback_url: str | None = CALLBACK_URL
+
+    _callback = field_validator("callback_url")(check_callback_url)
 
     @field_validator("teacher_ids")
     @classmethod
@@ -154,6 +185,16 @@ class DistillationCreate(BaseModel):
 class JobLinks(BaseModel):
     self: str
     result: str | None = None
+
+
+class CallbackOut(BaseModel):
+    url: str
+    state: Literal["waiting", "pending", "delivered", "failed"] = Field(
+        description="waiting: the job has not ended; pending: being delivered (with retries); delivered: a 2xx "
+                    "answer was received; failed: every attempt failed.")
+    attempts: int
+    last_error: str | None
+    done_at: dt.datetime | None = Field(description="When it was delivered or given up.")
 
 
 class JobOut(BaseModel):
@@ -174,6 +215,27 @@ class JobOut(BaseModel):
         None, description="Distillations: the per-epoch training curves so far (epoch, loss, ce, ot, train_acc, "
                           "val_acc), updated while the job runs.")
     links: JobLinks
+    callback: CallbackOut | None = None
+
+
+class JobEventJob(BaseModel):
+    id: str
+    kind: Literal["ranking", "distillation"]
+    status: Literal["succeeded", "failed", "cancelled"]
+    dataset_id: str
+    result_id: str | None = Field(description="The ranking's or student's id when the job succeeded.")
+    result: str | None = Field(description="Path of the result under the API, when the job succeeded.")
+    error: str | None
+    created_at: dt.datetime
+    finished_at: dt.datetime | None
+
+
+class JobEvent(BaseModel):
+    """The body of a webhook call: signed as ``X-Hubscout-Signature: sha256=HMAC(secret, "<timestamp>." + body)``
+    with the ``X-Hubscout-Timestamp`` header's value."""
+
+    event: Literal["job.succeeded", "job.failed", "job.cancelled"]
+    job: JobEventJob
 
 
 # ------------------------------------------------------------------------------------------------- results

@@ -17,10 +17,10 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from app import jobs
+from app import jobs, webhooks
 from app.db import Database
-from app.models import (DatasetRow, JobKind, JobRow, JobStatus, RankingRow, StudentRow, TeacherRow, json_safe,
-                        new_id)
+from app.models import (CallbackState, DatasetRow, JobKind, JobRow, JobStatus, RankingRow, StudentRow, TeacherRow,
+                        json_safe, new_id)
 from app.problems import Problem, not_found
 from app.queue import JobQueue
 from app.repository import row_from_teacher
@@ -301,9 +301,17 @@ def _check_teachers(svc: Services, teacher_ids: list[str]) -> None:
         raise _invalid(f"unknown teacher(s): {', '.join(unknown[:20])}", unknown_teachers=unknown)
 
 
-def _create_job(svc: Services, kind: str, dataset_id: str, params: dict[str, Any]) -> JobRow:
+def _check_callback(svc: Services, callback_url: str | None) -> None:
+    if callback_url and not svc.settings.webhook_secret:
+        raise _invalid("callback_url: this server has no webhook secret (HUBSCOUT_WEBHOOK_SECRET), so it could not "
+                       "sign the call; ask its operator to set one")
+
+
+def _create_job(svc: Services, kind: str, dataset_id: str, params: dict[str, Any],
+                callback_url: str | None = None) -> JobRow:
     job = JobRow(id=new_id("job_"), kind=kind, status=JobStatus.QUEUED, progress=0.0, message="queued",
-                 params=json_safe(params), dataset_id=dataset_id, attempts=0)
+                 params=json_safe(params), dataset_id=dataset_id, attempts=0, callback_url=callback_url,
+                 callback_state=CallbackState.WAITING if callback_url else None, callback_attempts=0)
     with svc.db.session() as s:
         s.add(job)
         s.commit()
@@ -315,6 +323,7 @@ def _create_job(svc: Services, kind: str, dataset_id: str, params: dict[str, Any
             row = s.get(JobRow, job.id)
             if row is not None:
                 row.status, row.error, row.message = JobStatus.FAILED, f"could not reach the broker: {e}", "failed"
+                row.callback_state = None  # the client hears of this failure from the 503, not from a webhook
                 s.commit()
         raise Problem(503, "the job queue is unavailable; try again later", type_="queue-unavailable",
                       title="Service unavailable") from None
@@ -331,6 +340,7 @@ def _require_dataset(svc: Services, dataset_id: str) -> DatasetRow:
 
 def create_ranking(svc: Services, body: RankingCreate) -> JobRow:
     _require_dataset(svc, body.dataset_id)
+    _check_callback(svc, body.callback_url)
     if body.teacher_ids is not None:
         _check_teachers(svc, body.teacher_ids)
     else:
@@ -338,13 +348,14 @@ def create_ranking(svc: Services, body: RankingCreate) -> JobRow:
             if not s.scalar(select(func.count()).select_from(TeacherRow)):
                 raise Problem(409, "the teacher repository is empty", type_="conflict", title="Conflict")
     params = {"metrics": body.metrics, "teacher_ids": body.teacher_ids, "top_k": body.top_k}
-    return _create_job(svc, JobKind.RANKING, body.dataset_id, params)
+    return _create_job(svc, JobKind.RANKING, body.dataset_id, params, body.callback_url)
 
 
 def create_distillation(svc: Services, body: DistillationCreate) -> JobRow:
     from hubscout.distill import DistillConfig
 
     _require_dataset(svc, body.dataset_id)
+    _check_callback(svc, body.callback_url)
     if not body.teacher_ids and not body.ce_only:
         raise _invalid("teacher_ids: name at least one teacher (or set ce_only)")
     if body.teacher_ids:
@@ -363,7 +374,7 @@ def create_distillation(svc: Services, body: DistillationCreate) -> JobRow:
     if not timm.is_model(config.student_arch):
         raise _invalid(f"student_arch: unknown timm architecture {config.student_arch!r}")
     params = {"teacher_ids": body.teacher_ids, "config": config.to_dict()}
-    return _create_job(svc, JobKind.DISTILLATION, body.dataset_id, params)
+    return _create_job(svc, JobKind.DISTILLATION, body.dataset_id, params, body.callback_url)
 
 
 def get_job(svc: Services, job_id: str, sweep: bool = True) -> JobRow:
@@ -402,6 +413,10 @@ def cancel_job(svc: Services, job_id: str) -> JobRow:
     if row.status == JobStatus.QUEUED:
         # Spares a worker from picking the message up; a running task stops by itself at its next check.
         svc.queue.revoke(row.task_id)
+    try:
+        webhooks.dispatch(svc.db, svc.queue.enqueue_webhook, [job_id])
+    except Exception:  # the workers' periodic sweep sends it later; the cancel itself has succeeded
+        log.warning("could not dispatch the webhook of cancelled job %s", job_id, exc_info=True)
     return get_job(svc, job_id, sweep=False)
 
 

@@ -63,9 +63,18 @@ class Settings(BaseSettings):
     device: str | None = Field(None, description="torch device for workers; default cuda when available.")
     batch_size: int = Field(64, ge=1)
     auto_migrate: bool = Field(True, description="Run Alembic migrations when the API starts.")
+
+    # --- webhooks (a job's callback_url, called once when it ends)
+    webhook_secret: str | None = Field(None, description="HMAC-SHA256 key that signs every callback. Without it "
+                                                          "the API refuses jobs with a callback_url.")
+    webhook_max_attempts: int = Field(6, ge=1, description="Deliveries tried before a callback is given up.")
+    webhook_backoff_seconds: float = Field(5.0, gt=0, description="Wait before the first retry; doubled each "
+                                                                   "time after.")
+    webhook_backoff_max_seconds: float = Field(600.0, gt=0, description="Longest wait between two attempts.")
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="Per attempt: connect and answer within this.")
     log_level: str = "INFO"
 
-    @field_validator("database_url", "celery_broker_url", mode="before")
+    @field_validator("database_url", "celery_broker_url", "webhook_secret", mode="before")
     @classmethod
     def _empty_is_none(cls, v):
         return v or None

@@ -29,10 +29,17 @@ app.add_typer(data_app, name="data")
 console = Console(stderr=True)
 DEFAULT_REPO = os.environ.get("HUBSCOUT_REPO", "demo-zoo")
 RepoOpt = typer.Option(DEFAULT_REPO, "--repo", help="Teacher repository folder (env HUBSCOUT_REPO).")
+ServerOpt = typer.Option(None, "--server", envvar="HUBSCOUT_SERVER",
+                         help="Run on the hubscout server at this URL instead of locally.")
+ApiKeyOpt = typer.Option(None, "--api-key", envvar="HUBSCOUT_API_KEY", show_default=False,
+                         help="API key for --server.")
 
 
 def _fail(msg: str, code: int = 2) -> None:
-    console.print(f"[red]error:[/red] {msg}")
+    # soft_wrap: one line whatever the terminal's width, so scripts and logs get the whole message intact.
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/red] {escape(msg)}", soft_wrap=True, highlight=False)
     raise typer.Exit(code)
 
 
@@ -40,6 +47,7 @@ def _guard(fn):
     """Turn the library's user-facing errors into a one-line message and exit code 2, not a traceback."""
     import functools
 
+    from hubscout.client import ClientError
     from hubscout.data import DatasetError
     from hubscout.teachers import TeacherError, TeacherNotFound
 
@@ -47,6 +55,8 @@ def _guard(fn):
     def wrapper(*a, **kw):
         try:
             return fn(*a, **kw)
+        except ClientError as e:
+            _fail(f"server: {e}")
         except TeacherNotFound as e:
             _fail(f"unknown teacher: {e.args[0]}")
         except (DatasetError, TeacherError, ValueError, FileNotFoundError) as e:
@@ -65,6 +75,19 @@ def _repo(path: str):
 
 def _print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+def _client(server: str, api_key: str | None):
+    from hubscout.client import Client
+
+    return Client(server, api_key=api_key)
+
+
+def _local_only(server: str | None, **options) -> None:
+    """Options the API does not offer, refused with --server rather than silently ignored."""
+    used = [name for name, set_ in options.items() if set_]
+    if server and used:
+        _fail(f"{', '.join(used)} not available with --server")
 
 
 # ------------------------------------------------------------------------------------------------- teachers
@@ -104,17 +127,42 @@ def teachers_add(
     console.print(f"added teacher [bold]{t.id}[/bold] ({t.arch}, {t.num_classes} classes, {t.num_params:,} params)")
 
 
+@teachers_app.command("import-timm")
+@_guard
+def teachers_import_timm(
+    name: str = typer.Argument(..., help="timm model with pretrained weights, e.g. resnet50.a1_in1k or "
+                                         "convnext_tiny (its default tag); see timm.list_pretrained()"),
+    teacher_id: Optional[str] = typer.Option(None, "--id", help="id (default: timm-<model>)"),
+    overwrite: bool = typer.Option(False, help="replace a teacher with the same id"),
+    repo: str = RepoOpt,
+) -> None:
+    """Register a timm model with its pretrained weights (downloaded from the model hub) as a teacher."""
+    from hubscout.hub import import_timm
+    from hubscout.teachers import Repository
+
+    t = import_timm(Repository(repo), name, teacher_id=teacher_id, overwrite=overwrite)
+    console.print(f"added teacher [bold]{t.id}[/bold] ({t.arch}, {t.num_classes} classes, {t.num_params:,} params, "
+                  f"{t.input.size}×{t.input.size} input); `hubscout teachers spec` adds it to --shortlist searches")
+
+
 @teachers_app.command("list")
 @_guard
-def teachers_list(repo: str = RepoOpt, as_json: bool = typer.Option(False, "--json")) -> None:
-    """List the repository's teachers."""
-    teachers = _repo(repo).list()
+def teachers_list(repo: str = RepoOpt, as_json: bool = typer.Option(False, "--json"),
+                  server: Optional[str] = ServerOpt, api_key: Optional[str] = ApiKeyOpt) -> None:
+    """List the repository's teachers (or the server's, with --server)."""
+    if server:
+        with _client(server, api_key) as c:
+            rows = c.teachers()
+    else:
+        rows = [t.to_dict() for t in _repo(repo).list()]
     if as_json:
-        _print_json([t.to_dict() for t in teachers])
+        _print_json(rows)
         return
     table = Table("id", "arch", "classes", "params", "task")
-    for t in teachers:
-        table.add_row(t.id, t.arch, str(t.num_classes), f"{t.num_params:,}", str(t.metadata.get("task", "")))
+    for t in rows:
+        n_classes = t.get("num_classes", len(t.get("labels", [])))
+        table.add_row(t["id"], t["arch"], str(n_classes), f"{t['num_params']:,}",
+                      str(t["metadata"].get("task", "")))
     Console().print(table)
 
 
@@ -197,39 +245,60 @@ def rank_cmd(
     plot: Optional[Path] = typer.Option(None, "--plot", file_okay=False,
                                         help="write ranking.png and the best teachers' transport plans "
                                              "(plan-<teacher>.png) into this folder"),
+    server: Optional[str] = ServerOpt,
+    api_key: Optional[str] = ApiKeyOpt,
 ) -> None:
-    """Rank the repository's teachers for DATASET."""
-    from hubscout.data import load_dataset
-    from hubscout.extract import FileCache
-    from hubscout.rank import rank
+    """Rank the repository's teachers for DATASET (locally, or on a server with --server)."""
+    teacher_ids = [t for t in teachers.split(",") if t] if teachers else None
+    if server:
+        _local_only(server, **{"--cost": cost != DEFAULT_COST, "--cache-dir": cache_dir is not None,
+                               "--shortlist": shortlist is not None})
+        with _client(server, api_key) as c:
+            ds = c.upload(dataset)
+            job = c.wait(c.rank(ds["id"], metrics=[m for m in metric.split(",") if m], teachers=teacher_ids,
+                                top_k=top), progress=not as_json)
+            result = c.ranking(job["result_id"])
+    else:
+        from hubscout.data import load_dataset
+        from hubscout.extract import FileCache
+        from hubscout.rank import rank
 
-    ds = load_dataset(dataset)
-    ranking = rank(ds, _repo(repo), metrics=metric, top_k=top,
-                   teacher_ids=teachers.split(",") if teachers else None,
-                   cache=FileCache(cache_dir) if cache_dir else None, cost=cost, show_progress=not as_json,
-                   shortlist_k=shortlist)
+        ds = load_dataset(dataset)
+        result = rank(ds, _repo(repo), metrics=metric, top_k=top, teacher_ids=teacher_ids,
+                      cache=FileCache(cache_dir) if cache_dir else None, cost=cost, show_progress=not as_json,
+                      shortlist_k=shortlist).to_dict()
     if plot is not None:
         from hubscout.plots import plot_ranking_dir
 
-        written = plot_ranking_dir(ranking.to_dict(), plot)
+        written = plot_ranking_dir(result, plot)
         console.print(f"wrote {', '.join(str(p) for p in written)}")
     if as_json:
-        _print_json(ranking.to_dict())
+        _print_json(result)
         return
-    table = Table("rank", "teacher", *[f"{m} ({'↓' if ranking.to_dict()['directions'][m] == 'lower' else '↑'})"
-                                        for m in ranking.metrics], "plan: class←teacher class (mass)",
-                  "nearest by cost", "s")
-    for e in ranking.entries:
-        corr = "; ".join(f"{c}←{pairs[0][0]} {pairs[0][1]:.0%}" for c, pairs in list(e.correspondences.items())[:4]
+    _print_ranking(result, where=f" on {server}" if server else "")
+
+
+def _print_ranking(r: dict, where: str = "") -> None:
+    """The ranking table, from ``Ranking.to_dict()`` or the API's ranking (the same fields)."""
+    metrics = r["metrics"]
+    table = Table("rank", "teacher", *[f"{m} ({'↓' if r['directions'][m] == 'lower' else '↑'})" for m in metrics],
+                  "plan: class←teacher class (mass)", "nearest by cost", "s")
+    for e in r["teachers"]:
+        corr = "; ".join(f"{c}←{pairs[0][0]} {pairs[0][1]:.0%}" for c, pairs in list(e["correspondences"].items())[:4]
                          if pairs)
-        near = "; ".join(f"{c}≈{pairs[0][0]}" for c, pairs in list(e.matches.items())[:4] if pairs)
-        table.add_row(str(e.rank), e.teacher_id, *[f"{e.scores[m]:.4f}" for m in ranking.metrics], corr, near,
-                      f"{e.forward_s + e.score_s:.2f}")
+        near = "; ".join(f"{c}≈{pairs[0][0]}" for c, pairs in list((e.get("matches") or {}).items())[:4] if pairs)
+        table.add_row(str(e["rank"]), e["teacher_id"], *[_score(e["scores"][m]["value"]) for m in metrics], corr,
+                      near, f"{e.get('forward_s', 0) + e.get('score_s', 0):.2f}")
     Console().print(table)
-    if ranking.shortlist:
-        console.print(f"shortlist: {ranking.shortlist['kept']} of {ranking.shortlist['considered']} teachers "
-                      f"by specification in {ranking.shortlist['elapsed_s']:.2f} s")
-    console.print(f"{len(ds)} samples, {ds.num_classes} classes, ranked in {ranking.elapsed_s:.1f} s")
+    if r.get("shortlist"):
+        sl = r["shortlist"]
+        console.print(f"shortlist: {sl['kept']} of {sl['considered']} teachers by specification in "
+                      f"{sl['elapsed_s']:.2f} s")
+    console.print(f"{r['n_samples']} samples, {len(r['classes'])} classes, ranked in {r['elapsed_s']:.1f} s{where}")
+
+
+def _score(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"  # the API sends a non-finite score as null
 
 
 # ------------------------------------------------------------------------------------------------- distill
@@ -251,36 +320,50 @@ def distill_cmd(
     as_json: bool = typer.Option(False, "--json"),
     plot: Optional[Path] = typer.Option(None, "--plot", file_okay=False,
                                         help="write the training curves (curves.png) into this folder"),
+    server: Optional[str] = ServerOpt,
+    api_key: Optional[str] = ApiKeyOpt,
 ) -> None:
-    """Distil a student for DATASET from one or more teachers (several are weighted by relatedness)."""
-    from hubscout.data import load_dataset
-    from hubscout.distill import DistillConfig, distill
-    from hubscout.rank import relatedness_weights
-
-    ds = load_dataset(dataset)
-    r = _repo(repo)
+    """Distil a student for DATASET from one or more teachers (several are weighted by relatedness); with
+    --server it trains there and is downloaded to --out."""
     ids = [t for t in teacher.split(",") if t]
-    cfg = DistillConfig()
     overrides = {"student_arch": student, "epochs": epochs, "min_steps": min_steps, "lam": lam, "tau": tau}
-    cfg = DistillConfig.from_dict({**cfg.to_dict(), **{k: v for k, v in overrides.items() if v is not None},
-                                   "ce_only": ce_only, "seed": seed})
-    weights = relatedness_weights(ds, r, ids) if len(ids) > 1 and not ce_only else None
-    result = distill(ds, r, ids, cfg, weights=weights, show_progress=not as_json)
-    result.save(out)
+    if server:
+        with _client(server, api_key) as c:
+            ds = c.upload(dataset)
+            job = c.wait(c.distill(ds["id"], ids, ce_only=ce_only, seed=seed, **overrides), progress=not as_json)
+            metrics = c.student(job["result_id"])["metrics"]
+            c.download(job["result_id"], out)
+    else:
+        from hubscout.data import load_dataset
+        from hubscout.distill import DistillConfig, distill
+        from hubscout.rank import relatedness_scores, weights_from_scores
+
+        ds = load_dataset(dataset)
+        r = _repo(repo)
+        cfg = DistillConfig.from_dict({**DistillConfig().to_dict(),
+                                       **{k: v for k, v in overrides.items() if v is not None},
+                                       "ce_only": ce_only, "seed": seed})
+        weights = relatedness = None
+        if len(ids) > 1 and not ce_only:
+            scores = relatedness_scores(ds, r, ids)
+            weights, relatedness = weights_from_scores(scores), dict(zip(ids, scores))
+        result = distill(ds, r, ids, cfg, weights=weights, relatedness=relatedness, show_progress=not as_json)
+        result.save(out)
+        metrics = result.metrics
+    summary = {"out": str(out), **{k: v for k, v in metrics.items() if k != "curves"}}
     if plot is not None:
         from hubscout.plots import plot_training_curves
 
-        path = plot_training_curves(result.metrics["curves"], plot / "curves.png",
-                                    title=f"{cfg.student_arch} from {', '.join(ids) or 'labels only (CE)'}")
+        path = plot_training_curves(metrics["curves"], plot / "curves.png",
+                                    title=f"from {', '.join(ids) or 'labels only (CE)'}")
         console.print(f"wrote {path}")
-    summary = {"out": str(out), **{k: v for k, v in result.metrics.items() if k != "curves"}}
     if as_json:
         _print_json(summary)
     else:
-        val = result.metrics.get("val_accuracy")
+        val = metrics.get("val_accuracy")
         # Too few samples to hold any out leaves no validation accuracy.
         val_text = "n/a (no validation split)" if val is None else f"{val:.3f}"
-        console.print(f"student saved to {out}: train accuracy {result.metrics.get('train_accuracy', 0):.3f}, "
+        console.print(f"student saved to {out}: train accuracy {metrics.get('train_accuracy', 0):.3f}, "
                       f"validation accuracy {val_text}")
 
 

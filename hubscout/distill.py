@@ -162,6 +162,7 @@ class Student:
     metrics: dict[str, Any] = field(default_factory=dict)
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     dataset_sha256: str = ""
+    dataset_name: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -199,11 +200,16 @@ class Student:
             "hyperparameters": self.config.to_dict(),
             "hubscout_version": hubscout.__version__,
             "dataset_sha256": self.dataset_sha256,
+            "dataset_name": self.dataset_name,
         }
 
     def save(self, out_dir: str | Path) -> Path:
-        """Write ``model.safetensors``, ``config.json``, ``metrics.json`` and ``labels.json`` into ``out_dir``."""
+        """Write ``model.safetensors``, ``config.json``, ``metrics.json``, ``labels.json``, the same network as
+        ``model.onnx`` and a ``MODEL_CARD.md`` into ``out_dir``. An ONNX export that fails raises
+        :class:`hubscout.export.ExportError`: a student is not saved half-portable without anyone noticing."""
         from safetensors.torch import save_file
+
+        from hubscout.export import CARD_FILE, ONNX_FILE, ONNX_OPSET, export_onnx, model_card
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -212,9 +218,19 @@ class Student:
         save_file(state, str(out / WEIGHTS_FILE))
         cfg = self.config_dict()
         cfg["weights_sha256"] = file_sha256(out / WEIGHTS_FILE)
+        metrics = _json_safe(self.metrics)
+        export_onnx(self.model, self.input, out / ONNX_FILE, arch=self.arch, metadata={
+            "hubscout_format": FORMAT, "classes": list(self.classes), "input": self.input.to_dict(),
+            "weights_sha256": cfg["weights_sha256"], "dataset_sha256": self.dataset_sha256})
         (out / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
-        (out / METRICS_FILE).write_text(json.dumps(_json_safe(self.metrics), indent=2))
+        (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
         (out / LABELS_FILE).write_text(json.dumps({str(i): c for i, c in enumerate(self.classes)}, indent=2))
+        files = {WEIGHTS_FILE: "the weights (safetensors), loaded with `config.json` by hubscout",
+                 CONFIG_FILE: "architecture, classes, input, teachers, hyper-parameters, hashes",
+                 METRICS_FILE: "accuracies and per-epoch training curves",
+                 LABELS_FILE: "output index → class name",
+                 ONNX_FILE: f"the same network as ONNX (opset {ONNX_OPSET}, dynamic batch), for onnxruntime"}
+        (out / CARD_FILE).write_text(model_card(cfg, metrics, files=files))
         return out
 
 
@@ -277,7 +293,8 @@ def load_student(path: str | Path, device: str | torch.device | None = None) -> 
     dev = torch.device(device) if device is not None else torch.device("cpu")
     return Student(model=model.eval().to(dev), arch=str(cfg["arch"]), classes=classes, input=input_cfg,
                    config=config, teachers=list(cfg.get("teachers") or []), metrics=metrics,
-                   arch_kwargs=arch_kwargs, dataset_sha256=str(cfg.get("dataset_sha256") or ""))
+                   arch_kwargs=arch_kwargs, dataset_sha256=str(cfg.get("dataset_sha256") or ""),
+                   dataset_name=str(cfg.get("dataset_name") or ""))
 
 
 def evaluate(student: Student, dataset: Dataset, batch_size: int = 256) -> dict[str, Any]:
@@ -408,16 +425,18 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
 
 def distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[str],
             config: DistillConfig | None = None, *, weights: Sequence[float] | None = None,
-            device: str | torch.device | None = None, show_progress: bool = False,
-            on_progress: ProgressFn | None = None,
+            relatedness: Mapping[str, float] | None = None, device: str | torch.device | None = None,
+            show_progress: bool = False, on_progress: ProgressFn | None = None,
             on_epoch: Callable[[dict[str, list]], None] | None = None) -> Student:
     """Train a student on ``dataset`` with CE plus the OT distillation term from ``teacher_ids``.
 
     Lu, Ye & Zhan, "Selective Cross-Task Distillation" (arXiv 2204.11526): each teacher's softened prediction is
     transported onto the student's under its ground cost M_t (K×C), computed once from the teacher's features on
     the training split; teachers are weighted by ``weights`` (e.g. from their relatedness), normalised to sum 1,
-    or uniformly. ``config.ce_only`` trains the plain cross-entropy student, for comparison, and needs no teacher.
-    ``on_epoch`` gets the training curves so far (a copy of ``metrics["curves"]``) after every epoch.
+    or uniformly; ``relatedness`` (teacher id → OT cost, from :func:`hubscout.rank.relatedness_scores`) is only
+    recorded with the student, for its model card. ``config.ce_only`` trains the plain cross-entropy student, for
+    comparison, and needs no teacher. ``on_epoch`` gets the training curves so far (a copy of
+    ``metrics["curves"]``) after every epoch.
 
     Deterministic on CPU for a given ``config.seed``.
     """
@@ -426,9 +445,12 @@ def distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[str
     # to zero changes nothing that matters. Back to torch's default (off) afterwards.
     torch.set_flush_denormal(True)
     try:
-        return _distill(dataset, repo, teacher_ids, cfg, weights, device, show_progress, on_progress, on_epoch)
+        student = _distill(dataset, repo, teacher_ids, cfg, weights, device, show_progress, on_progress, on_epoch)
     finally:
         torch.set_flush_denormal(False)
+    for t in student.teachers:
+        t["ot_relatedness"] = float(relatedness[t["id"]]) if relatedness and t["id"] in relatedness else None
+    return student
 
 
 def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[str], cfg: DistillConfig,
@@ -609,7 +631,7 @@ def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[st
             for t, wt in zip(teachers, w)]
     return Student(model=model, arch=cfg.student_arch, classes=list(dataset.classes), input=in_cfg, config=cfg,
                    teachers=used, metrics=metrics, arch_kwargs=dict(cfg.student_kwargs),
-                   dataset_sha256=dataset.sha256)
+                   dataset_sha256=dataset.sha256, dataset_name=dataset.name)
 
 
 @torch.inference_mode()

@@ -228,9 +228,16 @@ def weights_from_scores(scores: Sequence[float], temperature: float = 0.05) -> l
     return (w / w.sum()).tolist()
 
 
+def relatedness_scores(dataset: Dataset, repo: Repository, teacher_ids: Sequence[str], *,
+                       cache: OutputsCache | None = None, device=None) -> list[float]:
+    """The OT relatedness (transport cost, lower is closer) of each teacher, in the order of ``teacher_ids``."""
+    ranking = rank(dataset, repo, metrics=["ot"], teacher_ids=teacher_ids, cache=cache, device=device)
+    by_id = {e.teacher_id: e.scores["ot"] for e in ranking.entries}
+    return [float(by_id[t]) for t in teacher_ids]
+
+
 def relatedness_weights(dataset: Dataset, repo: Repository, teacher_ids: Sequence[str], *,
                         cache: OutputsCache | None = None, temperature: float = 0.05, device=None) -> list[float]:
     """Weights for several teachers in distillation, in the order of ``teacher_ids``, from their OT costs."""
-    ranking = rank(dataset, repo, metrics=["ot"], teacher_ids=teacher_ids, cache=cache, device=device)
-    by_id = {e.teacher_id: e.scores["ot"] for e in ranking.entries}
-    return weights_from_scores([by_id[t] for t in teacher_ids], temperature)
+    scores = relatedness_scores(dataset, repo, teacher_ids, cache=cache, device=device)
+    return weights_from_scores(scores, temperature)

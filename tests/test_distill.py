@@ -121,7 +121,8 @@ def test_distill_metrics_and_teachers(student, toy, tiny_repo):
     assert m["n_val"] == 6 and m["n_train"] == 18  # 20 % of 8 per class, stratified
     assert m["device"] and m["elapsed_s"] > 0
     t = tiny_repo.get("t-one")
-    assert student.teachers == [{"id": "t-one", "name": "t-one", "weights_sha256": t.weights_sha256, "weight": 1.0}]
+    assert student.teachers == [{"id": "t-one", "name": "t-one", "weights_sha256": t.weights_sha256, "weight": 1.0,
+                                 "ot_relatedness": None}]  # one teacher: no relatedness computed
     assert not student.model.training
 
 
@@ -189,7 +190,8 @@ def test_tiny_data_keeps_every_class_in_train(tiny_repo):
 
 def test_save_load_identical_predictions(student, toy, tmp_path):
     out = student.save(tmp_path / "s")
-    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "metrics.json", "labels.json"}
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "metrics.json", "labels.json",
+                                               "model.onnx", "MODEL_CARD.md"}
     loaded = load_student(out)
     assert np.array_equal(loaded.predict(toy), student.predict(toy))
     np.testing.assert_allclose(loaded.predict_proba(toy), student.predict_proba(toy), rtol=0, atol=1e-6)
@@ -204,8 +206,10 @@ def test_saved_config_fields(student, toy, tmp_path):
     out = student.save(tmp_path / "s")
     cfg = json.loads((out / "config.json").read_text())
     for key in ("arch", "arch_kwargs", "num_classes", "classes", "input", "teachers", "hyperparameters",
-                "hubscout_version", "dataset_sha256", "weights_sha256"):
+                "hubscout_version", "dataset_sha256", "dataset_name", "weights_sha256"):
         assert key in cfg, key
+    assert cfg["dataset_name"] == "toy"
+    assert {"model.onnx", "MODEL_CARD.md"} <= {p.name for p in out.iterdir()}
     assert cfg["arch"] == "test_resnet" and cfg["num_classes"] == 3 and cfg["classes"] == ["a", "b", "c"]
     assert cfg["input"]["channels"] == 1 and cfg["input"]["size"] == 32  # 16 px images, at least 32
     assert cfg["hubscout_version"] == hubscout.__version__ and cfg["dataset_sha256"] == toy.sha256

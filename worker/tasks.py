@@ -23,7 +23,7 @@ from typing import Callable
 from celery import signals
 from sqlalchemy import select
 
-from app import jobs
+from app import jobs, webhooks
 from app.db import Database
 from app.models import DatasetRow, JobKind, JobRow, JobStatus, RankingRow, StudentRow, json_safe, result_id_for
 from app.queue import JobQueue
@@ -31,7 +31,7 @@ from app.settings import Settings, get_settings
 from app.storage import LocalStorage
 from worker.cache import DbOutputsCache, ScoreStore, rank_cached
 from worker.celery_app import celery_app
-from worker.config import TASK_RUN_JOB
+from worker.config import TASK_DELIVER_WEBHOOK, TASK_RUN_JOB
 
 log = logging.getLogger("hubscout.worker")
 
@@ -125,7 +125,11 @@ class Heartbeat(threading.Thread):
 def run_job(self, job_id: str, recheck: bool = False) -> str:
     ctx = context()
     token = f"{self.request.hostname or socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-    outcome = execute(ctx, job_id, token)
+    try:
+        outcome = execute(ctx, job_id, token)
+    finally:
+        # Whatever happened, a job that has now ended sends its callback (once: dispatch is conditional).
+        _dispatch_webhooks(ctx, [job_id])
     if outcome == "busy" and not recheck:
         # Delivered while another worker holds the job: most often the broker handing back the task of a worker
         # that just died (reject_on_worker_lost), whose heartbeat is still fresh. Look again once it would be
@@ -134,6 +138,25 @@ def run_job(self, job_id: str, recheck: bool = False) -> str:
         self.apply_async(args=[job_id], kwargs={"recheck": True},
                          countdown=settings.stale_after_seconds + 2 * settings.heartbeat_seconds)
     return outcome
+
+
+@celery_app.task(name=TASK_DELIVER_WEBHOOK, bind=True, acks_late=True, reject_on_worker_lost=True,
+                 ignore_result=True)
+def deliver_webhook(self, job_id: str) -> str:
+    """One attempt at a job's callback; on failure the task sends itself again after the backoff (app.webhooks
+    counts the attempts on the job row and stops at webhook_max_attempts)."""
+    ctx = context()
+    outcome = webhooks.deliver(ctx.db, ctx.settings, job_id)
+    if outcome.state == "retry":
+        raise self.retry(countdown=outcome.retry_in, max_retries=None)
+    return outcome.state
+
+
+def _dispatch_webhooks(ctx: Context, job_ids: list[str] | None = None) -> None:
+    try:
+        webhooks.dispatch(ctx.db, ctx.queue.enqueue_webhook, job_ids)
+    except Exception:  # the periodic sweep tries again; a job's own outcome must not depend on this
+        log.warning("could not dispatch webhooks", exc_info=True)
 
 
 def execute(ctx: Context, job_id: str, token: str) -> str:
@@ -232,7 +255,7 @@ def _zip_folder(folder: Path, dest: Path) -> None:
 
 def run_distillation(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: DatasetRow, report: Reporter) -> None:
     from hubscout.distill import DistillConfig, distill
-    from hubscout.rank import relatedness_weights
+    from hubscout.rank import relatedness_scores, weights_from_scores
     from hubscout.teachers import Repository
 
     params = job.params
@@ -242,12 +265,13 @@ def run_distillation(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: Data
     ids = list(params.get("teacher_ids") or [])
     cfg = DistillConfig.from_dict(params["config"])
     device = device_for(ctx.settings)
-    weights = None
+    weights = relatedness = None
     if len(ids) > 1 and not cfg.ce_only:
         report(0.0, "weighting teachers by relatedness")
-        weights = relatedness_weights(ds, repo, ids, cache=DbOutputsCache(ctx.db, ctx.storage), device=device)
-    student = distill(ds, repo, ids, cfg, weights=weights, device=device, on_progress=report.scaled(0.05, 0.95),
-                      on_epoch=report.curves)
+        scores = relatedness_scores(ds, repo, ids, cache=DbOutputsCache(ctx.db, ctx.storage), device=device)
+        weights, relatedness = weights_from_scores(scores), dict(zip(ids, scores))
+    student = distill(ds, repo, ids, cfg, weights=weights, relatedness=relatedness, device=device,
+                      on_progress=report.scaled(0.05, 0.95), on_epoch=report.curves)
     report(0.96, "saving the student")
     sid = result_id_for(job.id)
     key = f"students/{sid}.zip"
@@ -304,6 +328,8 @@ class _Sweeper(threading.Thread):
                 jobs.sweep(ctx.db, ctx.settings, ctx.queue.enqueue)
             except Exception:
                 log.warning("periodic sweep failed", exc_info=True)
+            # Callbacks of jobs ended elsewhere (failed by a sweep) or whose enqueue was lost.
+            _dispatch_webhooks(ctx)
 
 
 @signals.celeryd_after_setup.connect

@@ -8,7 +8,8 @@ from fastapi.responses import FileResponse
 from app import services as ops
 from app.models import JobKind, JobRow, JobStatus
 from app.routes import problems, require_json, services
-from app.schemas import DistillationCreate, JobLinks, JobOut, Page, RankingCreate, RankingOut, StudentOut
+from app.schemas import (CallbackOut, DistillationCreate, JobLinks, JobOut, Page, RankingCreate, RankingOut,
+                         StudentOut)
 from app.services import Services
 
 router = APIRouter(tags=["jobs"])
@@ -22,7 +23,10 @@ def job_out(row: JobRow) -> JobOut:
                   dataset_id=row.dataset_id, params=row.params, error=row.error, attempts=row.attempts,
                   result_id=row.result_id if result else None, created_at=row.created_at,
                   started_at=row.started_at, finished_at=row.finished_at, curves=row.curves,
-                  links=JobLinks(self=f"/v1/jobs/{row.id}", result=result))
+                  links=JobLinks(self=f"/v1/jobs/{row.id}", result=result),
+                  callback=CallbackOut(url=row.callback_url, state=row.callback_state, attempts=row.callback_attempts,
+                                       last_error=row.callback_error, done_at=row.callback_done_at)
+                  if row.callback_url else None)
 
 
 def _accepted(row: JobRow, response: Response) -> JobOut:
@@ -86,8 +90,8 @@ def get_student(student_id: str, svc: Services = Depends(services)) -> StudentOu
 @router.get("/v1/students/{student_id}/download", tags=["results"], response_class=FileResponse,
             responses={200: {"content": {"application/zip": {}},
                              "description": "The student folder (model.safetensors, config.json, metrics.json, "
-                                            "labels.json) as a zip; unzip and load with "
-                                            "hubscout.distill.load_student."},
+                                            "labels.json, model.onnx, MODEL_CARD.md) as a zip; unzip and load "
+                                            "with hubscout.distill.load_student, or run model.onnx."},
                        **problems(404, 410)})
 def download_student(student_id: str, svc: Services = Depends(services)) -> FileResponse:
     row, path = ops.student_archive(svc, student_id)

@@ -1,7 +1,7 @@
 """jobs.curves: a running distillation's training curves, for the web page's live plot
 
 Revision ID: 0004_web
-Revises: 0001
+Revises: 0003_webhooks
 Create Date: 2026-11-27
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0004_web"
-down_revision: str | None = "0001"
+down_revision: str | None = "0003_webhooks"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -120,6 +120,10 @@ FAST_RECOVERY = {
     "HUBSCOUT_STALE_AFTER_SECONDS": "4",
     "HUBSCOUT_BUILD_DEMO_ZOO": "false",
     "HUBSCOUT_LOG_LEVEL": "INFO",
+    # Webhooks signed with a known key, retried after 0.2, 0.4, 0.8 s, given up after 4 attempts.
+    "HUBSCOUT_WEBHOOK_SECRET": "test-webhook-secret",
+    "HUBSCOUT_WEBHOOK_BACKOFF_SECONDS": "0.2",
+    "HUBSCOUT_WEBHOOK_MAX_ATTEMPTS": "4",
 }
 
 

@@ -364,6 +364,13 @@ def test_distillation_request_validation(client, dataset_id, settings):
         assert needle in assert_problem(client.post("/v1/distillations", json=body), 422)["detail"]
 
 
+def test_callback_needs_a_webhook_secret_on_the_server(client, dataset_id, settings):
+    assert settings.webhook_secret is None
+    for path, extra in (("/v1/rankings", {}), ("/v1/distillations", {"teacher_ids": ["tiny-0"]})):
+        r = client.post(path, json={"dataset_id": dataset_id, "callback_url": "https://example.org/hook", **extra})
+        assert "HUBSCOUT_WEBHOOK_SECRET" in assert_problem(r, 422)["detail"]
+
+
 def test_jobs_are_queued_listed_and_cancelled(client, dataset_id):
     r = client.post("/v1/rankings", json={"dataset_id": dataset_id, "metrics": "all", "top_k": 2})
     assert r.status_code == 202, r.text

@@ -1,0 +1,86 @@
+"""`hubscout rank|distill|teachers list --server URL` against the real embedded server, through typer's runner."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from svc_helpers import free_port
+
+from hubscout.cli import app
+
+runner = CliRunner()
+TEACHERS = "fashion-footwear,fashion-clothes"
+
+
+def invoke(*args, env=None):
+    return runner.invoke(app, [str(a) for a in args], env=env)
+
+
+@pytest.fixture(scope="module")
+def target_zip(tmp_path_factory):
+    """A dataset of its own (7 shots, seed 4), so no other service test finds its outputs cached."""
+    path = tmp_path_factory.mktemp("cli-server") / "footwear.zip"
+    res = invoke("data", "demo-target", "footwear", "--shots", 7, "--seed", 4, "--out", path)
+    assert res.exit_code == 0, res.output
+    return path
+
+
+def test_rank_on_the_server_prints_what_a_local_rank_prints(embedded_service, quick_repo, target_zip):
+    common = ["rank", target_zip, "--metric", "ot,leep", "--teachers", TEACHERS, "--json"]
+    remote = invoke(*common, "--server", embedded_service.base_url)
+    assert remote.exit_code == 0, remote.output
+    local = invoke(*common, "--repo", quick_repo.root)
+    assert local.exit_code == 0, local.output
+    r, l_ = json.loads(remote.stdout), json.loads(local.stdout)
+    assert r["job_id"] and r["dataset_id"]  # the server's ids around the library's JSON
+    for key in ("dataset_sha256", "classes", "n_samples", "metrics", "primary", "directions", "cost"):
+        assert r[key] == l_[key], key
+    assert [t["teacher_id"] for t in r["teachers"]] == [t["teacher_id"] for t in l_["teachers"]]
+    for rt, lt in zip(r["teachers"], l_["teachers"]):
+        for m in ("ot", "leep"):
+            assert rt["scores"][m]["value"] == pytest.approx(lt["scores"][m]["value"], rel=1e-4, abs=1e-5)
+        assert [c for c, _ in rt["correspondences"]["sandal"]] == [c for c, _ in lt["correspondences"]["sandal"]]
+
+    # The table, with the server named; the URL may come from the environment.
+    table = invoke("rank", target_zip, "--teachers", TEACHERS, env={"HUBSCOUT_SERVER": embedded_service.base_url})
+    assert table.exit_code == 0, table.output
+    assert "fashion-footwear" in table.stdout and "ot (↓)" in table.stdout
+    assert "ranked in" in table.output and f"on {embedded_service.base_url}" in table.output
+
+
+def test_distill_on_the_server_downloads_the_student(embedded_service, target_zip, footwear_test, tmp_path):
+    from hubscout.distill import evaluate, load_student
+
+    out = tmp_path / "student"
+    res = invoke("distill", target_zip, "--teacher", "fashion-footwear", "--student", "test_resnet", "--epochs", 3,
+                 "--min-steps", 0, "--out", out, "--json", "--server", embedded_service.base_url)
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["out"] == str(out) and summary["epochs"] == 3 and "curves" not in summary
+    assert {"model.safetensors", "model.onnx", "MODEL_CARD.md", "config.json"} <= {p.name for p in out.iterdir()}
+    student = load_student(out)
+    assert student.arch == "test_resnet" and student.metrics["train_accuracy"] == summary["train_accuracy"]
+    assert evaluate(student, footwear_test)["n"] == 300
+
+
+def test_teachers_list_on_the_server(embedded_service, quick_repo):
+    res = invoke("teachers", "list", "--json", "--server", embedded_service.base_url)
+    assert res.exit_code == 0, res.output
+    assert sorted(t["id"] for t in json.loads(res.stdout)) == sorted(quick_repo.ids())
+
+
+def test_server_errors_are_one_line_messages(embedded_service, target_zip, tmp_path):
+    res = invoke("rank", target_zip, "--shortlist", 3, "--server", embedded_service.base_url)
+    assert res.exit_code == 2 and "--shortlist not available with --server" in res.output
+
+    res = invoke("rank", target_zip, "--teachers", "ghost", "--server", embedded_service.base_url)
+    assert res.exit_code == 2 and "422" in res.output and "unknown teacher(s): ghost" in res.output
+
+    res = invoke("distill", target_zip, "--teacher", "fashion-footwear", "--epochs", 100000, "--out",
+                 tmp_path / "s", "--server", embedded_service.base_url)
+    assert res.exit_code == 2 and "epochs" in res.output and not (tmp_path / "s").exists()
+
+    res = invoke("rank", target_zip, "--server", f"http://127.0.0.1:{free_port()}")
+    assert res.exit_code == 2 and "cannot reach" in res.output

@@ -1,0 +1,81 @@
+"""A saved student's ONNX copy predicts what the torch student predicts, and its model card says what it is."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from hubscout.data import iter_batches
+from hubscout.distill import DistillConfig, distill, load_student
+from hubscout.export import CARD_FILE, INPUT_NAME, ONNX_FILE, OUTPUT_NAME, ExportError, export_onnx
+from hubscout.rank import relatedness_scores, weights_from_scores
+from hubscout.teachers import InputConfig
+
+TEACHERS = ["fashion-footwear", "fashion-clothes"]
+FAST = dict(student_arch="test_resnet", epochs=3, min_steps=0, batch_size=16, teacher_views=1, sinkhorn_iters=10)
+
+
+@pytest.fixture(scope="module")
+def saved(quick_repo, tmp_path_factory):
+    """A two-teacher student of the real footwear target (relatedness-weighted, as the CLI does), saved."""
+    from hubscout.sources import demo_target
+
+    target = demo_target("footwear", 10, seed=0)
+    scores = relatedness_scores(target, quick_repo, TEACHERS)
+    student = distill(target, quick_repo, TEACHERS, DistillConfig(**FAST), weights=weights_from_scores(scores),
+                      relatedness=dict(zip(TEACHERS, scores)), device="cpu")
+    out = student.save(tmp_path_factory.mktemp("student") / "s")
+    return out, student, scores, target
+
+
+def test_onnx_predicts_like_torch_on_real_images(saved, footwear_test):
+    out, student, _, _ = saved
+    session = ort.InferenceSession(str(out / ONNX_FILE), providers=["CPUExecutionProvider"])
+    loaded = load_student(out)
+    torch_logits, onnx_logits = [], []
+    # Batches of two sizes: the batch axis is dynamic.
+    for x in iter_batches(footwear_test.images, student.input, batch_size=64):
+        with torch.inference_mode():
+            torch_logits.append(loaded.model(x).numpy())
+        onnx_logits.append(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
+    t, o = np.concatenate(torch_logits), np.concatenate(onnx_logits)
+    assert t.shape == o.shape == (300, 3)
+    np.testing.assert_allclose(o, t, rtol=1e-4, atol=1e-4)
+    assert (o.argmax(1) == t.argmax(1)).all()
+    assert (o.argmax(1) == loaded.predict(footwear_test)).all()
+    # The graph describes itself.
+    meta = {p.key: p.value for p in onnx.load(str(out / ONNX_FILE)).metadata_props}
+    assert json.loads(meta["classes"]) == student.classes
+    assert json.loads(meta["input"]) == student.input.to_dict()
+
+
+def test_model_card_names_task_classes_teachers_metrics_and_data(saved):
+    out, student, scores, target = saved
+    card = (out / CARD_FILE).read_text()
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["dataset_name"] == target.name and card.startswith(f"# Student for {target.name}")
+    for c in target.classes:
+        assert f"| {c} |" in card
+    for tid, score in zip(TEACHERS, scores):
+        assert tid in card and f"{score:.4f}" in card
+    # The recorded relatedness and weights are the ones the distillation used.
+    assert [t["ot_relatedness"] for t in cfg["teachers"]] == pytest.approx(scores)
+    assert [t["weight"] for t in cfg["teachers"]] == pytest.approx(weights_from_scores(scores))
+    assert f"`{target.sha256}`" in card and student.dataset_sha256 == target.sha256
+    assert f"| train_accuracy | {student.metrics['train_accuracy']:.4f} |" in card
+    assert "| lam | 1.0000 |" in card and "| student_arch | test_resnet |" in card
+    assert "hubscout 0.1.0" in card and ONNX_FILE in card
+
+
+def test_export_failure_is_loud(tmp_path):
+    class Unexportable(torch.nn.Module):
+        def forward(self, x):
+            return torch.linalg.eigh(x.flatten(1) @ x.flatten(1).T)[0]  # no ONNX operator for eigh
+
+    with pytest.raises(ExportError, match="could not export Unexportable to ONNX.*eigh"):
+        export_onnx(Unexportable(), InputConfig(8, 1, (0.5,), (0.5,)), tmp_path / "m.onnx")
+    assert not list(tmp_path.iterdir())
