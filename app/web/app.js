@@ -298,6 +298,15 @@ function showPlan(teacherId) {
     if (!pairs.length) li.append("—");
     ul.append(li);
   }
+  const near = $("#matches");
+  near.innerHTML = "";
+  for (const [c, pairs] of Object.entries(t.matches || {})) {
+    const li = document.createElement("li");
+    const b = document.createElement("strong");
+    b.textContent = c;
+    li.append(b, " ≈ " + (pairs.map(([name]) => name).join(", ") || "—"));
+    near.append(li);
+  }
 }
 
 const PLAN_ROWS = 25;

@@ -79,6 +79,9 @@ def test_upload_rank_plan_distil_download(page, embedded_service, footwear_targe
     corr = page.inner_text("#correspondences")
     for ours_name, theirs in zip(OUR_CLASSES, ["sandal", "sneaker", "ankle-boot"]):
         assert f"{ours_name} ← {theirs}" in corr, corr
+    near = page.inner_text("#matches")
+    for ours_name, theirs in zip(OUR_CLASSES, ["sandal", "sneaker", "ankle-boot"]):
+        assert f"{ours_name} ≈ {theirs}" in near, near
     assert page.is_hidden("#plan-note")
 
     # The ImageNet teacher: 1000 classes, the plan keeps the heaviest 60 and the page says so.
