@@ -5,16 +5,18 @@ request leaves nothing half-stored.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from app import jobs
@@ -61,21 +63,24 @@ def _display_name(name: str) -> str:
     return name[:255]
 
 
-def ingest_dataset(svc: Services, upload: UploadedFile, name: str) -> tuple[DatasetRow, bool]:
-    """Parse an uploaded file into a dataset and store it in canonical form (npz) once per content hash.
-    Returns (row, created)."""
-    from hubscout.data import DatasetError, Limits, load_dataset
+def ingest_dataset(svc: Services, upload: UploadedFile, name: str, owner: str) -> tuple[DatasetRow, bool]:
+    """Parse an uploaded file into a dataset and store it in canonical form (npz) once per content hash and
+    owner. Returns (row, created)."""
+    from hubscout.data import DatasetError, DatasetTooLarge, Limits, load_dataset
 
     s = svc.settings
     limits = Limits(max_samples=s.max_samples, max_classes=s.max_classes, max_side=s.max_image_side,
                     max_pixels=s.max_decoded_bytes)
     try:
         ds = load_dataset(upload.path, limits=limits, name=_display_name(name))
+    except DatasetTooLarge as e:
+        raise Problem(413, str(e), type_="dataset-too-large", title="Dataset too large", limit=e.limit) from None
     except DatasetError as e:
         raise Problem(422, str(e), type_="invalid-dataset", title="Invalid dataset") from None
     sha = ds.sha256
+    mine = (DatasetRow.owner == owner, DatasetRow.sha256 == sha)
     with svc.db.session() as sess:
-        existing = sess.scalar(select(DatasetRow).where(DatasetRow.sha256 == sha))
+        existing = sess.scalar(select(DatasetRow).where(*mine))
     if existing is not None:
         return existing, False
 
@@ -88,7 +93,7 @@ def ingest_dataset(svc: Services, upload: UploadedFile, name: str) -> tuple[Data
         ds.save(tmp)
         size = tmp.stat().st_size
         os.replace(tmp, dest)
-        row = DatasetRow(id=dataset_id, sha256=sha, name=ds.name, n_samples=len(ds), num_classes=ds.num_classes,
+        row = DatasetRow(id=dataset_id, owner=owner, sha256=sha, name=ds.name, n_samples=len(ds), num_classes=ds.num_classes,
                          classes=list(ds.classes), class_counts=ds.class_counts(),
                          image_shape=[int(x) for x in ds.images.shape[1:]], storage_key=key, size_bytes=size,
                          upload_bytes=upload.size)
@@ -101,7 +106,7 @@ def ingest_dataset(svc: Services, upload: UploadedFile, name: str) -> tuple[Data
                 sess.rollback()  # the same content uploaded concurrently: keep the other copy
         svc.storage.delete(key)
         with svc.db.session() as sess:
-            other = sess.scalar(select(DatasetRow).where(DatasetRow.sha256 == sha))
+            other = sess.scalar(select(DatasetRow).where(*mine))
         if other is None:
             raise RuntimeError("dataset insert failed without a conflicting row")
         return other, False
@@ -111,17 +116,24 @@ def ingest_dataset(svc: Services, upload: UploadedFile, name: str) -> tuple[Data
         raise
 
 
-def _get_row(svc: Services, model, kind: str, row_id: str):
-    """One row by primary key, or the 404 problem naming what was not found."""
+def _get_row(svc: Services, model, kind: str, row_id: str, owner: str | None = None):
+    """One row by primary key, or the 404 problem naming what was not found. With ``owner``, another owner's row
+    is not found either: the answer must not tell that it exists."""
     with svc.db.session() as s:
-        row = s.get(model, row_id)
+        if owner is None:
+            row = s.get(model, row_id)
+        elif hasattr(model, "owner"):
+            row = s.scalar(select(model).where(model.id == row_id, model.owner == owner))
+        else:  # a result: owned through its job
+            row = s.scalar(select(model).join(JobRow, JobRow.id == model.job_id)
+                           .where(model.id == row_id, JobRow.owner == owner))
     if row is None:
         raise not_found(kind, row_id)
     return row
 
 
-def get_dataset(svc: Services, dataset_id: str) -> DatasetRow:
-    return _get_row(svc, DatasetRow, "dataset", dataset_id)
+def get_dataset(svc: Services, dataset_id: str, owner: str) -> DatasetRow:
+    return _get_row(svc, DatasetRow, "dataset", dataset_id, owner)
 
 
 # ------------------------------------------------------------------------------------------------- teachers
@@ -249,36 +261,53 @@ def _check_teachers(svc: Services, teacher_ids: list[str]) -> None:
         raise _invalid(f"unknown teacher(s): {', '.join(unknown[:20])}", unknown_teachers=unknown)
 
 
-def _create_job(svc: Services, kind: str, dataset_id: str, params: dict[str, Any]) -> JobRow:
-    job = JobRow(id=new_id("job_"), kind=kind, status=JobStatus.QUEUED, progress=0.0, message="queued",
-                 params=json_safe(params), dataset_id=dataset_id, attempts=0)
-    with svc.db.session() as s:
+# SQLite (the embedded default) has one API process: a lock in it makes count-then-insert atomic. PostgreSQL
+# serves several API processes: there an advisory lock per owner does.
+_job_limit_lock = threading.Lock()
+
+
+def _owner_lock_id(owner: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"job-limit:{owner}".encode()).digest()[:8], "big", signed=True)
+
+
+def _create_job(svc: Services, kind: str, dataset_id: str, params: dict[str, Any], owner: str) -> JobRow:
+    limit = svc.settings.max_active_jobs_per_key
+    job = JobRow(id=new_id("job_"), owner=owner, kind=kind, status=JobStatus.QUEUED, progress=0.0,
+                 message="queued", params=json_safe(params), dataset_id=dataset_id, attempts=0)
+    with _job_limit_lock, svc.db.session() as s:
+        if s.get_bind().dialect.name == "postgresql":
+            s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _owner_lock_id(owner)})
+        active = s.scalar(select(func.count()).select_from(JobRow).where(
+            JobRow.owner == owner, JobRow.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])))
+        if active >= limit:
+            raise Problem(429, f"this key already has {active} queued or running jobs, the limit is {limit}; "
+                               f"wait for one to finish (or cancel one)", type_="too-many-jobs",
+                          title="Too many jobs", headers={"Retry-After": "30"}, limit=limit)
         s.add(job)
         s.commit()
     try:
         jobs.resend(svc.db, job.id, svc.queue.enqueue)
-    except Exception as e:
-        log.exception("could not enqueue job %s", job.id)
+    except Exception:
+        log.warning("could not enqueue job %s; it is withdrawn", job.id, exc_info=True)
+        # Not accepted, so not kept: the client is told to try again, and no job lingers that nobody will run.
         with svc.db.session() as s:
-            row = s.get(JobRow, job.id)
-            if row is not None:
-                row.status, row.error, row.message = JobStatus.FAILED, f"could not reach the broker: {e}", "failed"
-                s.commit()
+            s.execute(delete(JobRow).where(JobRow.id == job.id, JobRow.status == JobStatus.QUEUED))
+            s.commit()
         raise Problem(503, "the job queue is unavailable; try again later", type_="queue-unavailable",
-                      title="Service unavailable") from None
-    return get_job(svc, job.id, sweep=False)
+                      title="Service unavailable", headers={"Retry-After": "5"}) from None
+    return get_job(svc, job.id, owner, sweep=False)
 
 
-def _require_dataset(svc: Services, dataset_id: str) -> DatasetRow:
+def _require_dataset(svc: Services, dataset_id: str, owner: str) -> DatasetRow:
     with svc.db.session() as s:
-        row = s.get(DatasetRow, dataset_id)
+        row = s.scalar(select(DatasetRow).where(DatasetRow.id == dataset_id, DatasetRow.owner == owner))
     if row is None:
         raise _invalid(f"dataset {dataset_id!r} does not exist (upload it with POST /v1/datasets)")
     return row
 
 
-def create_ranking(svc: Services, body: RankingCreate) -> JobRow:
-    _require_dataset(svc, body.dataset_id)
+def create_ranking(svc: Services, body: RankingCreate, owner: str) -> JobRow:
+    _require_dataset(svc, body.dataset_id, owner)
     if body.teacher_ids is not None:
         _check_teachers(svc, body.teacher_ids)
     else:
@@ -286,13 +315,13 @@ def create_ranking(svc: Services, body: RankingCreate) -> JobRow:
             if not s.scalar(select(func.count()).select_from(TeacherRow)):
                 raise Problem(409, "the teacher repository is empty", type_="conflict", title="Conflict")
     params = {"metrics": body.metrics, "teacher_ids": body.teacher_ids, "top_k": body.top_k}
-    return _create_job(svc, JobKind.RANKING, body.dataset_id, params)
+    return _create_job(svc, JobKind.RANKING, body.dataset_id, params, owner)
 
 
-def create_distillation(svc: Services, body: DistillationCreate) -> JobRow:
+def create_distillation(svc: Services, body: DistillationCreate, owner: str) -> JobRow:
     from hubscout.distill import DistillConfig
 
-    _require_dataset(svc, body.dataset_id)
+    _require_dataset(svc, body.dataset_id, owner)
     if not body.teacher_ids and not body.ce_only:
         raise _invalid("teacher_ids: name at least one teacher (or set ce_only)")
     if body.teacher_ids:
@@ -311,27 +340,25 @@ def create_distillation(svc: Services, body: DistillationCreate) -> JobRow:
     if not timm.is_model(config.student_arch):
         raise _invalid(f"student_arch: unknown timm architecture {config.student_arch!r}")
     params = {"teacher_ids": body.teacher_ids, "config": config.to_dict()}
-    return _create_job(svc, JobKind.DISTILLATION, body.dataset_id, params)
+    return _create_job(svc, JobKind.DISTILLATION, body.dataset_id, params, owner)
 
 
-def get_job(svc: Services, job_id: str, sweep: bool = True) -> JobRow:
-    if sweep:
+def get_job(svc: Services, job_id: str, owner: str, sweep: bool = True) -> JobRow:
+    row = _get_row(svc, JobRow, "job", job_id, owner)
+    if sweep and row.status == JobStatus.RUNNING:
         # A reader may be the first to notice that a worker died; recovering here means no job stays
         # "running" for ever even when every worker is gone.
-        jobs.sweep(svc.db, svc.settings, svc.queue.enqueue, job_ids=[job_id])
-    with svc.db.session() as s:
-        row = s.get(JobRow, job_id)
-    if row is None:
-        raise not_found("job", job_id)
+        if jobs.sweep(svc.db, svc.settings, svc.queue.enqueue, job_ids=[job_id]):
+            row = _get_row(svc, JobRow, "job", job_id, owner)
     return row
 
 
-def list_jobs(svc: Services, limit: int, offset: int, status: str | None, kind: str | None
+def list_jobs(svc: Services, limit: int, offset: int, status: str | None, kind: str | None, owner: str
               ) -> tuple[list[JobRow], int]:
     jobs.sweep(svc.db, svc.settings, svc.queue.enqueue, limit=20)
     with svc.db.session() as s:
-        q = select(JobRow)
-        c = select(func.count()).select_from(JobRow)
+        q = select(JobRow).where(JobRow.owner == owner)
+        c = select(func.count()).select_from(JobRow).where(JobRow.owner == owner)
         if status:
             q, c = q.where(JobRow.status == status), c.where(JobRow.status == status)
         if kind:
@@ -341,28 +368,28 @@ def list_jobs(svc: Services, limit: int, offset: int, status: str | None, kind: 
     return rows, total
 
 
-def cancel_job(svc: Services, job_id: str) -> JobRow:
-    row = get_job(svc, job_id, sweep=False)
+def cancel_job(svc: Services, job_id: str, owner: str) -> JobRow:
+    row = get_job(svc, job_id, owner, sweep=False)
     if not jobs.cancel(svc.db, job_id):
-        row = get_job(svc, job_id, sweep=False)
+        row = get_job(svc, job_id, owner, sweep=False)
         raise Problem(409, f"job {job_id!r} is already {row.status}", type_="conflict", title="Conflict",
                       job_status=row.status)
     if row.status == JobStatus.QUEUED:
         # Spares a worker from picking the message up; a running task stops by itself at its next check.
         svc.queue.revoke(row.task_id)
-    return get_job(svc, job_id, sweep=False)
+    return get_job(svc, job_id, owner, sweep=False)
 
 
-def get_ranking(svc: Services, ranking_id: str) -> RankingRow:
-    return _get_row(svc, RankingRow, "ranking", ranking_id)
+def get_ranking(svc: Services, ranking_id: str, owner: str) -> RankingRow:
+    return _get_row(svc, RankingRow, "ranking", ranking_id, owner)
 
 
-def get_student(svc: Services, student_id: str) -> StudentRow:
-    return _get_row(svc, StudentRow, "student", student_id)
+def get_student(svc: Services, student_id: str, owner: str) -> StudentRow:
+    return _get_row(svc, StudentRow, "student", student_id, owner)
 
 
-def student_archive(svc: Services, student_id: str) -> tuple[StudentRow, Path]:
-    row = get_student(svc, student_id)
+def student_archive(svc: Services, student_id: str, owner: str) -> tuple[StudentRow, Path]:
+    row = get_student(svc, student_id, owner)
     path = svc.storage.path(row.archive_key)
     if not path.is_file():
         raise Problem(410, f"the archive of student {student_id!r} is missing from storage", type_="gone",

@@ -24,12 +24,12 @@ from celery import signals
 from sqlalchemy import select
 
 from app import jobs
-from app.db import Database
+from app.db import Database, is_unavailable
 from app.models import DatasetRow, JobKind, JobRow, JobStatus, RankingRow, StudentRow, json_safe, result_id_for
 from app.queue import JobQueue
 from app.settings import Settings, get_settings
 from app.storage import LocalStorage
-from worker.cache import DbOutputsCache, ScoreStore, rank_cached
+from worker.cache import DbOutputsCache, ScoreStore, exclusive, rank_cached
 from worker.celery_app import celery_app
 from worker.config import TASK_RUN_JOB
 
@@ -78,13 +78,24 @@ class Reporter:
         self._last = 0.0
 
     def __call__(self, fraction: float, message: str) -> None:
-        if self.lost.is_set():
-            raise jobs.JobLost(self.claim.job_id)
+        self.check()
         now = time.monotonic()
         if now - self._last < self.min_interval and fraction < 1.0:
             return
         self._last = now
-        jobs.progress(self.ctx.db, self.claim, fraction, message)
+        try:
+            jobs.progress(self.ctx.db, self.claim, fraction, message)
+        except Exception as e:
+            if not is_unavailable(e):
+                raise
+            # The database is restarting: progress is a nicety, the work goes on; the result is written (with
+            # retries) once it is back.
+            log.warning("job %s: progress not recorded, the database is unavailable: %s", self.claim.job_id, e)
+
+    def check(self) -> None:
+        """Raise JobLost when the job was cancelled or taken over."""
+        if self.lost.is_set():
+            raise jobs.JobLost(self.claim.job_id)
 
     def scaled(self, lo: float, hi: float) -> Callable[[float, str], None]:
         return lambda f, m: self(lo + (hi - lo) * f, m)
@@ -119,7 +130,15 @@ class Heartbeat(threading.Thread):
 def run_job(self, job_id: str, recheck: bool = False) -> str:
     ctx = context()
     token = f"{self.request.hostname or socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-    outcome = execute(ctx, job_id, token)
+    try:
+        outcome = execute(ctx, job_id, token)
+    except Exception as e:
+        if not is_unavailable(e):
+            raise
+        # The database is down before the job could be claimed or after it could be recorded: try again later
+        # (bounded; past that the job is still queued or running in the table, and the sweeps send it again).
+        log.warning("job %s: the database is unavailable (%s); retrying in 5 s", job_id, e)
+        raise self.retry(countdown=5, max_retries=60, exc=e)
     if outcome == "busy" and not recheck:
         # Delivered while another worker holds the job: most often the broker handing back the task of a worker
         # that just died (reject_on_worker_lost), whose heartbeat is still fresh. Look again once it would be
@@ -161,11 +180,29 @@ def execute(ctx: Context, job_id: str, token: str) -> str:
         log.info("job %s stopped: cancelled or taken over", job_id)
         return "lost"
     except Exception as e:
+        if is_unavailable(e):
+            raise  # not the job's fault: it stays running, and is taken over once its heartbeat goes stale
         log.exception("job %s failed", job_id)
-        jobs.fail(ctx.db, claim, _describe(e))
+        _retry_db(ctx, lambda: jobs.fail(ctx.db, claim, _describe(e)))
         return "failed"
     finally:
         beat.stop()
+
+
+def _retry_db(ctx: Context, write: Callable[[], object]):
+    """Run a database write, retrying while the database is unreachable (a restart) for up to
+    ``db_retry_seconds``: a finished job's result must not be lost to a short outage."""
+    deadline = time.monotonic() + ctx.settings.db_retry_seconds
+    delay = 0.5
+    while True:
+        try:
+            return write()
+        except Exception as e:
+            if not is_unavailable(e) or time.monotonic() + delay > deadline:
+                raise
+            log.warning("database unavailable while recording a result (%s); retrying in %.1f s", e, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _describe(e: Exception) -> str:
@@ -199,21 +236,34 @@ def run_ranking(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: DatasetRo
     report(0.0, "loading dataset")
     ds = _load_dataset(ctx, dataset)
     repo = Repository(ctx.settings.repository_dir)
-    outputs = DbOutputsCache(ctx.db, ctx.storage)
+    outputs = DbOutputsCache(ctx.db, ctx.storage, owner=job.owner)
+
+    def wait_for_twin() -> None:
+        report.check()
+        report(0.0, "waiting for a ranking of the same data to finish its forward passes")
+
+    def lock():
+        return exclusive(ctx.db, ctx.storage, f"rank:{job.owner}:{ds.sha256}", on_wait=wait_for_twin)
+
     ranking, n_scored = rank_cached(ds, repo, metrics=params.get("metrics") or ["ot"],
                                     teacher_ids=params.get("teacher_ids"), top_k=params.get("top_k"),
-                                    outputs_cache=outputs, scores=ScoreStore(ctx.db), device=device_for(ctx.settings),
-                                    batch_size=ctx.settings.batch_size, on_progress=report.scaled(0.0, 0.95))
+                                    outputs_cache=outputs, scores=ScoreStore(ctx.db, owner=job.owner),
+                                    device=device_for(ctx.settings), batch_size=ctx.settings.batch_size,
+                                    on_progress=report.scaled(0.0, 0.95), compute_lock=lock)
     result = json_safe(ranking.to_dict())
     rid = result_id_for(job.id)
-    with ctx.db.session() as s:
-        s.merge(RankingRow(id=rid, job_id=job.id, dataset_id=dataset.id, result=result))
-        if not jobs.finish(s, claim, rid):
-            s.rollback()
-            raise jobs.JobLost(job.id)
-        s.commit()
+
+    def record() -> None:
+        with ctx.db.session() as s:
+            s.merge(RankingRow(id=rid, job_id=job.id, dataset_id=dataset.id, result=result))
+            if not jobs.finish(s, claim, rid):
+                s.rollback()
+                raise jobs.JobLost(job.id)
+            s.commit()
+
+    _retry_db(ctx, record)
     log.info("ranking %s: %d teachers; scores stored for %d; outputs cached for %d, computed for %d", rid,
-             len(ranking.entries), n_scored, outputs.hits, outputs.misses)
+             len(ranking.entries), n_scored, outputs.hits, outputs.computed)
 
 
 def _zip_folder(folder: Path, dest: Path) -> None:
@@ -239,7 +289,8 @@ def run_distillation(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: Data
     weights = None
     if len(ids) > 1 and not cfg.ce_only:
         report(0.0, "weighting teachers by relatedness")
-        weights = relatedness_weights(ds, repo, ids, cache=DbOutputsCache(ctx.db, ctx.storage), device=device)
+        weights = relatedness_weights(ds, repo, ids, cache=DbOutputsCache(ctx.db, ctx.storage, owner=job.owner),
+                                      device=device)
     student = distill(ds, repo, ids, cfg, weights=weights, device=device, on_progress=report.scaled(0.05, 0.95))
     report(0.96, "saving the student")
     sid = result_id_for(job.id)
@@ -259,13 +310,16 @@ def run_distillation(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: Data
     row = StudentRow(id=sid, job_id=job.id, dataset_id=dataset.id, teacher_ids=ids, student_arch=cfg.student_arch,
                      config=json_safe(student.config_dict()), metrics=json_safe(student.metrics), archive_key=key,
                      archive_bytes=size, archive_sha256=digest)
-    with ctx.db.session() as s:
-        s.merge(row)
-        if not jobs.finish(s, claim, sid):
-            s.rollback()
-            ctx.storage.delete(key)  # cancelled while saving: leave nothing behind
-            raise jobs.JobLost(job.id)
-        s.commit()
+    def record() -> None:
+        with ctx.db.session() as s:
+            s.merge(row)
+            if not jobs.finish(s, claim, sid):
+                s.rollback()
+                ctx.storage.delete(key)  # cancelled while saving: leave nothing behind
+                raise jobs.JobLost(job.id)
+            s.commit()
+
+    _retry_db(ctx, record)
 
 
 # ------------------------------------------------------------------------------------------------- recovery
@@ -294,7 +348,7 @@ class _Sweeper(threading.Thread):
         while True:
             time.sleep(interval)
             try:
-                jobs.sweep(ctx.db, ctx.settings, ctx.queue.enqueue)
+                jobs.sweep(ctx.db, ctx.settings, ctx.queue.enqueue, resend_forgotten=True)
             except Exception:
                 log.warning("periodic sweep failed", exc_info=True)
 

@@ -10,8 +10,10 @@ PROBLEM = {"content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/P
 
 
 def problems(*codes: int) -> dict:
-    descriptions = {400: "Bad request", 404: "Not found", 409: "Conflict", 410: "Gone", 413: "Upload too large",
-                    415: "Unsupported media type", 422: "Invalid request", 503: "Unavailable"}
+    descriptions = {400: "Bad request", 401: "Missing or invalid API key", 404: "Not found", 409: "Conflict",
+                    410: "Gone", 413: "Upload or dataset too large", 415: "Unsupported media type",
+                    422: "Invalid request", 429: "Too many jobs for this key (see Retry-After)",
+                    503: "A dependency (database, queue) is unavailable; try again"}
     return {c: {"description": descriptions.get(c, "Error"), **PROBLEM} for c in codes}
 
 
