@@ -238,8 +238,13 @@ def run_ranking(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: DatasetRo
     repo = Repository(ctx.settings.repository_dir)
     outputs = DbOutputsCache(ctx.db, ctx.storage, owner=job.owner)
 
+    waited = []
+
     def wait_for_twin() -> None:
         report.check()
+        if not waited:
+            log.info("job %s waits for a ranking of the same data to finish its forward passes", job.id)
+            waited.append(True)
         report(0.0, "waiting for a ranking of the same data to finish its forward passes")
 
     def lock():

@@ -11,31 +11,21 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from svc_helpers import assert_problem, npz_bytes, tiny_weights, zip_bytes
+from svc_helpers import assert_problem, make_tiny_repo, npz_bytes, tiny_weights, toy_dataset, zip_bytes
 
 from app.main import create_app
 from app.models import DatasetRow, JobRow, TeacherRow
 from app.settings import Settings
-from hubscout.data import Dataset, write_image_folder_zip
-from hubscout.teachers import InputConfig, Repository, build_model
+from hubscout.data import write_image_folder_zip
+from hubscout.teachers import Repository, build_model
 
 MAX_UPLOAD = 400_000
-
-
-def toy_dataset(n: int = 12, seed: int = 0) -> Dataset:
-    rng = np.random.default_rng(seed)
-    return Dataset(rng.integers(0, 255, (n, 16, 16, 1), dtype=np.uint8), np.arange(n) % 3, ["ant", "bee", "cow"],
-                   name="toy")
 
 
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("api-repo") / "zoo"
-    repo = Repository(root)
-    for i in range(3):
-        torch.manual_seed(i)
-        repo.add(arch="test_resnet", weights=build_model("test_resnet", 3, 1).state_dict(), labels=["x", "y", "z"],
-                 name=f"tiny {i}", input=InputConfig(32, 1, (0.5,), (0.5,)), teacher_id=f"tiny-{i}")
+    make_tiny_repo(root)
     return root
 
 
