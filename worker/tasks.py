@@ -116,8 +116,9 @@ class Heartbeat(threading.Thread):
                 if not jobs.heartbeat(self.ctx.db, self.claim):
                     self.lost.set()
                     return
-            except Exception:
-                log.warning("heartbeat for job %s failed", self.claim.job_id, exc_info=True)
+            except Exception as e:
+                log.warning("heartbeat for job %s failed: %s", self.claim.job_id, e,
+                            exc_info=not is_unavailable(e))
 
     def stop(self) -> None:
         self._stop_event.set()
