@@ -93,8 +93,8 @@ def ingest_dataset(svc: Services, upload: UploadedFile, name: str, owner: str) -
         ds.save(tmp)
         size = tmp.stat().st_size
         os.replace(tmp, dest)
-        row = DatasetRow(id=dataset_id, owner=owner, sha256=sha, name=ds.name, n_samples=len(ds), num_classes=ds.num_classes,
-                         classes=list(ds.classes), class_counts=ds.class_counts(),
+        row = DatasetRow(id=dataset_id, owner=owner, sha256=sha, name=ds.name, n_samples=len(ds),
+                         num_classes=ds.num_classes, classes=list(ds.classes), class_counts=ds.class_counts(),
                          image_shape=[int(x) for x in ds.images.shape[1:]], storage_key=key, size_bytes=size,
                          upload_bytes=upload.size)
         with svc.db.session() as sess:

@@ -6,6 +6,9 @@ from fastapi import Request
 from app.problems import PROBLEM_JSON, Problem
 from app.services import Services
 
+# Bound on integer query parameters: anything larger is an error of the client's, not an overflow in the database.
+MAX_INT = 2**31 - 1
+
 PROBLEM = {"content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
 
 

@@ -8,7 +8,7 @@ from fastapi.responses import FileResponse
 from app import services as ops
 from app.auth import Owner, authenticate
 from app.models import JobKind, JobRow, JobStatus
-from app.routes import problems, require_json, services
+from app.routes import MAX_INT, problems, require_json, services
 from app.schemas import DistillationCreate, JobLinks, JobOut, Page, RankingCreate, RankingOut, StudentOut
 from app.services import Services
 
@@ -48,7 +48,7 @@ def create_distillation(body: DistillationCreate, response: Response, owner: Own
 
 
 @router.get("/v1/jobs", response_model=Page[JobOut], responses=problems(422))
-def list_jobs(limit: int = Query(50, ge=1), offset: int = Query(0, ge=0),
+def list_jobs(limit: int = Query(50, ge=1, le=MAX_INT), offset: int = Query(0, ge=0, le=MAX_INT),
               status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
               kind: Literal["ranking", "distillation"] | None = None, *, owner: Owner,
               svc: Services = Depends(services)) -> Page[JobOut]:
