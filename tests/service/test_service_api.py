@@ -441,3 +441,19 @@ def test_healthz_names_the_failing_dependency(tmp_path, tiny_repo):
         body = assert_problem(c.get("/healthz"), 503)
     assert body["failed"] == ["broker"]
     assert body["checks"]["database"] == "ok" and body["checks"]["storage"] == "ok"
+
+
+def test_no_client_supplied_name_becomes_a_path(client, settings):
+    """A file name and a display name that try to climb out of storage are display text only; ids in URLs are
+    looked up, never joined to a folder."""
+    evil = "../../../../tmp/hubscout-escape"
+    r = client.post("/v1/datasets", files={"file": (f"{evil}.npz", npz_bytes(toy_dataset(seed=21)))},
+                    data={"name": "../../name\x00with\x1fcontrols"})
+    assert r.status_code == 201, r.text
+    assert r.json()["name"] == "../../namewithcontrols"
+    stored = [p for p in stored_files(settings) if r.json()["id"] in p]
+    assert stored == [f"datasets/{r.json()['id']}.npz"]
+    assert not Path("/tmp/hubscout-escape.npz").exists()
+    for url in ("/v1/students/..%2F..%2Fhubscout.db/download", "/v1/students/%2Fetc%2Fpasswd/download",
+                "/v1/datasets/..%2Fhubscout.db"):
+        assert client.get(url).status_code == 404, url
