@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -274,8 +275,9 @@ def _create_job(svc: Services, kind: str, dataset_id: str, params: dict[str, Any
     limit = svc.settings.max_active_jobs_per_key
     job = JobRow(id=new_id("job_"), owner=owner, kind=kind, status=JobStatus.QUEUED, progress=0.0,
                  message="queued", params=json_safe(params), dataset_id=dataset_id, attempts=0)
-    with _job_limit_lock, svc.db.session() as s:
-        if s.get_bind().dialect.name == "postgresql":
+    local_lock = _job_limit_lock if svc.settings.is_sqlite else nullcontext()
+    with local_lock, svc.db.session() as s:
+        if not svc.settings.is_sqlite:
             s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _owner_lock_id(owner)})
         active = s.scalar(select(func.count()).select_from(JobRow).where(
             JobRow.owner == owner, JobRow.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])))

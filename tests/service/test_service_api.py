@@ -186,7 +186,13 @@ BAD_DATASETS = {
     # 10^5 classes of one 1x1 image each: small on the wire, far past max_classes.
     "100000 tiny classes": (_npz(images=np.zeros((100_000, 1, 1), np.uint8),
                                  labels=np.arange(100_000, dtype=np.int32)), 413, ["100000 classes", "limit"]),
+    # One sample more than max_samples (200000), 1x1 pixel each; random labels, which no archive squeezes like
+    # a bomb.
+    "too many samples": (_npz(images=np.zeros((200_001, 1, 1), np.uint8),
+                              labels=np.random.default_rng(0).integers(0, 2, 200_001)), 413,
+                         ["200001 samples", "limit"]),
 }
+LIMIT_OF = {"100000 tiny classes": "max_classes", "too many samples": "max_samples"}
 
 
 @pytest.mark.parametrize("case", list(BAD_DATASETS))
@@ -198,7 +204,7 @@ def test_bad_dataset_is_a_4xx_problem_and_nothing_is_stored(client, settings, ca
     for word in words:
         assert word in body["detail"], body
     if status == 413:
-        assert body["limit"] == settings.max_classes
+        assert body["limit"] == getattr(settings, LIMIT_OF[case])
     assert stored_files(settings) == before_files
     assert count(client, DatasetRow) == before_rows
 

@@ -26,7 +26,7 @@ from svc_helpers import (API_KEY, AUTH, ROOT, Proc, assert_problem, base_env, ce
 from app.models import JobRow, RankingRow, StudentRow
 
 # A distillation that runs for seconds (not milliseconds), so an outage can be staged in the middle of it.
-LONG_JOB = {"ce_only": True, "student_arch": "test_resnet", "epochs": 250, "min_steps": 0}
+LONG_JOB = {"ce_only": True, "student_arch": "test_resnet", "epochs": 200, "min_steps": 0}
 
 
 # ------------------------------------------------------------------------------------------------ private servers
@@ -154,6 +154,12 @@ def stack(tmp_path_factory):
         pg.destroy()
 
 
+def _submit(client: httpx.Client, path: str, body: dict) -> str:
+    r = client.post(path, json=body)
+    assert r.status_code == 202, r.text
+    return r.json()["id"]
+
+
 def _running(client: httpx.Client, job_id: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -199,10 +205,10 @@ def _status(client: httpx.Client, path: str, **kw) -> int:
 
 def test_redis_restart_during_a_job(stack):
     client, rd, ds = stack["client"], stack["redis"], stack["dataset"]
-    long_job = client.post("/v1/distillations", json={"dataset_id": ds, **LONG_JOB}).json()["id"]
+    long_job = _submit(client, "/v1/distillations", {"dataset_id": ds, **LONG_JOB})
     _running(client, long_job)
     # Queued behind it (one worker): its message is in Redis only, and the restart loses it.
-    waiting = client.post("/v1/rankings", json={"dataset_id": ds}).json()["id"]
+    waiting = _submit(client, "/v1/rankings", {"dataset_id": ds})
     jobs_before = client.get("/v1/jobs").json()["total"]
 
     rd.kill()
@@ -232,9 +238,9 @@ def test_redis_restart_during_a_job(stack):
 
 def test_postgres_restart_during_a_job(stack):
     client, pg, ds = stack["client"], stack["pg"], stack["dataset"]
-    long_job = client.post("/v1/distillations", json={"dataset_id": ds, **LONG_JOB}).json()["id"]
+    long_job = _submit(client, "/v1/distillations", {"dataset_id": ds, **LONG_JOB})
     _running(client, long_job)
-    waiting = client.post("/v1/rankings", json={"dataset_id": ds, "metrics": ["leep"]}).json()["id"]
+    waiting = _submit(client, "/v1/rankings", {"dataset_id": ds, "metrics": ["leep"]})
 
     pg.stop()
     down_since = time.monotonic()
