@@ -43,4 +43,5 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=60s \
   CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=5)" || exit 1
 
 # Embedded default when no DATABASE_URL / CELERY_BROKER_URL is set: SQLite, local worker, storage under /data.
+# Serving on 0.0.0.0 needs API keys: docker run -e HUBSCOUT_API_KEYS=<key>[,<key>...] (it refuses to start without).
 CMD ["hubscout", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -85,6 +85,17 @@ class Database:
         self.engine.dispose()
 
 
+def is_unavailable(e: BaseException) -> bool:
+    """The database could not be reached or dropped the connection (a restart, a network cut): worth retrying,
+    unlike an error in the statement itself."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    if isinstance(e, (OperationalError, InterfaceError, PoolTimeout)):
+        return True
+    return isinstance(e, DBAPIError) and bool(e.connection_invalidated)
+
+
 def alembic_config(settings: Settings):
     from alembic.config import Config
 

@@ -154,15 +154,18 @@ def requeue(db: Database, settings: Settings, job_id: str, enqueue: Enqueue, *, 
 def resend(db: Database, job_id: str, enqueue: Enqueue) -> None:
     task_id = enqueue(job_id)
     with db.session() as s:
-        s.execute(update(JobRow).where(JobRow.id == job_id).values(task_id=task_id))
+        s.execute(update(JobRow).where(JobRow.id == job_id).values(task_id=task_id, enqueued_at=utcnow()))
         s.commit()
 
 
 def sweep(db: Database, settings: Settings, enqueue: Enqueue, *, job_ids: list[str] | None = None,
-          all_running: bool = False, resend_queued: bool = False, limit: int = 100) -> int:
+          all_running: bool = False, resend_queued: bool = False, resend_forgotten: bool = False,
+          limit: int = 100) -> int:
     """Recover jobs whose worker died (heartbeat older than ``stale_after_seconds``; with ``all_running``, every
-    running job — only right for the one local worker, at its start). ``resend_queued`` sends queued jobs again,
-    for brokers that lose a message taken by a killed worker; the claim makes the duplicate harmless."""
+    running job — only right for the one local worker, at its start). ``resend_queued`` sends every queued job
+    again, for brokers that lose a message taken by a killed worker; ``resend_forgotten`` only those sent longer
+    than ``resend_queued_after_seconds`` ago, for a broker that restarted without its messages. The claim makes
+    a duplicate harmless."""
     with db.session() as s:
         q = select(JobRow.id).where(JobRow.status == JobStatus.RUNNING)
         if not all_running:
@@ -170,17 +173,28 @@ def sweep(db: Database, settings: Settings, enqueue: Enqueue, *, job_ids: list[s
         if job_ids is not None:
             q = q.where(JobRow.id.in_(job_ids))
         stale = list(s.scalars(q.limit(limit)))
-        queued = list(s.scalars(select(JobRow.id).where(JobRow.status == JobStatus.QUEUED)
-                                .order_by(JobRow.created_at).limit(limit))) if resend_queued else []
+        queued: list[str] = []
+        if resend_queued or resend_forgotten:
+            q = select(JobRow.id).where(JobRow.status == JobStatus.QUEUED)
+            if not resend_queued:
+                cutoff = utcnow() - dt.timedelta(seconds=settings.resend_queued_after_seconds)
+                q = q.where(func.coalesce(JobRow.enqueued_at, JobRow.created_at) < cutoff)
+            queued = list(s.scalars(q.order_by(JobRow.created_at).limit(limit)))
     n = 0
     for job_id in stale:
         try:
             n += bool(requeue(db, settings, job_id, enqueue, only_stale=not all_running))
         except Exception:  # a broker hiccup must not break the request that triggered the sweep
             log.exception("could not re-queue job %s", job_id)
+    sent = 0
     for job_id in queued:
         try:
             resend(db, job_id, enqueue)
+            sent += 1
         except Exception:
-            log.exception("could not re-send job %s", job_id)
+            log.warning("could not re-send job %s", job_id, exc_info=True)
+            break  # the broker is down: the next sweep tries again
+    if sent and not resend_queued:
+        log.warning("re-sent %d job(s) queued for more than %.0f s (the broker may have lost them)", sent,
+                    settings.resend_queued_after_seconds)
     return n

@@ -75,14 +75,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         configure_logging(settings)
+        check_access(settings)
         if str(settings.data_dir.resolve()) not in _prepared:
             await run_in_threadpool(prepare, settings)
         svc = build_services(settings)
         app.state.services = svc
-        log.info("hubscout API ready (%s mode; database %s; storage %s; repository %s)",
+        log.info("hubscout API ready (%s mode; database %s; storage %s; repository %s; %s)",
                  "embedded" if settings.embedded else "distributed",
                  svc.db.engine.url.render_as_string(hide_password=True), settings.storage_root,
-                 settings.repository_dir)
+                 settings.repository_dir,
+                 f"{len(settings.api_keys)} API key(s)" if settings.auth_enabled else "no API keys (loopback only)")
         try:
             yield
         finally:
@@ -108,6 +110,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=web.WEB_DIR), name="static")
     _add_problem_schema(app)
     return app
+
+
+def check_access(settings: Settings, host: str | None = None) -> None:
+    """Refuse to start when the service would answer other machines without API keys (see Settings)."""
+    from app.settings import ConfigError
+
+    try:
+        settings.check_exposure(host)
+    except ConfigError as e:
+        log.error("%s", e)
+        raise
+    short = [k for k in settings.api_keys if len(k) < 16]
+    if short:
+        log.warning("%d API key(s) shorter than 16 characters: use long random keys (e.g. `openssl rand -hex 32`)",
+                    len(short))
 
 
 def _version() -> str:
@@ -149,8 +166,14 @@ def serve(host: str = "127.0.0.1", port: int = 8000, reload: bool = False) -> No
 
     from app.local_worker import LocalWorker
 
+    from app.settings import ConfigError
+
     settings = get_settings()
     configure_logging(settings)
+    try:
+        check_access(settings, host)
+    except ConfigError as e:
+        raise SystemExit(f"hubscout serve: {e}") from None
     prepare(settings)
     _prepared.add(str(settings.data_dir.resolve()))
     worker = LocalWorker(settings) if settings.start_local_worker else None

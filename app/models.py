@@ -16,6 +16,10 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: PortableJSON, list[Any]: PortableJSON, dt.datetime: UTCDateTime}
 
 
+# Who owns the rows when API keys are off (the embedded default); otherwise an owner is a key's hash (app.auth).
+LOCAL_OWNER = "local"
+
+
 def new_id(prefix: str = "") -> str:
     """A random id; the prefix (``ds_``, ``job_``) tells a reader what it names."""
     return prefix + uuid.uuid4().hex
@@ -68,9 +72,13 @@ class JobKind:
 
 class DatasetRow(Base):
     __tablename__ = "datasets"
+    # One copy per content hash and owner: deduplicating across owners would tell one key that another uploaded
+    # the same data.
+    __table_args__ = (UniqueConstraint("owner", "sha256", name="uq_datasets_owner_sha256"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    owner: Mapped[str] = mapped_column(String(64), server_default=LOCAL_OWNER)
+    sha256: Mapped[str] = mapped_column(String(64))
     name: Mapped[str] = mapped_column(String(255), default="")
     n_samples: Mapped[int] = mapped_column(Integer)
     num_classes: Mapped[int] = mapped_column(Integer)
@@ -110,9 +118,12 @@ class JobRow(Base):
         Index("ix_jobs_created_at_id", "created_at", "id"),
         Index("ix_jobs_status_heartbeat", "status", "heartbeat_at"),
         Index("ix_jobs_callback_state", "callback_state"),
+        Index("ix_jobs_owner_status", "owner", "status"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    # The API key hash (app.auth) of whoever created it; its ranking or student follows it.
+    owner: Mapped[str] = mapped_column(String(64), server_default=LOCAL_OWNER)
     kind: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
@@ -135,6 +146,8 @@ class JobRow(Base):
     callback_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     callback_error: Mapped[str | None] = mapped_column(String(500), nullable=True)
     callback_done_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    # Last time its task was handed to the broker: a job queued long after that is sent again (app.jobs.sweep).
+    enqueued_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
 
 
 class TeacherOutputRow(Base):

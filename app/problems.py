@@ -95,14 +95,19 @@ def install(app: FastAPI) -> None:
             detail = f"{request.method} is not allowed on {request.url.path}"
         return problem_response(request, exc.status_code, detail, headers=getattr(exc, "headers", None))
 
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import InterfaceError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-    @app.exception_handler(OperationalError)
-    async def _database_down(request: Request, exc: OperationalError) -> JSONResponse:
-        log.error("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
+    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+        # Connection refused or dropped (the database restarting), or no pooled connection free in time.
+        log.error("database unavailable on %s %s: %s", request.method, request.url.path,
+                  getattr(exc, "orig", None) or exc)
         return problem_response(request, 503, "the database is unavailable; try again later",
                                 type_="database-unavailable", title="Service unavailable",
                                 headers={"Retry-After": "5"})
+
+    for exc_type in (OperationalError, InterfaceError, PoolTimeout):
+        app.add_exception_handler(exc_type, _database_down)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

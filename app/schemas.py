@@ -125,7 +125,7 @@ class RankingCreate(BaseModel):
                                description=f"Any of {', '.join(METRIC_CHOICES)}, or \"all\"; the first orders.")
     teacher_ids: list[str] | None = Field(None, min_length=1, max_length=10_000,
                                           description="Default: every teacher of the repository.")
-    top_k: int | None = Field(None, ge=1)
+    top_k: int | None = Field(None, ge=1, le=10_000)
     callback_url: str | None = CALLBACK_URL
 
     _callback = field_validator("callback_url")(check_callback_url)
@@ -164,8 +164,9 @@ class DistillationCreate(BaseModel):
                                                "May be empty with ce_only.")
     student_arch: str | None = Field(None, min_length=1, max_length=128, description="timm architecture")
     epochs: int | None = Field(None, ge=1)
-    min_steps: int | None = Field(None, ge=0, description="Train at least this many optimiser steps (more epochs "
-                                                           "than asked on tiny data); 0: exactly `epochs`.")
+    min_steps: int | None = Field(None, ge=0, le=100_000,
+                                  description="Train at least this many optimiser steps (more epochs than asked on "
+                                              "tiny data); 0: exactly `epochs`.")
     lam: float | None = Field(None, ge=0, allow_inf_nan=False)
     tau: float | None = Field(None, gt=0, allow_inf_nan=False)
     ce_only: bool = False

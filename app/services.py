@@ -5,16 +5,19 @@ request leaves nothing half-stored.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
+import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from app import jobs, webhooks
@@ -51,8 +54,7 @@ class Services:
 
 
 def auth_required(settings: Settings) -> bool:
-    # The API keys of the auth layer (HUBSCOUT_API_KEYS); a build without it has none.
-    return bool(getattr(settings, "api_keys", None))
+    return bool(settings.api_keys)
 
 
 def info(svc: Services) -> dict[str, Any]:
@@ -81,18 +83,21 @@ def _display_name(name: str) -> str:
     return name[:255]
 
 
-def ingest_dataset(svc: Services, upload: UploadedFile, name: str) -> tuple[DatasetRow, bool]:
-    """Parse an uploaded file into a dataset and store it once per content hash. Returns (row, created)."""
-    from hubscout.data import DatasetError, Limits, load_dataset
+def ingest_dataset(svc: Services, upload: UploadedFile, name: str, owner: str) -> tuple[DatasetRow, bool]:
+    """Parse an uploaded file into a dataset and store it in canonical form (npz) once per content hash and
+    owner. Returns (row, created)."""
+    from hubscout.data import DatasetError, DatasetTooLarge, Limits, load_dataset
 
     s = svc.settings
     limits = Limits(max_samples=s.max_samples, max_classes=s.max_classes, max_side=s.max_image_side,
                     max_pixels=s.max_decoded_bytes)
     try:
         ds = load_dataset(upload.path, limits=limits, name=_display_name(name))
+    except DatasetTooLarge as e:
+        raise Problem(413, str(e), type_="dataset-too-large", title="Dataset too large", limit=e.limit) from None
     except DatasetError as e:
         raise Problem(422, str(e), type_="invalid-dataset", title="Invalid dataset") from None
-    return _store_dataset(svc, ds, upload.size)
+    return _store_dataset(svc, ds, upload.size, owner)
 
 
 def demo_targets() -> list[dict[str, Any]]:
@@ -101,7 +106,7 @@ def demo_targets() -> list[dict[str, Any]]:
     return [{"name": t.name, "description": t.description, "classes": t.classes} for t in TARGETS.values()]
 
 
-def create_demo_dataset(svc: Services, body: DemoDatasetCreate) -> tuple[DatasetRow, bool]:
+def create_demo_dataset(svc: Services, body: DemoDatasetCreate, owner: str) -> tuple[DatasetRow, bool]:
     """A dataset drawn from a built-in demo target, stored as an upload of it would be. Returns (row, created)."""
     from hubscout.data import DatasetError
     from hubscout.sources import TARGETS, demo_target
@@ -120,14 +125,16 @@ def create_demo_dataset(svc: Services, body: DemoDatasetCreate) -> tuple[Dataset
                       type_="demo-data-unavailable", title="Service unavailable") from None
     except ValueError as e:  # more shots than the smallest class has
         raise _invalid(str(e)) from None
-    return _store_dataset(svc, ds, 0)
+    return _store_dataset(svc, ds, 0, owner)
 
 
-def _store_dataset(svc: Services, ds, upload_bytes: int) -> tuple[DatasetRow, bool]:
-    """Store ``ds`` in canonical form (npz) unless a dataset with its content hash exists. Returns (row, created)."""
+def _store_dataset(svc: Services, ds, upload_bytes: int, owner: str) -> tuple[DatasetRow, bool]:
+    """Store ``ds`` in canonical form (npz) unless this owner has a dataset with its content hash.
+    Returns (row, created)."""
     sha = ds.sha256
+    mine = (DatasetRow.owner == owner, DatasetRow.sha256 == sha)
     with svc.db.session() as sess:
-        existing = sess.scalar(select(DatasetRow).where(DatasetRow.sha256 == sha))
+        existing = sess.scalar(select(DatasetRow).where(*mine))
     if existing is not None:
         return existing, False
 
@@ -140,8 +147,8 @@ def _store_dataset(svc: Services, ds, upload_bytes: int) -> tuple[DatasetRow, bo
         ds.save(tmp)
         size = tmp.stat().st_size
         os.replace(tmp, dest)
-        row = DatasetRow(id=dataset_id, sha256=sha, name=ds.name, n_samples=len(ds), num_classes=ds.num_classes,
-                         classes=list(ds.classes), class_counts=ds.class_counts(),
+        row = DatasetRow(id=dataset_id, owner=owner, sha256=sha, name=ds.name, n_samples=len(ds),
+                         num_classes=ds.num_classes, classes=list(ds.classes), class_counts=ds.class_counts(),
                          image_shape=[int(x) for x in ds.images.shape[1:]], storage_key=key, size_bytes=size,
                          upload_bytes=upload_bytes)
         with svc.db.session() as sess:
@@ -153,7 +160,7 @@ def _store_dataset(svc: Services, ds, upload_bytes: int) -> tuple[DatasetRow, bo
                 sess.rollback()  # the same content uploaded concurrently: keep the other copy
         svc.storage.delete(key)
         with svc.db.session() as sess:
-            other = sess.scalar(select(DatasetRow).where(DatasetRow.sha256 == sha))
+            other = sess.scalar(select(DatasetRow).where(*mine))
         if other is None:
             raise RuntimeError("dataset insert failed without a conflicting row")
         return other, False
@@ -163,17 +170,24 @@ def _store_dataset(svc: Services, ds, upload_bytes: int) -> tuple[DatasetRow, bo
         raise
 
 
-def _get_row(svc: Services, model, kind: str, row_id: str):
-    """One row by primary key, or the 404 problem naming what was not found."""
+def _get_row(svc: Services, model, kind: str, row_id: str, owner: str | None = None):
+    """One row by primary key, or the 404 problem naming what was not found. With ``owner``, another owner's row
+    is not found either: the answer must not tell that it exists."""
     with svc.db.session() as s:
-        row = s.get(model, row_id)
+        if owner is None:
+            row = s.get(model, row_id)
+        elif hasattr(model, "owner"):
+            row = s.scalar(select(model).where(model.id == row_id, model.owner == owner))
+        else:  # a result: owned through its job
+            row = s.scalar(select(model).join(JobRow, JobRow.id == model.job_id)
+                           .where(model.id == row_id, JobRow.owner == owner))
     if row is None:
         raise not_found(kind, row_id)
     return row
 
 
-def get_dataset(svc: Services, dataset_id: str) -> DatasetRow:
-    return _get_row(svc, DatasetRow, "dataset", dataset_id)
+def get_dataset(svc: Services, dataset_id: str, owner: str) -> DatasetRow:
+    return _get_row(svc, DatasetRow, "dataset", dataset_id, owner)
 
 
 # ------------------------------------------------------------------------------------------------- teachers
@@ -307,39 +321,57 @@ def _check_callback(svc: Services, callback_url: str | None) -> None:
                        "sign the call; ask its operator to set one")
 
 
-def _create_job(svc: Services, kind: str, dataset_id: str, params: dict[str, Any],
+# SQLite (the embedded default) has one API process: a lock in it makes count-then-insert atomic. PostgreSQL
+# serves several API processes: there an advisory lock per owner does.
+_job_limit_lock = threading.Lock()
+
+
+def _owner_lock_id(owner: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"job-limit:{owner}".encode()).digest()[:8], "big", signed=True)
+
+
+def _create_job(svc: Services, kind: str, dataset_id: str, params: dict[str, Any], owner: str,
                 callback_url: str | None = None) -> JobRow:
-    job = JobRow(id=new_id("job_"), kind=kind, status=JobStatus.QUEUED, progress=0.0, message="queued",
-                 params=json_safe(params), dataset_id=dataset_id, attempts=0, callback_url=callback_url,
-                 callback_state=CallbackState.WAITING if callback_url else None, callback_attempts=0)
-    with svc.db.session() as s:
+    limit = svc.settings.max_active_jobs_per_key
+    job = JobRow(id=new_id("job_"), owner=owner, kind=kind, status=JobStatus.QUEUED, progress=0.0,
+                 message="queued", params=json_safe(params), dataset_id=dataset_id, attempts=0,
+                 callback_url=callback_url, callback_state=CallbackState.WAITING if callback_url else None,
+                 callback_attempts=0)
+    local_lock = _job_limit_lock if svc.settings.is_sqlite else nullcontext()
+    with local_lock, svc.db.session() as s:
+        if not svc.settings.is_sqlite:
+            s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _owner_lock_id(owner)})
+        active = s.scalar(select(func.count()).select_from(JobRow).where(
+            JobRow.owner == owner, JobRow.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])))
+        if active >= limit:
+            raise Problem(429, f"this key already has {active} queued or running jobs, the limit is {limit}; "
+                               f"wait for one to finish (or cancel one)", type_="too-many-jobs",
+                          title="Too many jobs", headers={"Retry-After": "30"}, limit=limit)
         s.add(job)
         s.commit()
     try:
         jobs.resend(svc.db, job.id, svc.queue.enqueue)
-    except Exception as e:
-        log.exception("could not enqueue job %s", job.id)
+    except Exception:
+        log.warning("could not enqueue job %s; it is withdrawn", job.id, exc_info=True)
+        # Not accepted, so not kept: the client is told to try again, and no job lingers that nobody will run.
         with svc.db.session() as s:
-            row = s.get(JobRow, job.id)
-            if row is not None:
-                row.status, row.error, row.message = JobStatus.FAILED, f"could not reach the broker: {e}", "failed"
-                row.callback_state = None  # the client hears of this failure from the 503, not from a webhook
-                s.commit()
+            s.execute(delete(JobRow).where(JobRow.id == job.id, JobRow.status == JobStatus.QUEUED))
+            s.commit()
         raise Problem(503, "the job queue is unavailable; try again later", type_="queue-unavailable",
-                      title="Service unavailable") from None
-    return get_job(svc, job.id, sweep=False)
+                      title="Service unavailable", headers={"Retry-After": "5"}) from None
+    return get_job(svc, job.id, owner, sweep=False)
 
 
-def _require_dataset(svc: Services, dataset_id: str) -> DatasetRow:
+def _require_dataset(svc: Services, dataset_id: str, owner: str) -> DatasetRow:
     with svc.db.session() as s:
-        row = s.get(DatasetRow, dataset_id)
+        row = s.scalar(select(DatasetRow).where(DatasetRow.id == dataset_id, DatasetRow.owner == owner))
     if row is None:
         raise _invalid(f"dataset {dataset_id!r} does not exist (upload it with POST /v1/datasets)")
     return row
 
 
-def create_ranking(svc: Services, body: RankingCreate) -> JobRow:
-    _require_dataset(svc, body.dataset_id)
+def create_ranking(svc: Services, body: RankingCreate, owner: str) -> JobRow:
+    _require_dataset(svc, body.dataset_id, owner)
     _check_callback(svc, body.callback_url)
     if body.teacher_ids is not None:
         _check_teachers(svc, body.teacher_ids)
@@ -348,13 +380,13 @@ def create_ranking(svc: Services, body: RankingCreate) -> JobRow:
             if not s.scalar(select(func.count()).select_from(TeacherRow)):
                 raise Problem(409, "the teacher repository is empty", type_="conflict", title="Conflict")
     params = {"metrics": body.metrics, "teacher_ids": body.teacher_ids, "top_k": body.top_k}
-    return _create_job(svc, JobKind.RANKING, body.dataset_id, params, body.callback_url)
+    return _create_job(svc, JobKind.RANKING, body.dataset_id, params, owner, body.callback_url)
 
 
-def create_distillation(svc: Services, body: DistillationCreate) -> JobRow:
+def create_distillation(svc: Services, body: DistillationCreate, owner: str) -> JobRow:
     from hubscout.distill import DistillConfig
 
-    _require_dataset(svc, body.dataset_id)
+    _require_dataset(svc, body.dataset_id, owner)
     _check_callback(svc, body.callback_url)
     if not body.teacher_ids and not body.ce_only:
         raise _invalid("teacher_ids: name at least one teacher (or set ce_only)")
@@ -374,27 +406,25 @@ def create_distillation(svc: Services, body: DistillationCreate) -> JobRow:
     if not timm.is_model(config.student_arch):
         raise _invalid(f"student_arch: unknown timm architecture {config.student_arch!r}")
     params = {"teacher_ids": body.teacher_ids, "config": config.to_dict()}
-    return _create_job(svc, JobKind.DISTILLATION, body.dataset_id, params, body.callback_url)
+    return _create_job(svc, JobKind.DISTILLATION, body.dataset_id, params, owner, body.callback_url)
 
 
-def get_job(svc: Services, job_id: str, sweep: bool = True) -> JobRow:
-    if sweep:
+def get_job(svc: Services, job_id: str, owner: str, sweep: bool = True) -> JobRow:
+    row = _get_row(svc, JobRow, "job", job_id, owner)
+    if sweep and row.status == JobStatus.RUNNING:
         # A reader may be the first to notice that a worker died; recovering here means no job stays
         # "running" for ever even when every worker is gone.
-        jobs.sweep(svc.db, svc.settings, svc.queue.enqueue, job_ids=[job_id])
-    with svc.db.session() as s:
-        row = s.get(JobRow, job_id)
-    if row is None:
-        raise not_found("job", job_id)
+        if jobs.sweep(svc.db, svc.settings, svc.queue.enqueue, job_ids=[job_id]):
+            row = _get_row(svc, JobRow, "job", job_id, owner)
     return row
 
 
-def list_jobs(svc: Services, limit: int, offset: int, status: str | None, kind: str | None
+def list_jobs(svc: Services, limit: int, offset: int, status: str | None, kind: str | None, owner: str
               ) -> tuple[list[JobRow], int]:
     jobs.sweep(svc.db, svc.settings, svc.queue.enqueue, limit=20)
     with svc.db.session() as s:
-        q = select(JobRow)
-        c = select(func.count()).select_from(JobRow)
+        q = select(JobRow).where(JobRow.owner == owner)
+        c = select(func.count()).select_from(JobRow).where(JobRow.owner == owner)
         if status:
             q, c = q.where(JobRow.status == status), c.where(JobRow.status == status)
         if kind:
@@ -404,10 +434,10 @@ def list_jobs(svc: Services, limit: int, offset: int, status: str | None, kind: 
     return rows, total
 
 
-def cancel_job(svc: Services, job_id: str) -> JobRow:
-    row = get_job(svc, job_id, sweep=False)
+def cancel_job(svc: Services, job_id: str, owner: str) -> JobRow:
+    row = get_job(svc, job_id, owner, sweep=False)
     if not jobs.cancel(svc.db, job_id):
-        row = get_job(svc, job_id, sweep=False)
+        row = get_job(svc, job_id, owner, sweep=False)
         raise Problem(409, f"job {job_id!r} is already {row.status}", type_="conflict", title="Conflict",
                       job_status=row.status)
     if row.status == JobStatus.QUEUED:
@@ -417,19 +447,19 @@ def cancel_job(svc: Services, job_id: str) -> JobRow:
         webhooks.dispatch(svc.db, svc.queue.enqueue_webhook, [job_id])
     except Exception:  # the workers' periodic sweep sends it later; the cancel itself has succeeded
         log.warning("could not dispatch the webhook of cancelled job %s", job_id, exc_info=True)
-    return get_job(svc, job_id, sweep=False)
+    return get_job(svc, job_id, owner, sweep=False)
 
 
-def get_ranking(svc: Services, ranking_id: str) -> RankingRow:
-    return _get_row(svc, RankingRow, "ranking", ranking_id)
+def get_ranking(svc: Services, ranking_id: str, owner: str) -> RankingRow:
+    return _get_row(svc, RankingRow, "ranking", ranking_id, owner)
 
 
-def get_student(svc: Services, student_id: str) -> StudentRow:
-    return _get_row(svc, StudentRow, "student", student_id)
+def get_student(svc: Services, student_id: str, owner: str) -> StudentRow:
+    return _get_row(svc, StudentRow, "student", student_id, owner)
 
 
-def student_archive(svc: Services, student_id: str) -> tuple[StudentRow, Path]:
-    row = get_student(svc, student_id)
+def student_archive(svc: Services, student_id: str, owner: str) -> tuple[StudentRow, Path]:
+    row = get_student(svc, student_id, owner)
     path = svc.storage.path(row.archive_key)
     if not path.is_file():
         raise Problem(410, f"the archive of student {student_id!r} is missing from storage", type_="gone",

@@ -7,11 +7,13 @@ other machines, provided they see the same storage and repository folders (a sha
 """
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -37,6 +39,15 @@ class Settings(BaseSettings):
                                                    "folder is missing.")
     demo_zoo_quick: bool = Field(False, description="Build the small (test) demo zoo instead of the full one.")
 
+    # --- access
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Accepted API keys (env: comma-separated). Every route but /healthz, the docs and the web page "
+                    "then needs one (Authorization: Bearer KEY, or X-API-Key: KEY), and a key sees only its own "
+                    "datasets, jobs and results. None: allowed only for the embedded default bound to loopback.")
+    max_active_jobs_per_key: int = Field(20, ge=1, description="Queued plus running jobs one key may have; past "
+                                                                "it job creation answers 429.")
+
     # --- uploads and limits
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1, description="Largest dataset upload.")
     max_teacher_upload_bytes: int = Field(1024 * 1024 * 1024, ge=1, description="Largest teacher weights upload.")
@@ -57,6 +68,11 @@ class Settings(BaseSettings):
                                                                 "worker and is re-queued or failed.")
     visibility_timeout: int = Field(3600, ge=1, description="Redis: seconds before an unacknowledged task is "
                                                             "redelivered to another worker.")
+    resend_queued_after_seconds: float = Field(
+        600.0, gt=0, description="A job queued this long since it was last sent is sent again (a broker restarted "
+                                 "without persistence forgets its messages); duplicates are harmless.")
+    db_retry_seconds: float = Field(60.0, ge=0, description="How long a worker keeps retrying to write a finished "
+                                                            "job's result while the database is unreachable.")
     local_worker: bool | None = Field(None, description="Start a Celery worker next to the API in `serve`. "
                                                         "Default: only with the embedded filesystem broker.")
     worker_concurrency: int = Field(1, ge=1)
@@ -78,6 +94,15 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, v):
         return v or None
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v):
+        if v is None:
+            return []
+        if isinstance(v, str):
+            v = v.split(",")
+        return [k.strip() for k in v if isinstance(k, str) and k.strip()] if isinstance(v, (list, tuple)) else v
 
     # ------------------------------------------------------------------------------------------ derived values
 
@@ -120,6 +145,37 @@ class Settings(BaseSettings):
     @property
     def start_local_worker(self) -> bool:
         return self.embedded if self.local_worker is None else self.local_worker
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Keys are checked unless none is configured on the embedded default (which must then bind to loopback;
+        see ``check_exposure``)."""
+        return bool(self.api_keys) or not self.embedded
+
+    def check_exposure(self, host: str | None = None) -> None:
+        """Refuse a configuration that would serve without keys beyond this machine. ``host``: the bind address,
+        when known (``hubscout serve`` knows it; a bare ``uvicorn app.main:app`` does not)."""
+        if self.api_keys:
+            return
+        if not self.embedded:
+            raise ConfigError("no API keys configured: set HUBSCOUT_API_KEYS (comma-separated) — a deployment "
+                              "with an external broker serves other machines and must check keys")
+        if host is not None and not is_loopback(host):
+            raise ConfigError(f"refusing to serve without API keys on {host}: set HUBSCOUT_API_KEYS "
+                              f"(comma-separated) or bind to 127.0.0.1")
+
+
+class ConfigError(RuntimeError):
+    """A configuration the service refuses to start with; the message says what to change."""
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @lru_cache

@@ -45,6 +45,15 @@ class DatasetError(ValueError):
     """A dataset that cannot be used; the message names the problem for the user."""
 
 
+class DatasetTooLarge(DatasetError):
+    """A dataset over one of the ``Limits`` (samples, classes, entries, decoded size, image side); ``limit`` is the
+    bound it passed. The service answers it with 413 rather than 422: nothing is wrong with it but its size."""
+
+    def __init__(self, message: str, limit: int):
+        super().__init__(message)
+        self.limit = limit
+
+
 @dataclass
 class Dataset:
     images: np.ndarray
@@ -169,7 +178,8 @@ def load_dataset(path: str | Path, limits: Limits = DEFAULT_LIMITS, name: str | 
 def _check_members(zf: zipfile.ZipFile, limits: Limits) -> list[zipfile.ZipInfo]:
     infos = zf.infolist()
     if len(infos) > limits.max_members:
-        raise DatasetError(f"archive has {len(infos)} entries, more than the limit of {limits.max_members}")
+        raise DatasetTooLarge(f"archive has {len(infos)} entries, more than the limit of {limits.max_members}",
+                              limits.max_members)
     total = 0
     for info in infos:
         p = PurePosixPath(info.filename.replace("\\", "/"))
@@ -185,7 +195,8 @@ def _check_members(zf: zipfile.ZipFile, limits: Limits) -> list[zipfile.ZipInfo]
             raise DatasetError(f"archive entry {info.filename!r} expands {info.file_size / max(info.compress_size, 1):.0f}"
                                f" times: refusing a likely zip bomb")
     if total > limits.max_pixels:
-        raise DatasetError(f"archive expands to {total} bytes, more than the limit of {limits.max_pixels}")
+        raise DatasetTooLarge(f"archive expands to {total} bytes, more than the limit of {limits.max_pixels}",
+                              limits.max_pixels)
     return infos
 
 
@@ -211,7 +222,8 @@ def _read_npz(zf: zipfile.ZipFile, limits: Limits) -> Dataset:
     if labels.ndim != 1:
         raise DatasetError(f"npz labels must be a 1-D array, got shape {labels.shape}")
     if len(labels) > limits.max_samples:
-        raise DatasetError(f"{len(labels)} samples, more than the limit of {limits.max_samples}")
+        raise DatasetTooLarge(f"{len(labels)} samples, more than the limit of {limits.max_samples}",
+                              limits.max_samples)
     if not np.issubdtype(labels.dtype, np.integer):
         raise DatasetError(f"npz labels must be integers, got {labels.dtype}")
     if "classes" in arrays:
@@ -220,9 +232,11 @@ def _read_npz(zf: zipfile.ZipFile, limits: Limits) -> Dataset:
         n = int(labels.max()) + 1 if len(labels) else 0
         classes = [str(i) for i in range(n)]
     if len(classes) > limits.max_classes:
-        raise DatasetError(f"{len(classes)} classes, more than the limit of {limits.max_classes}")
+        raise DatasetTooLarge(f"{len(classes)} classes, more than the limit of {limits.max_classes}",
+                              limits.max_classes)
     if images.ndim >= 3 and max(images.shape[1:3]) > limits.max_side:
-        raise DatasetError(f"images of {images.shape[1]}×{images.shape[2]} exceed the {limits.max_side}px limit")
+        raise DatasetTooLarge(f"images of {images.shape[1]}×{images.shape[2]} exceed the {limits.max_side}px "
+                              f"limit", limits.max_side)
     return Dataset(images, labels, classes)
 
 
@@ -231,11 +245,13 @@ def _read_image_folder(zf: zipfile.ZipFile, limits: Limits) -> Dataset:
 
     infos = _check_members(zf, limits)
     files = []
+    folders = set()
     for info in infos:
-        if info.is_dir():
-            continue
         p = PurePosixPath(info.filename)
         if p.name.startswith(".") or "__MACOSX" in p.parts:
+            continue
+        if info.is_dir():
+            folders.add(p)
             continue
         if p.suffix.lower() in ARCHIVE_SUFFIXES:
             raise DatasetError(f"nested archives are not accepted: {info.filename!r}")
@@ -246,11 +262,19 @@ def _read_image_folder(zf: zipfile.ZipFile, limits: Limits) -> Dataset:
         files.append((p.parts[-2], info))
     if not files:
         raise DatasetError("archive holds no images (expected <class>/<image> entries)")
+    # A folder with nothing under it is a class the user meant to have and left empty: say so rather than
+    # silently rank without it.
+    holding = {parent for _, info in files for parent in PurePosixPath(info.filename).parents}
+    empty = sorted(str(f) for f in folders - holding)
+    if empty:
+        raise DatasetError(f"class folder(s) with no image: {', '.join(empty[:10])}")
     if len(files) > limits.max_samples:
-        raise DatasetError(f"{len(files)} images, more than the limit of {limits.max_samples}")
+        raise DatasetTooLarge(f"{len(files)} images, more than the limit of {limits.max_samples}",
+                              limits.max_samples)
     classes = sorted({c for c, _ in files})
     if len(classes) > limits.max_classes:
-        raise DatasetError(f"{len(classes)} classes, more than the limit of {limits.max_classes}")
+        raise DatasetTooLarge(f"{len(classes)} classes, more than the limit of {limits.max_classes}",
+                              limits.max_classes)
     index = {c: i for i, c in enumerate(classes)}
     decoded, labels = [], []
     for cls, info in sorted(files, key=lambda t: t[1].filename):
@@ -259,8 +283,8 @@ def _read_image_folder(zf: zipfile.ZipFile, limits: Limits) -> Dataset:
                 data = f.read(info.file_size + 1)
             with Image.open(io.BytesIO(data)) as im:
                 if max(im.size) > limits.max_side:
-                    raise DatasetError(f"{info.filename!r} is {im.size[0]}×{im.size[1]}, over the "
-                                       f"{limits.max_side}px limit")
+                    raise DatasetTooLarge(f"{info.filename!r} is {im.size[0]}×{im.size[1]}, over the "
+                                          f"{limits.max_side}px limit", limits.max_side)
                 im.load()
                 decoded.append(im.convert("RGB") if im.mode not in ("L", "RGB") else im.copy())
         except DatasetError:

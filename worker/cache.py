@@ -3,21 +3,83 @@
 A forward pass of a teacher over a dataset is stored once per (teacher weights sha256, dataset sha256): the
 arrays as bytes in storage, a row in ``teacher_outputs`` saying they exist. Workers on other machines find them
 through the shared database and storage.
+
+Both caches are kept apart per owner (API key): shared, the ``cached`` flags and the timings of a ranking would
+tell one key that another had uploaded the same data. The embedded default's single owner keeps plain keys.
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
 import re
+import time
+from contextlib import contextmanager, nullcontext
+from typing import Callable, Iterator
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from app.db import Database, utcnow
-from app.models import ScoreRow, TeacherOutputRow, json_safe
+from app.models import LOCAL_OWNER, ScoreRow, TeacherOutputRow, json_safe
 from app.storage import LocalStorage
 
 log = logging.getLogger("hubscout.cache")
 _SHA = re.compile(r"[0-9a-f]{64}")
+
+
+def owner_key(dataset_sha256: str, owner: str | None) -> str:
+    """The dataset key under which ``owner``'s cached outputs and scores are filed."""
+    if not owner or owner == LOCAL_OWNER:
+        return dataset_sha256
+    return hashlib.sha256(f"{owner}:{dataset_sha256}".encode()).hexdigest()
+
+
+@contextmanager
+def exclusive(db: Database, storage: LocalStorage, name: str, on_wait: Callable[[], None] | None = None,
+              poll_s: float = 0.25) -> Iterator[None]:
+    """Held by one process at a time, across workers: a PostgreSQL advisory lock (released by the server if the
+    worker dies), or on SQLite, whose workers share one machine, a file lock. ``on_wait`` runs while waiting and
+    may raise to give up (a cancelled job)."""
+    digest = hashlib.sha256(name.encode()).digest()
+    if db.engine.dialect.name == "postgresql":
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        conn = db.engine.connect()
+        try:
+            while True:
+                got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+                conn.commit()  # a session lock outlives the transaction; no transaction is left open
+                if got:
+                    break
+                if on_wait:
+                    on_wait()
+                time.sleep(poll_s)
+            try:
+                yield
+            finally:
+                try:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.commit()
+                except Exception:  # the connection broke: the server dropped the lock with it
+                    conn.invalidate()
+        finally:
+            conn.close()
+        return
+    path = storage.path(f"locks/{digest.hex()}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if on_wait:
+                    on_wait()
+                time.sleep(poll_s)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _key(teacher_sha256: str, dataset_sha256: str) -> str:
@@ -29,15 +91,18 @@ def _key(teacher_sha256: str, dataset_sha256: str) -> str:
 class DbOutputsCache:
     """``hubscout.extract.OutputsCache`` backed by the ``teacher_outputs`` table and blob storage."""
 
-    def __init__(self, db: Database, storage: LocalStorage):
+    def __init__(self, db: Database, storage: LocalStorage, owner: str | None = None):
         self.db = db
         self.storage = storage
+        self.owner = owner
         self.hits = 0
         self.misses = 0
+        self.computed = 0  # forward passes stored by this cache (what a duplicate ranking must not repeat)
 
     def get(self, teacher_sha256: str, dataset_sha256: str):
         from hubscout.extract import TeacherOutputs
 
+        dataset_sha256 = owner_key(dataset_sha256, self.owner)
         with self.db.session() as s:
             row = s.scalar(select(TeacherOutputRow).where(TeacherOutputRow.teacher_sha256 == teacher_sha256,
                                                           TeacherOutputRow.dataset_sha256 == dataset_sha256))
@@ -60,6 +125,8 @@ class DbOutputsCache:
         return outputs
 
     def put(self, teacher_sha256: str, dataset_sha256: str, outputs) -> None:
+        dataset_sha256 = owner_key(dataset_sha256, self.owner)
+        self.computed += 1
         key = _key(teacher_sha256, dataset_sha256)
         data = outputs.to_bytes()
         # Blob first, row second: a row always points at a complete blob. The key is fixed by the hashes, so
@@ -82,8 +149,9 @@ class ScoreStore:
 
     Scores are tagged with the library version that computed them; another version's are recomputed."""
 
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, owner: str | None = None):
         self.db = db
+        self.owner = owner
 
     @staticmethod
     def _cost_key(metric: str, cost: str) -> str:
@@ -102,6 +170,7 @@ class ScoreStore:
         import hubscout
         from hubscout.rank import RankEntry
 
+        dataset_sha256 = owner_key(dataset_sha256, self.owner)
         with self.db.session() as s:
             rows = self._rows(s, sorted({t.outputs_key for t in teachers}), dataset_sha256, metrics)
         by_key = {(r.teacher_sha256, r.metric, r.cost): r for r in rows}
@@ -135,6 +204,7 @@ class ScoreStore:
         import hubscout
         from hubscout.scores import METRICS
 
+        dataset_sha256 = owner_key(dataset_sha256, self.owner)
         values = {}
         for e in entries:
             tsha = teacher_sha.get(e.teacher_id)
@@ -174,9 +244,12 @@ class ScoreStore:
 
 
 def rank_cached(dataset, repo, *, metrics, teacher_ids, top_k, outputs_cache: DbOutputsCache, scores: ScoreStore,
-                device, batch_size: int, on_progress):
+                device, batch_size: int, on_progress, compute_lock: Callable[[], object] | None = None):
     """``hubscout.rank.rank`` over the teachers whose scores are not stored yet (their outputs through
-    ``outputs_cache``), merged with the stored scores of the others and ordered by the library."""
+    ``outputs_cache``), merged with the stored scores of the others and ordered by the library.
+
+    ``compute_lock()``, held while computing, is one per dataset: of two identical rankings running at once, the
+    second waits and then finds everything scored, so the teachers' forward passes run once."""
     import time
 
     from hubscout.rank import DEFAULT_COST, Ranking, order_entries, rank, resolve_metrics, select_teachers
@@ -189,10 +262,16 @@ def rank_cached(dataset, repo, *, metrics, teacher_ids, top_k, outputs_cache: Db
     missing = [t for t in teachers if t.id not in stored]
     fresh = []
     if missing:
-        part = rank(dataset, repo, metrics=metric_list, teacher_ids=[t.id for t in missing], cache=outputs_cache,
-                    device=device, batch_size=batch_size, on_progress=on_progress)
-        fresh = part.entries
-        scores.record(fresh, {t.id: t.outputs_key for t in missing}, dataset.sha256, part.cost)
+        with compute_lock() if compute_lock else nullcontext():
+            # Scored meanwhile by the job that held the lock?
+            stored.update(scores.lookup(missing, dataset.sha256, metric_list, DEFAULT_COST))
+            known = [stored[t.id] for t in teachers if t.id in stored]
+            missing = [t for t in teachers if t.id not in stored]
+            if missing:
+                part = rank(dataset, repo, metrics=metric_list, teacher_ids=[t.id for t in missing],
+                            cache=outputs_cache, device=device, batch_size=batch_size, on_progress=on_progress)
+                fresh = part.entries
+                scores.record(fresh, {t.id: t.outputs_key for t in missing}, dataset.sha256, part.cost)
     ordered = order_entries(known + fresh, metric_list[0])
     if top_k is not None:
         ordered = ordered[:top_k]

@@ -24,12 +24,12 @@ from celery import signals
 from sqlalchemy import select
 
 from app import jobs, webhooks
-from app.db import Database
+from app.db import Database, is_unavailable
 from app.models import DatasetRow, JobKind, JobRow, JobStatus, RankingRow, StudentRow, json_safe, result_id_for
 from app.queue import JobQueue
 from app.settings import Settings, get_settings
 from app.storage import LocalStorage
-from worker.cache import DbOutputsCache, ScoreStore, rank_cached
+from worker.cache import DbOutputsCache, ScoreStore, exclusive, rank_cached
 from worker.celery_app import celery_app
 from worker.config import TASK_DELIVER_WEBHOOK, TASK_RUN_JOB
 
@@ -79,18 +79,29 @@ class Reporter:
         self._curves: dict | None = None  # newer than what the row holds
 
     def __call__(self, fraction: float, message: str) -> None:
-        if self.lost.is_set():
-            raise jobs.JobLost(self.claim.job_id)
+        self.check()
         now = time.monotonic()
         if now - self._last < self.min_interval and fraction < 1.0:
             return
         self._last = now
         curves, self._curves = self._curves, None
-        jobs.progress(self.ctx.db, self.claim, fraction, message, curves=curves)
+        try:
+            jobs.progress(self.ctx.db, self.claim, fraction, message, curves=curves)
+        except Exception as e:
+            if not is_unavailable(e):
+                raise
+            # The database is restarting: progress is a nicety, the work goes on; the result is written (with
+            # retries) once it is back.
+            log.warning("job %s: progress not recorded, the database is unavailable: %s", self.claim.job_id, e)
 
     def curves(self, curves: dict) -> None:
         """``on_epoch`` for distillation: the curves go out with the next progress write."""
         self._curves = json_safe(curves)
+
+    def check(self) -> None:
+        """Raise JobLost when the job was cancelled or taken over."""
+        if self.lost.is_set():
+            raise jobs.JobLost(self.claim.job_id)
 
     def scaled(self, lo: float, hi: float) -> Callable[[float, str], None]:
         return lambda f, m: self(lo + (hi - lo) * f, m)
@@ -111,8 +122,9 @@ class Heartbeat(threading.Thread):
                 if not jobs.heartbeat(self.ctx.db, self.claim):
                     self.lost.set()
                     return
-            except Exception:
-                log.warning("heartbeat for job %s failed", self.claim.job_id, exc_info=True)
+            except Exception as e:
+                log.warning("heartbeat for job %s failed: %s", self.claim.job_id, e,
+                            exc_info=not is_unavailable(e))
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -127,8 +139,16 @@ def run_job(self, job_id: str, recheck: bool = False) -> str:
     token = f"{self.request.hostname or socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
     try:
         outcome = execute(ctx, job_id, token)
+    except Exception as e:
+        if not is_unavailable(e):
+            raise
+        # The database is down before the job could be claimed or after it could be recorded: try again later
+        # (bounded; past that the job is still queued or running in the table, and the sweeps send it again).
+        log.warning("job %s: the database is unavailable (%s); retrying in 5 s", job_id, e)
+        raise self.retry(countdown=5, max_retries=60, exc=e)
     finally:
-        # Whatever happened, a job that has now ended sends its callback (once: dispatch is conditional).
+        # Whatever happened, a job that has now ended sends its callback (once: dispatch is conditional; a failure
+        # to dispatch is logged, and the periodic sweep tries again).
         _dispatch_webhooks(ctx, [job_id])
     if outcome == "busy" and not recheck:
         # Delivered while another worker holds the job: most often the broker handing back the task of a worker
@@ -190,11 +210,29 @@ def execute(ctx: Context, job_id: str, token: str) -> str:
         log.info("job %s stopped: cancelled or taken over", job_id)
         return "lost"
     except Exception as e:
+        if is_unavailable(e):
+            raise  # not the job's fault: it stays running, and is taken over once its heartbeat goes stale
         log.exception("job %s failed", job_id)
-        jobs.fail(ctx.db, claim, _describe(e))
+        _retry_db(ctx, lambda: jobs.fail(ctx.db, claim, _describe(e)))
         return "failed"
     finally:
         beat.stop()
+
+
+def _retry_db(ctx: Context, write: Callable[[], object]):
+    """Run a database write, retrying while the database is unreachable (a restart) for up to
+    ``db_retry_seconds``: a finished job's result must not be lost to a short outage."""
+    deadline = time.monotonic() + ctx.settings.db_retry_seconds
+    delay = 0.5
+    while True:
+        try:
+            return write()
+        except Exception as e:
+            if not is_unavailable(e) or time.monotonic() + delay > deadline:
+                raise
+            log.warning("database unavailable while recording a result (%s); retrying in %.1f s", e, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _describe(e: Exception) -> str:
@@ -228,21 +266,39 @@ def run_ranking(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: DatasetRo
     report(0.0, "loading dataset")
     ds = _load_dataset(ctx, dataset)
     repo = Repository(ctx.settings.repository_dir)
-    outputs = DbOutputsCache(ctx.db, ctx.storage)
+    outputs = DbOutputsCache(ctx.db, ctx.storage, owner=job.owner)
+
+    waited = []
+
+    def wait_for_twin() -> None:
+        report.check()
+        if not waited:
+            log.info("job %s waits for a ranking of the same data to finish its forward passes", job.id)
+            waited.append(True)
+        report(0.0, "waiting for a ranking of the same data to finish its forward passes")
+
+    def lock():
+        return exclusive(ctx.db, ctx.storage, f"rank:{job.owner}:{ds.sha256}", on_wait=wait_for_twin)
+
     ranking, n_scored = rank_cached(ds, repo, metrics=params.get("metrics") or ["ot"],
                                     teacher_ids=params.get("teacher_ids"), top_k=params.get("top_k"),
-                                    outputs_cache=outputs, scores=ScoreStore(ctx.db), device=device_for(ctx.settings),
-                                    batch_size=ctx.settings.batch_size, on_progress=report.scaled(0.0, 0.95))
+                                    outputs_cache=outputs, scores=ScoreStore(ctx.db, owner=job.owner),
+                                    device=device_for(ctx.settings), batch_size=ctx.settings.batch_size,
+                                    on_progress=report.scaled(0.0, 0.95), compute_lock=lock)
     result = json_safe(ranking.to_dict())
     rid = result_id_for(job.id)
-    with ctx.db.session() as s:
-        s.merge(RankingRow(id=rid, job_id=job.id, dataset_id=dataset.id, result=result))
-        if not jobs.finish(s, claim, rid):
-            s.rollback()
-            raise jobs.JobLost(job.id)
-        s.commit()
+
+    def record() -> None:
+        with ctx.db.session() as s:
+            s.merge(RankingRow(id=rid, job_id=job.id, dataset_id=dataset.id, result=result))
+            if not jobs.finish(s, claim, rid):
+                s.rollback()
+                raise jobs.JobLost(job.id)
+            s.commit()
+
+    _retry_db(ctx, record)
     log.info("ranking %s: %d teachers; scores stored for %d; outputs cached for %d, computed for %d", rid,
-             len(ranking.entries), n_scored, outputs.hits, outputs.misses)
+             len(ranking.entries), n_scored, outputs.hits, outputs.computed)
 
 
 def _zip_folder(folder: Path, dest: Path) -> None:
@@ -268,7 +324,8 @@ def run_distillation(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: Data
     weights = relatedness = None
     if len(ids) > 1 and not cfg.ce_only:
         report(0.0, "weighting teachers by relatedness")
-        scores = relatedness_scores(ds, repo, ids, cache=DbOutputsCache(ctx.db, ctx.storage), device=device)
+        scores = relatedness_scores(ds, repo, ids, cache=DbOutputsCache(ctx.db, ctx.storage, owner=job.owner),
+                                    device=device)
         weights, relatedness = weights_from_scores(scores), dict(zip(ids, scores))
     student = distill(ds, repo, ids, cfg, weights=weights, relatedness=relatedness, device=device,
                       on_progress=report.scaled(0.05, 0.95), on_epoch=report.curves)
@@ -290,13 +347,16 @@ def run_distillation(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: Data
     row = StudentRow(id=sid, job_id=job.id, dataset_id=dataset.id, teacher_ids=ids, student_arch=cfg.student_arch,
                      config=json_safe(student.config_dict()), metrics=json_safe(student.metrics), archive_key=key,
                      archive_bytes=size, archive_sha256=digest)
-    with ctx.db.session() as s:
-        s.merge(row)
-        if not jobs.finish(s, claim, sid, curves=row.metrics.get("curves")):
-            s.rollback()
-            ctx.storage.delete(key)  # cancelled while saving: leave nothing behind
-            raise jobs.JobLost(job.id)
-        s.commit()
+    def record() -> None:
+        with ctx.db.session() as s:
+            s.merge(row)
+            if not jobs.finish(s, claim, sid, curves=row.metrics.get("curves")):
+                s.rollback()
+                ctx.storage.delete(key)  # cancelled while saving: leave nothing behind
+                raise jobs.JobLost(job.id)
+            s.commit()
+
+    _retry_db(ctx, record)
 
 
 # ------------------------------------------------------------------------------------------------- recovery
@@ -325,7 +385,7 @@ class _Sweeper(threading.Thread):
         while True:
             time.sleep(interval)
             try:
-                jobs.sweep(ctx.db, ctx.settings, ctx.queue.enqueue)
+                jobs.sweep(ctx.db, ctx.settings, ctx.queue.enqueue, resend_forgotten=True)
             except Exception:
                 log.warning("periodic sweep failed", exc_info=True)
             # Callbacks of jobs ended elsewhere (failed by a sweep) or whose enqueue was lost.

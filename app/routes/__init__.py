@@ -6,12 +6,17 @@ from fastapi import Request
 from app.problems import PROBLEM_JSON, Problem
 from app.services import Services
 
+# Bound on integer query parameters: anything larger is an error of the client's, not an overflow in the database.
+MAX_INT = 2**31 - 1
+
 PROBLEM = {"content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
 
 
 def problems(*codes: int) -> dict:
-    descriptions = {400: "Bad request", 404: "Not found", 409: "Conflict", 410: "Gone", 413: "Upload too large",
-                    415: "Unsupported media type", 422: "Invalid request", 503: "Unavailable"}
+    descriptions = {400: "Bad request", 401: "Missing or invalid API key", 404: "Not found", 409: "Conflict",
+                    410: "Gone", 413: "Upload or dataset too large", 415: "Unsupported media type",
+                    422: "Invalid request", 429: "Too many jobs for this key (see Retry-After)",
+                    503: "A dependency (database, queue) is unavailable; try again"}
     return {c: {"description": descriptions.get(c, "Error"), **PROBLEM} for c in codes}
 
 

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app import services as ops
+from app.auth import Owner, authenticate
 from app.models import DatasetRow
 from app.problems import Problem
 from app.routes import problems, require_json, services
@@ -13,8 +14,9 @@ from app.schemas import DatasetOut, DemoDatasetCreate, DemoTargetOut
 from app.services import Services
 from app.uploads import read_multipart
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
-demo_router = APIRouter(tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[Depends(authenticate)],
+                   responses=problems(401, 503))
+demo_router = APIRouter(tags=["datasets"], dependencies=[Depends(authenticate)], responses=problems(401))
 
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"],
@@ -33,7 +35,8 @@ def dataset_out(row: DatasetRow) -> DatasetOut:
              responses={200: {"description": "The same content was uploaded before: the existing dataset",
                               "model": DatasetOut}, **problems(413, 415, 422)},
              summary="Upload a labelled dataset")
-async def upload_dataset(request: Request, response: Response, svc: Services = Depends(services)) -> DatasetOut:
+async def upload_dataset(request: Request, response: Response, owner: Owner,
+                         svc: Services = Depends(services)) -> DatasetOut:
     s = svc.settings
     form = await read_multipart(request, svc.storage, file_limits={"file": s.max_upload_bytes},
                                 text_fields={"name"}, max_field_bytes=s.max_form_field_bytes,
@@ -43,7 +46,7 @@ async def upload_dataset(request: Request, response: Response, svc: Services = D
         if upload is None:
             raise Problem(422, "no file part named 'file'", type_="validation-error", title="Invalid request")
         name = form.fields.get("name") or PurePath(upload.filename.replace("\\", "/")).stem
-        row, created = await run_in_threadpool(ops.ingest_dataset, svc, upload, name)
+        row, created = await run_in_threadpool(ops.ingest_dataset, svc, upload, name, owner)
     finally:
         form.cleanup()
     response.status_code = 201 if created else 200
@@ -60,14 +63,14 @@ def list_demo_targets() -> list[DemoTargetOut]:
              responses={200: {"description": "The same content exists: the existing dataset", "model": DatasetOut},
                         **problems(415, 422, 503)},
              summary="Create a dataset from a built-in demo target")
-def create_demo_dataset(body: DemoDatasetCreate, response: Response,
+def create_demo_dataset(body: DemoDatasetCreate, response: Response, owner: Owner,
                         svc: Services = Depends(services)) -> DatasetOut:
-    row, created = ops.create_demo_dataset(svc, body)
+    row, created = ops.create_demo_dataset(svc, body, owner)
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/v1/datasets/{row.id}"
     return dataset_out(row)
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut, responses=problems(404))
-def get_dataset(dataset_id: str, svc: Services = Depends(services)) -> DatasetOut:
-    return dataset_out(ops.get_dataset(svc, dataset_id))
+def get_dataset(dataset_id: str, owner: Owner, svc: Services = Depends(services)) -> DatasetOut:
+    return dataset_out(ops.get_dataset(svc, dataset_id, owner))

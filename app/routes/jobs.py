@@ -6,13 +6,14 @@ from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import FileResponse
 
 from app import services as ops
+from app.auth import Owner, authenticate
 from app.models import JobKind, JobRow, JobStatus
-from app.routes import problems, require_json, services
+from app.routes import MAX_INT, problems, require_json, services
 from app.schemas import (CallbackOut, DistillationCreate, JobLinks, JobOut, Page, RankingCreate, RankingOut,
                          StudentOut)
 from app.services import Services
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], dependencies=[Depends(authenticate)], responses=problems(401, 503))
 
 RESULT_PATHS = {JobKind.RANKING: "/v1/rankings/", JobKind.DISTILLATION: "/v1/students/"}
 
@@ -34,53 +35,54 @@ def _accepted(row: JobRow, response: Response) -> JobOut:
     return job_out(row)
 
 
-@router.post("/v1/rankings", status_code=202, response_model=JobOut, responses=problems(409, 415, 422, 503),
+@router.post("/v1/rankings", status_code=202, response_model=JobOut, responses=problems(409, 415, 422, 429),
              dependencies=[Depends(require_json)],
              summary="Rank teachers for a dataset (asynchronous: poll the job)")
-def create_ranking(body: RankingCreate, response: Response, svc: Services = Depends(services)) -> JobOut:
-    return _accepted(ops.create_ranking(svc, body), response)
+def create_ranking(body: RankingCreate, response: Response, owner: Owner,
+                   svc: Services = Depends(services)) -> JobOut:
+    return _accepted(ops.create_ranking(svc, body, owner), response)
 
 
-@router.post("/v1/distillations", status_code=202, response_model=JobOut, responses=problems(415, 422, 503),
+@router.post("/v1/distillations", status_code=202, response_model=JobOut, responses=problems(415, 422, 429),
              dependencies=[Depends(require_json)],
              summary="Distil a student from teachers (asynchronous: poll the job)")
-def create_distillation(body: DistillationCreate, response: Response,
+def create_distillation(body: DistillationCreate, response: Response, owner: Owner,
                         svc: Services = Depends(services)) -> JobOut:
-    return _accepted(ops.create_distillation(svc, body), response)
+    return _accepted(ops.create_distillation(svc, body, owner), response)
 
 
 @router.get("/v1/jobs", response_model=Page[JobOut], responses=problems(422))
-def list_jobs(limit: int = Query(50, ge=1), offset: int = Query(0, ge=0),
+def list_jobs(limit: int = Query(50, ge=1, le=MAX_INT), offset: int = Query(0, ge=0, le=MAX_INT),
               status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
-              kind: Literal["ranking", "distillation"] | None = None,
+              kind: Literal["ranking", "distillation"] | None = None, *, owner: Owner,
               svc: Services = Depends(services)) -> Page[JobOut]:
     limit = min(limit, svc.settings.max_page_size)
-    rows, total = ops.list_jobs(svc, limit, offset, status, kind)
+    rows, total = ops.list_jobs(svc, limit, offset, status, kind, owner)
     return Page[JobOut](items=[job_out(r) for r in rows], total=total, limit=limit, offset=offset)
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut, responses=problems(404))
-def get_job(job_id: str, svc: Services = Depends(services)) -> JobOut:
-    return job_out(ops.get_job(svc, job_id))
+def get_job(job_id: str, owner: Owner, svc: Services = Depends(services)) -> JobOut:
+    return job_out(ops.get_job(svc, job_id, owner))
 
 
 @router.delete("/v1/jobs/{job_id}", response_model=JobOut, responses=problems(404, 409),
                summary="Cancel a queued or running job")
-def cancel_job(job_id: str, svc: Services = Depends(services)) -> JobOut:
-    return job_out(ops.cancel_job(svc, job_id))
+def cancel_job(job_id: str, owner: Owner, svc: Services = Depends(services)) -> JobOut:
+    return job_out(ops.cancel_job(svc, job_id, owner))
 
 
 @router.get("/v1/rankings/{ranking_id}", response_model=RankingOut, responses=problems(404),
             tags=["results"])
-def get_ranking(ranking_id: str, svc: Services = Depends(services)) -> RankingOut:
-    row = ops.get_ranking(svc, ranking_id)
+def get_ranking(ranking_id: str, owner: Owner, svc: Services = Depends(services)) -> RankingOut:
+    row = ops.get_ranking(svc, ranking_id, owner)
     return RankingOut(**row.result, id=row.id, job_id=row.job_id, dataset_id=row.dataset_id,
                       created_at=row.created_at)
 
 
 @router.get("/v1/students/{student_id}", response_model=StudentOut, responses=problems(404), tags=["results"])
-def get_student(student_id: str, svc: Services = Depends(services)) -> StudentOut:
-    row = ops.get_student(svc, student_id)
+def get_student(student_id: str, owner: Owner, svc: Services = Depends(services)) -> StudentOut:
+    row = ops.get_student(svc, student_id, owner)
     return StudentOut(id=row.id, job_id=row.job_id, dataset_id=row.dataset_id, teacher_ids=row.teacher_ids,
                       student_arch=row.student_arch, config=row.config, metrics=row.metrics,
                       archive_bytes=row.archive_bytes, archive_sha256=row.archive_sha256,
@@ -93,7 +95,7 @@ def get_student(student_id: str, svc: Services = Depends(services)) -> StudentOu
                                             "labels.json, model.onnx, MODEL_CARD.md) as a zip; unzip and load "
                                             "with hubscout.distill.load_student, or run model.onnx."},
                        **problems(404, 410)})
-def download_student(student_id: str, svc: Services = Depends(services)) -> FileResponse:
-    row, path = ops.student_archive(svc, student_id)
+def download_student(student_id: str, owner: Owner, svc: Services = Depends(services)) -> FileResponse:
+    row, path = ops.student_archive(svc, student_id, owner)
     return FileResponse(path, media_type="application/zip", filename=f"student-{row.id}.zip",
                         headers={"ETag": f'"{row.archive_sha256}"'})

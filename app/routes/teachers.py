@@ -4,13 +4,16 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app import services as ops
+from app.auth import authenticate
 from app.models import TeacherRow
-from app.routes import problems, services
+from app.routes import MAX_INT, problems, services
 from app.schemas import Page, TeacherOut, TeacherSummary
 from app.services import Services
 from app.uploads import read_multipart
 
-router = APIRouter(prefix="/v1/teachers", tags=["teachers"])
+# Teachers are one catalogue shared by every key; a key is still needed to see or change it.
+router = APIRouter(prefix="/v1/teachers", tags=["teachers"], dependencies=[Depends(authenticate)],
+                   responses=problems(401, 503))
 
 TEXT_FIELDS = {"arch", "name", "labels", "input", "arch_kwargs", "metadata", "id"}
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -39,7 +42,7 @@ def teacher_out(row: TeacherRow) -> TeacherOut:
 
 
 @router.get("", response_model=Page[TeacherSummary], responses=problems(422))
-def list_teachers(limit: int = Query(50, ge=1), offset: int = Query(0, ge=0),
+def list_teachers(limit: int = Query(50, ge=1, le=MAX_INT), offset: int = Query(0, ge=0, le=MAX_INT),
                   name: str | None = Query(None, max_length=255, description="exact name"),
                   svc: Services = Depends(services)) -> Page[TeacherSummary]:
     limit = min(limit, svc.settings.max_page_size)

@@ -1,7 +1,7 @@
 """webhooks: a job's callback URL and the state of its delivery
 
 Revision ID: 0003_webhooks
-Revises: 0001
+Revises: 0002_owners
 Create Date: 2026-11-25
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0003_webhooks"
-down_revision: str | None = "0001"
+down_revision: str | None = "0002_owners"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

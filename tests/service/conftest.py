@@ -21,8 +21,8 @@ for _p in (str(ROOT), str(Path(__file__).resolve().parent)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from svc_helpers import (EMBEDDED_MAX_UPLOAD, Proc, base_env, celery_worker, create_database,  # noqa: E402
-                         drop_database, free_port, uvicorn_server)
+from svc_helpers import (API_KEY, EMBEDDED_MAX_UPLOAD, OTHER_KEY, Proc, base_env, celery_worker,  # noqa: E402
+                         create_database, drop_database, free_port, uvicorn_server)
 
 PG_ADMIN_URLS = [os.environ.get("TEST_POSTGRES_URL") or "postgresql://postgres@127.0.0.1:5432/postgres",
                  "postgresql://postgres@127.0.0.1:5432/test"]
@@ -133,7 +133,7 @@ def pg_service(quick_repo, postgres_url, redis_url, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pg-service")
     env = base_env(DATABASE_URL=postgres_url, CELERY_BROKER_URL=redis_url, HUBSCOUT_DATA_DIR=str(tmp / "data"),
                    HUBSCOUT_REPOSITORY_DIR=str(copy_repo(quick_repo, tmp / "zoo")),
-                   HUBSCOUT_VISIBILITY_TIMEOUT="30", **FAST_RECOVERY)
+                   HUBSCOUT_VISIBILITY_TIMEOUT="30", HUBSCOUT_API_KEYS=f"{API_KEY},{OTHER_KEY}", **FAST_RECOVERY)
     # The documented deployment step: the schema comes from `alembic upgrade head`.
     done = subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)

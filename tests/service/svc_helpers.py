@@ -21,6 +21,11 @@ ROOT = Path(__file__).resolve().parents[2]
 FINAL = {"succeeded", "failed", "cancelled"}
 EMBEDDED_MAX_UPLOAD = 2_000_000  # the embedded test server's upload limit
 PROBLEM_JSON = "application/problem+json"
+# The keys of the distributed test servers (which, like any deployment with a broker, must have keys).
+API_KEY = "test-key-0d5b8f3c9a7e41d2b6f0c8e4a1d3"
+OTHER_KEY = "test-key-other-7c2e9a4f1b8d6e3a5c0f9b2d"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+OTHER_AUTH = {"Authorization": f"Bearer {OTHER_KEY}"}
 
 
 def free_port() -> int:
@@ -131,6 +136,29 @@ def tiny_weights(arch: str = "test_resnet", classes: int = 3, channels: int = 1,
     torch.manual_seed(seed)
     model = build_model(arch, classes, channels)
     return save({k: v.contiguous() for k, v in model.state_dict().items()})
+
+
+def make_tiny_repo(root: Path, n: int = 3):
+    """A repository of ``n`` random 3-class ``test_resnet`` teachers (32 px, grey): ``tiny-0`` ... ``tiny-{n-1}``."""
+    import torch
+
+    from hubscout.teachers import InputConfig, Repository, build_model
+
+    repo = Repository(root)
+    for i in range(n):
+        torch.manual_seed(i)
+        repo.add(arch="test_resnet", weights=build_model("test_resnet", 3, 1).state_dict(), labels=["x", "y", "z"],
+                 name=f"tiny {i}", input=InputConfig(32, 1, (0.5,), (0.5,)), teacher_id=f"tiny-{i}")
+    return repo
+
+
+def toy_dataset(n: int = 12, seed: int = 0):
+    """``n`` random 16-px grey images in three classes (ant, bee, cow)."""
+    from hubscout.data import Dataset
+
+    rng = np.random.default_rng(seed)
+    return Dataset(rng.integers(0, 255, (n, 16, 16, 1), dtype=np.uint8), np.arange(n) % 3, ["ant", "bee", "cow"],
+                   name="toy")
 
 
 def npz_bytes(ds) -> bytes:

@@ -11,31 +11,21 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from svc_helpers import assert_problem, npz_bytes, tiny_weights, zip_bytes
+from svc_helpers import assert_problem, make_tiny_repo, npz_bytes, tiny_weights, toy_dataset, zip_bytes
 
 from app.main import create_app
 from app.models import DatasetRow, JobRow, TeacherRow
 from app.settings import Settings
-from hubscout.data import Dataset, write_image_folder_zip
-from hubscout.teachers import InputConfig, Repository, build_model
+from hubscout.data import write_image_folder_zip
+from hubscout.teachers import Repository, build_model
 
 MAX_UPLOAD = 400_000
-
-
-def toy_dataset(n: int = 12, seed: int = 0) -> Dataset:
-    rng = np.random.default_rng(seed)
-    return Dataset(rng.integers(0, 255, (n, 16, 16, 1), dtype=np.uint8), np.arange(n) % 3, ["ant", "bee", "cow"],
-                   name="toy")
 
 
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("api-repo") / "zoo"
-    repo = Repository(root)
-    for i in range(3):
-        torch.manual_seed(i)
-        repo.add(arch="test_resnet", weights=build_model("test_resnet", 3, 1).state_dict(), labels=["x", "y", "z"],
-                 name=f"tiny {i}", input=InputConfig(32, 1, (0.5,), (0.5,)), teacher_id=f"tiny-{i}")
+    make_tiny_repo(root)
     return root
 
 
@@ -192,19 +182,102 @@ def test_same_content_is_stored_once(client, settings, tmp_path):
     assert stored_files(settings) == files
 
 
-@pytest.mark.parametrize("payload, needle", [
-    (b"not a zip at all", "unreadable archive"),
-    (zip_bytes({"ant/1.png": b"not an image", "bee/2.png": b"nope"}), "not a readable image"),
-    (zip_bytes({"loose.png": b"x"}), "class folder"),
-    (zip_bytes({"../evil/1.png": b"x"}), "unsafe path"),
-    (zip_bytes({"ant/inner.zip": b"PK"}), "nested archives"),
-])
-def test_bad_dataset_is_a_422_problem_and_nothing_is_stored(client, settings, payload, needle):
+def _png(side: int = 8, mode: str = "L", value: int = 128, size: tuple[int, int] | None = None) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new(mode, size or (side, side), value if mode == "L" else (value, 255 - value, 7)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _zip_with(members: dict[str, bytes], extra: list[zipfile.ZipInfo] = (), extra_data: bytes = b"") -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+        for info in extra:
+            zf.writestr(info, extra_data)
+    return buf.getvalue()
+
+
+def _symlink_entry(name: str) -> zipfile.ZipInfo:
+    import stat
+
+    info = zipfile.ZipInfo(name)
+    info.create_system = 3  # unix: the mode bits below mean what they say
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return info
+
+
+def _bomb() -> bytes:
+    # 30 MB of zeros deflate to ~30 KB: a 1000x expansion, far past the 200x a real image folder shows.
+    return zip_bytes({"ant/1.png": _png(), "bee/1.png": _png(), "cow/huge.png": b"\0" * 30_000_000})
+
+
+def _npz(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+GOOD = {"ant/1.png": _png(value=1), "bee/1.png": _png(value=2)}
+EMPTY_CLASS = zipfile.ZipInfo("cow/")
+
+BAD_DATASETS = {
+    # name: (payload, status, words the detail must hold)
+    "parent path": (zip_bytes({**GOOD, "../evil/1.png": _png()}), 422, ["unsafe path"]),
+    "absolute path": (zip_bytes({**GOOD, "/abs/1.png": _png()}), 422, ["unsafe path", "/abs/1.png"]),
+    "zip bomb": (_bomb(), 422, ["zip bomb"]),
+    "nested archive": (zip_bytes({**GOOD, "ant/inner.zip": b"PK"}), 422, ["nested archives"]),
+    "symlink": (_zip_with(GOOD, [_symlink_entry("ant/link.png")], b"/etc/passwd"), 422, ["symbolic link"]),
+    "truncated image": (zip_bytes({**GOOD, "ant/2.png": _png(side=32)[:60]}), 422, ["ant/2.png", "not a readable"]),
+    "corrupt image": (zip_bytes({"ant/1.png": b"not an image", "bee/2.png": b"nope"}), 422, ["not a readable image"]),
+    "non-image file": (zip_bytes({**GOOD, "ant/notes.txt": b"hello"}), 422, ["notes.txt", "not an image"]),
+    "not an archive": (b"not a zip at all", 422, ["unreadable archive"]),
+    "file outside a class folder": (zip_bytes({"loose.png": b"x"}), 422, ["class folder"]),
+    "single class": (zip_bytes({"ant/1.png": _png(value=1), "ant/2.png": _png(value=2)}), 422,
+                     ["at least 2 classes"]),
+    "empty class": (_zip_with(GOOD, [EMPTY_CLASS]), 422, ["no image", "cow"]),
+    "pickled npz": (_npz(images=np.zeros((2, 4, 4), np.uint8), labels=np.array([0, 1]),
+                         classes=np.array([{"x": 1}, "b"], dtype=object)), 422, ["object arrays are refused"]),
+    # 10^5 classes of one 1x1 image each: small on the wire, far past max_classes.
+    "100000 tiny classes": (_npz(images=np.zeros((100_000, 1, 1), np.uint8),
+                                 labels=np.arange(100_000, dtype=np.int32)), 413, ["100000 classes", "limit"]),
+    # One sample more than max_samples (200000), 1x1 pixel each; random labels, which no archive squeezes like
+    # a bomb.
+    "too many samples": (_npz(images=np.zeros((200_001, 1, 1), np.uint8),
+                              labels=np.random.default_rng(0).integers(0, 2, 200_001)), 413,
+                         ["200001 samples", "limit"]),
+}
+LIMIT_OF = {"100000 tiny classes": "max_classes", "too many samples": "max_samples"}
+
+
+@pytest.mark.parametrize("case", list(BAD_DATASETS))
+def test_bad_dataset_is_a_4xx_problem_and_nothing_is_stored(client, settings, case):
+    payload, status, words = BAD_DATASETS[case]
+    assert len(payload) < MAX_UPLOAD, "the case must reach the parser, not the upload limit"
     before_files, before_rows = stored_files(settings), count(client, DatasetRow)
-    body = assert_problem(client.post("/v1/datasets", files={"file": ("data.zip", payload)}), 422)
-    assert needle in body["detail"]
+    body = assert_problem(client.post("/v1/datasets", files={"file": ("data.zip", payload)}), status)
+    for word in words:
+        assert word in body["detail"], body
+    if status == 413:
+        assert body["limit"] == getattr(settings, LIMIT_OF[case])
     assert stored_files(settings) == before_files
     assert count(client, DatasetRow) == before_rows
+
+
+def test_mixed_image_modes_and_sizes_are_normalised(client):
+    """Not an error: grey, RGB and palette images of several sizes become one RGB shape (the most common size)."""
+    from PIL import Image
+
+    pal = io.BytesIO()
+    Image.new("P", (12, 12), 3).save(pal, "PNG")
+    members = {"ant/1.png": _png(12, "L"), "ant/2.png": _png(12, "RGB"), "bee/1.png": pal.getvalue(),
+               "bee/2.png": _png(size=(20, 9), mode="RGB"), "cow/1.png": _png(12, "L", 9)}
+    r = client.post("/v1/datasets", files={"file": ("mixed.zip", zip_bytes(members))})
+    assert r.status_code == 201, r.text
+    assert r.json()["image_shape"] == [12, 12, 3]
+    assert r.json()["class_counts"] == {"ant": 2, "bee": 2, "cow": 1}
 
 
 def test_npz_with_one_class_is_refused(client):
@@ -261,12 +334,17 @@ def test_declared_oversize_body_is_refused_before_reading(client):
     assert_problem(r, 413)
 
 
-def test_upload_needs_multipart_and_a_file_part(client):
+def test_upload_needs_multipart_and_a_file_part(client, settings):
+    before_files, before_rows = stored_files(settings), count(client, DatasetRow)
     assert_problem(client.post("/v1/datasets", json={"file": "x"}), 415)
+    assert_problem(client.post("/v1/datasets", content=npz_bytes(toy_dataset()),
+                               headers={"content-type": "application/octet-stream"}), 415)
     body = assert_problem(client.post("/v1/datasets", files={"other": ("x.npz", b"PK")}), 422)
     assert "'file'" in body["detail"]
     body = assert_problem(client.post("/v1/datasets", content=b"--x\r\ngarbage",
                                       headers={"content-type": "multipart/form-data; boundary=x"}), 422)
+    assert stored_files(settings) == before_files
+    assert count(client, DatasetRow) == before_rows
 
 
 # ------------------------------------------------------------------------------------------------- teachers
@@ -308,10 +386,34 @@ def test_add_and_delete_a_teacher(client, settings):
     assert_problem(client.get("/v1/teachers/uploaded-teacher"), 404)
 
 
+def _poisoned_weights(value: float) -> bytes:
+    """A valid state dict for the form's architecture with one weight set to ``value`` (NaN, Inf)."""
+    from safetensors.torch import load, save
+
+    state = load(tiny_weights())
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.ndim > 1)
+    state[name] = state[name].clone()
+    state[name].view(-1)[0] = value
+    return save(state)
+
+
+def _torch_pickle() -> bytes:
+    buf = io.BytesIO()
+    torch.save(build_model("test_resnet", 3, 1).state_dict(), buf)  # a zip holding a pickle
+    return buf.getvalue()
+
+
 @pytest.mark.parametrize("form, weights, needle", [
-    (_teacher_form(labels=json.dumps(["p", "q"])), tiny_weights(), "do not fit"),  # 2 labels, 3 outputs
+    # the label file does not match the head: 2 labels, 3 outputs
+    (_teacher_form(labels=json.dumps(["p", "q"])), tiny_weights(), "do not fit"),
+    # a safetensors file for another architecture
+    (_teacher_form(arch="resnet18"), tiny_weights(), "do not fit resnet18"),
     (_teacher_form(arch="no_such_net"), tiny_weights(), "unknown timm architecture"),
     (_teacher_form(), b"\x80\x04pickle", "safetensors"),
+    (_teacher_form(), _torch_pickle(), "safetensors"),
+    (_teacher_form(), _poisoned_weights(float("nan")), "NaN or Inf"),
+    (_teacher_form(), _poisoned_weights(float("inf")), "NaN or Inf"),
+    (_teacher_form(), _poisoned_weights(float("-inf")), "NaN or Inf"),
     (_teacher_form(arch_kwargs=json.dumps({"checkpoint_path": "/etc/passwd"})), tiny_weights(), "checkpoint_path"),
     (_teacher_form(input="{not json"), tiny_weights(), "input"),
     (_teacher_form(input=json.dumps({"size": 32, "channels": 1, "mean": [0.5, 0.5], "std": [0.5]})),
@@ -321,11 +423,13 @@ def test_add_and_delete_a_teacher(client, settings):
 ])
 def test_bad_teacher_is_a_422_problem_and_nothing_is_added(client, settings, form, weights, needle):
     before = sorted(p.name for p in Path(settings.repository_dir).iterdir())
+    scratch_before = stored_files(settings)
     r = client.post("/v1/teachers", data=form, files={"weights": ("w.safetensors", weights)})
     body = assert_problem(r, 422)
     assert needle in body["detail"], body
     assert sorted(p.name for p in Path(settings.repository_dir).iterdir()) == before
     assert count(client, TeacherRow) == 3
+    assert stored_files(settings) == scratch_before, "the uploaded weights were left in storage"
 
 
 # ------------------------------------------------------------------------------------------------- jobs
@@ -337,6 +441,7 @@ def dataset_id(client) -> str:
 
 
 def test_ranking_request_validation(client, dataset_id):
+    jobs_before = count(client, JobRow)
     for body, status, needle in [
         ({"dataset_id": dataset_id, "metrics": ["nope"]}, 422, "unknown metric"),
         ({"dataset_id": dataset_id, "top_k": 0}, 422, "top_k"),
@@ -351,6 +456,9 @@ def test_ranking_request_validation(client, dataset_id):
     r = client.post("/v1/rankings", content=f'{{"dataset_id": "{dataset_id}"}}', headers={"content-type": "text/plain"})
     assert "application/json" in assert_problem(r, 415)["detail"]
     assert_problem(client.post("/v1/distillations", data={"dataset_id": dataset_id}), 415)
+    r = client.post("/v1/distillations", content=b'{"dataset_id": [}', headers={"content-type": "application/json"})
+    assert "malformed JSON" in assert_problem(r, 422)["detail"]
+    assert count(client, JobRow) == jobs_before, "a refused request left a job behind"
 
 
 def test_distillation_request_validation(client, dataset_id, settings):
@@ -398,8 +506,24 @@ def test_jobs_are_queued_listed_and_cancelled(client, dataset_id):
 def test_healthz_names_the_failing_dependency(tmp_path, tiny_repo):
     # Nothing listens on port 1: the broker check must fail, the others pass.
     s = Settings(data_dir=tmp_path, repository_dir=tiny_repo, build_demo_zoo=False,
-                 celery_broker_url="redis://127.0.0.1:1/0")
+                 celery_broker_url="redis://127.0.0.1:1/0", api_keys=["health-test-key-0123456789"])
     with TestClient(create_app(s), raise_server_exceptions=False) as c:
         body = assert_problem(c.get("/healthz"), 503)
     assert body["failed"] == ["broker"]
     assert body["checks"]["database"] == "ok" and body["checks"]["storage"] == "ok"
+
+
+def test_no_client_supplied_name_becomes_a_path(client, settings):
+    """A file name and a display name that try to climb out of storage are display text only; ids in URLs are
+    looked up, never joined to a folder."""
+    evil = "../../../../tmp/hubscout-escape"
+    r = client.post("/v1/datasets", files={"file": (f"{evil}.npz", npz_bytes(toy_dataset(seed=21)))},
+                    data={"name": "../../name\x00with\x1fcontrols"})
+    assert r.status_code == 201, r.text
+    assert r.json()["name"] == "../../namewithcontrols"
+    stored = [p for p in stored_files(settings) if r.json()["id"] in p]
+    assert stored == [f"datasets/{r.json()['id']}.npz"]
+    assert not Path("/tmp/hubscout-escape.npz").exists()
+    for url in ("/v1/students/..%2F..%2Fhubscout.db/download", "/v1/students/%2Fetc%2Fpasswd/download",
+                "/v1/datasets/..%2Fhubscout.db"):
+        assert client.get(url).status_code == 404, url

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from svc_helpers import assert_problem, npz_bytes, tiny_weights, wait_job
+from svc_helpers import AUTH, OTHER_AUTH, assert_problem, npz_bytes, tiny_weights, wait_job
 
 from app.models import RankingRow, StudentRow, TeacherOutputRow
 
@@ -21,7 +21,7 @@ CHANCE = 1 / 3  # three footwear classes: 0.5 is 1.5 times chance on 300 test im
 
 @pytest.fixture(scope="module")
 def client(pg_service):
-    with httpx.Client(base_url=pg_service.base_url, timeout=60) as c:
+    with httpx.Client(base_url=pg_service.base_url, timeout=60, headers=AUTH) as c:
         yield c
 
 
@@ -218,3 +218,76 @@ def test_errors_are_problems_on_the_real_server(client):
     assert_problem(client.get("/v1/jobs/unknown"), 404)
     assert_problem(client.post("/v1/rankings", content=b"{", headers={"content-type": "application/json"}), 422)
     assert_problem(client.post("/v1/datasets", files={"file": ("x.zip", b"junk")}), 422)
+
+
+def test_another_key_sees_nothing_of_this_one(client, dataset, pg_service):
+    job, ranking, _ = rank(client, dataset["id"])
+    with httpx.Client(base_url=pg_service.base_url, timeout=60, headers=OTHER_AUTH) as other:
+        for url in (f"/v1/datasets/{dataset['id']}", f"/v1/jobs/{job['id']}", job["links"]["result"]):
+            assert_problem(other.get(url), 404)
+        assert job["id"] not in [j["id"] for j in other.get("/v1/jobs").json()["items"]]
+        r = other.post("/v1/rankings", json={"dataset_id": dataset["id"]})
+        assert "does not exist" in assert_problem(r, 422)["detail"]
+        assert_problem(other.delete(f"/v1/jobs/{job['id']}"), 404)
+        # The same content uploaded with the other key is a dataset of its own, not a hit on this key's copy.
+        from hubscout.sources import demo_target
+
+        again = other.post("/v1/datasets", files={"file": ("f.npz", npz_bytes(demo_target("footwear", 10, seed=0)))})
+        assert again.status_code == 201 and again.json()["id"] != dataset["id"]
+    assert_problem(httpx.get(f"{pg_service.base_url}/v1/jobs/{job['id']}"), 401)
+
+
+def _upload(client, shots: int, seed: int) -> dict:
+    from hubscout.sources import demo_target
+
+    r = client.post("/v1/datasets", files={"file": ("d.npz", npz_bytes(demo_target("footwear", shots, seed=seed)))})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def _count(pg_service, model, *where) -> int:
+    db = pg_service.db()
+    try:
+        with db.session() as s:
+            return s.scalar(select(func.count()).select_from(model).where(*where))
+    finally:
+        db.dispose()
+
+
+def test_a_ranking_survives_its_worker_being_killed(client, pg_service, quick_repo):
+    fresh = _upload(client, 20, seed=1)  # 60 images nobody has ranked: every forward pass is computed
+    r = client.post("/v1/rankings", json={"dataset_id": fresh["id"]})
+    job_id = r.json()["id"]
+    _running(client, job_id)
+    pg_service.worker.kill()
+    assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
+    pg_service.restart_worker("pg-worker-3")
+    job = wait_job(client, job_id, timeout=300, interval=0.5)
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] == 2
+    ranking = client.get(job["links"]["result"]).json()
+    assert sorted(t["teacher_id"] for t in ranking["teachers"]) == sorted(quick_repo.ids())
+    assert _count(pg_service, RankingRow, RankingRow.job_id == job_id) == 1
+
+
+def test_identical_rankings_at_once_compute_the_teacher_outputs_once(client, pg_service, quick_repo):
+    from svc_helpers import celery_worker
+
+    twin = celery_worker("pg-worker-twin", pg_service.env, pg_service.log_dir)
+    try:
+        fresh = _upload(client, 15, seed=2)
+        body = {"dataset_id": fresh["id"], "metrics": ["ot", "leep"]}
+        ids = [client.post("/v1/rankings", json=body).json()["id"] for _ in range(2)]
+        done = [wait_job(client, i, timeout=300, interval=0.2) for i in ids]
+        assert [j["status"] for j in done] == ["succeeded", "succeeded"], done
+        rankings = [client.get(j["links"]["result"]).json() for j in done]
+        computed = [[t["teacher_id"] for t in r["teachers"] if not t["cached"]] for r in rankings]
+        # One job ran every forward pass; the other waited for it and found everything scored.
+        assert sorted(map(len, computed)) == [0, len(quick_repo.ids())], computed
+        assert [t["teacher_id"] for t in rankings[0]["teachers"]] == [t["teacher_id"] for t in rankings[1]["teachers"]]
+        logs = pg_service.worker.log() + twin.log()
+        assert all(any(f"job {i} (ranking)" in w.log() for i in ids) for w in (pg_service.worker, twin)), \
+            "the two rankings did not run on the two workers at once"
+        assert "waits for a ranking of the same data" in logs
+    finally:
+        twin.stop()
