@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from svc_helpers import Receiver, assert_problem, free_port, npz_bytes, wait_job
+from svc_helpers import AUTH, Receiver, assert_problem, free_port, npz_bytes, wait_job
 
 from app.webhooks import verify
 
@@ -17,7 +17,7 @@ TEACHER = "fashion-footwear"
 
 @pytest.fixture(scope="module")
 def client(pg_service):
-    with httpx.Client(base_url=pg_service.base_url, timeout=60) as c:
+    with httpx.Client(base_url=pg_service.base_url, timeout=60, headers=AUTH) as c:
         yield c
 
 
