@@ -483,6 +483,20 @@ def ot_dataset_sinkhorn(probs, labels, n_classes: int, M, reg: float = 0.05) -> 
     return OTResult(score=float(np.sum(P * M)), plan=P, cost_matrix=M)
 
 
+def _check_names(X: np.ndarray, what: str, teacher_labels: Sequence[str], target_labels: Sequence[str]):
+    K, C = X.shape
+    if len(teacher_labels) != K or len(target_labels) != C:
+        raise ValueError(f"{what} is {K}x{C} but got {len(teacher_labels)} teacher and {len(target_labels)} "
+                         "target names")
+    return K, C
+
+
+def _check_k(k: int, K: int) -> int:
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    return min(k, K)
+
+
 def top_correspondences(plan, teacher_labels: Sequence[str], target_labels: Sequence[str],
                         k: int = 3) -> dict[str, list[tuple[str, float]]]:
     """For each target class, the ``k`` teacher classes it draws most transport mass from.
@@ -491,13 +505,8 @@ def top_correspondences(plan, teacher_labels: Sequence[str], target_labels: Sequ
     column sum to 1). A target class with no mass maps to an empty list.
     """
     P = _as_matrix(plan, "plan")
-    K, C = P.shape
-    if len(teacher_labels) != K or len(target_labels) != C:
-        raise ValueError(f"plan is {K}x{C} but got {len(teacher_labels)} teacher and {len(target_labels)} "
-                         "target names")
-    if k < 1:
-        raise ValueError("k must be >= 1")
-    k = min(k, K)
+    K, C = _check_names(P, "plan", teacher_labels, target_labels)
+    k = _check_k(k, K)
     out: dict[str, list[tuple[str, float]]] = {}
     col_mass = P.sum(axis=0)
     for c in range(C):
@@ -521,13 +530,8 @@ def nearest_classes(M, teacher_labels: Sequence[str], target_labels: Sequence[st
     are the costs (lower = closer).
     """
     M = _as_matrix(M, "M")
-    K, C = M.shape
-    if len(teacher_labels) != K or len(target_labels) != C:
-        raise ValueError(f"cost matrix is {K}x{C} but got {len(teacher_labels)} teacher and {len(target_labels)} "
-                         "target names")
-    if k < 1:
-        raise ValueError("k must be >= 1")
-    k = min(k, K)
+    K, C = _check_names(M, "cost matrix", teacher_labels, target_labels)
+    k = _check_k(k, K)
     out: dict[str, list[tuple[str, float]]] = {}
     for c in range(C):
         top = np.argsort(M[:, c], kind="stable")[:k]
@@ -552,10 +556,7 @@ def plan_summary(plan, teacher_labels: Sequence[str], target_labels: Sequence[st
     ``max_target_classes`` the first target classes are kept.
     """
     P = _as_matrix(plan, "plan")
-    K, C = P.shape
-    if len(teacher_labels) != K or len(target_labels) != C:
-        raise ValueError(f"plan is {K}x{C} but got {len(teacher_labels)} teacher and {len(target_labels)} "
-                         "target names")
+    K, C = _check_names(P, "plan", teacher_labels, target_labels)
     if max_teacher_classes < 1 or max_target_classes < 1:
         raise ValueError("the plan summary must keep at least one class on each side")
     cols = np.arange(min(C, max_target_classes))

@@ -45,15 +45,14 @@ def exclusive(db: Database, storage: LocalStorage, name: str, on_wait: Callable[
     if db.engine.dialect.name == "postgresql":
         key = int.from_bytes(digest[:8], "big", signed=True)
         conn = db.engine.connect()
+
+        def acquire() -> bool:
+            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+            conn.commit()  # a session lock outlives the transaction; no transaction is left open
+            return bool(got)
+
         try:
-            while True:
-                got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
-                conn.commit()  # a session lock outlives the transaction; no transaction is left open
-                if got:
-                    break
-                if on_wait:
-                    on_wait()
-                time.sleep(poll_s)
+            _poll(acquire, on_wait, poll_s)
             try:
                 yield
             finally:
@@ -68,18 +67,26 @@ def exclusive(db: Database, storage: LocalStorage, name: str, on_wait: Callable[
     path = storage.path(f"locks/{digest.hex()}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
-        while True:
+        def acquire() -> bool:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                return True
             except BlockingIOError:
-                if on_wait:
-                    on_wait()
-                time.sleep(poll_s)
+                return False
+
+        _poll(acquire, on_wait, poll_s)
         try:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _poll(acquire: Callable[[], bool], on_wait: Callable[[], None] | None, poll_s: float) -> None:
+    """Try ``acquire`` until it succeeds, calling ``on_wait`` (if any) before each pause."""
+    while not acquire():
+        if on_wait:
+            on_wait()
+        time.sleep(poll_s)
 
 
 def _key(teacher_sha256: str, dataset_sha256: str) -> str:
