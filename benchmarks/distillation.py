@@ -9,13 +9,15 @@ few-shot training set itself is fixed: seed 0's draw), on a held-out test split:
 * ``proto-top1``: CE + the prototype cross-task KD baseline (``DistillConfig(kd="proto")``: the teacher's
   feature-space centres of the target classes give it logits over the target classes; KL to the student, as in
   REFILLED, Ye et al. CVPR 2020) from the same top-1 teacher;
-* ``oracle-top1``: CE + OT from the teacher whose student was best in the ranking ground truth (seed 0), when
-  that ground truth is cached: how much a perfect ranking would add.
+* ``oracle-top1`` (with ``--oracle``): CE + OT from the teacher whose student was best in the ranking ground
+  truth (seed 0), when that ground truth is cached: how much a perfect ranking would add.
+
+Teachers are ranked with the library's default ranking cost; the OT term uses the distillation's default cost.
 
 Every student is cached in ``results/ground_truth.json`` (shared with ``benchmarks.ranking``, same keys), so a run
 resumes where it stopped, and the ranking benchmark's seed-0 students are reused.
 
-    python -m benchmarks.distillation [--quick] [--repo DIR] [--seeds 3]
+    python -m benchmarks.distillation [--quick] [--repo DIR] [--seeds 3] [--oracle]
 """
 from __future__ import annotations
 
@@ -66,6 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--repo", help="teacher repository (default: the full demo zoo if complete, else the quick zoo)")
     ap.add_argument("--seeds", type=int, default=None, help="training seeds per method (default 3; 2 with --quick)")
     ap.add_argument("--test-per-class", type=int, default=None)
+    ap.add_argument("--oracle", action="store_true", help="also distil from the ground truth's best teacher")
     args = ap.parse_args(argv)
     limit_threads(1)
 
@@ -98,7 +101,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         w3 = weights_from_scores([e.scores["ot"] for e in ranking.entries[:3]])
         # The ranking ground truth's best teacher (seed 0, the same budget), when the ranking benchmark cached it.
         gt_acc = {t: gt.get(gt_key(name, shots, 0, repo.get(t).weights_sha256, base, test.sha256)) for t in tids}
-        oracle = max(gt_acc, key=lambda t: gt_acc[t]["accuracy"]) if all(gt_acc.values()) else None
+        oracle = (max(gt_acc, key=lambda t: gt_acc[t]["accuracy"]) if args.oracle and all(gt_acc.values())
+                  else None)
         print(f"task {name}-{shots}shot: OT top-3 {top3} (weights {np.round(w3, 2).tolist()}), "
               f"oracle {oracle}", flush=True)
 

@@ -189,10 +189,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             cache = FileCache(tmp)
             t0 = time.perf_counter()
-            r = rank(train, repo, metrics=["ot", *BASELINES], teacher_ids=tids, cache=cache, cost="proto-softmax",
+            r = rank(train, repo, metrics=["ot", *BASELINES], teacher_ids=tids, cache=cache, cost=DEFAULT_COST,
                      device="cpu")
             rank_s = time.perf_counter() - t0
-            rankings["proto-softmax"] = r
+            rankings[DEFAULT_COST] = r
             for c in COSTS:
                 if c not in rankings:
                     rankings[c] = rank(train, repo, metrics=["ot"], teacher_ids=tids, cache=cache, cost=c,

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from hubscout.data import Dataset, iter_batches, to_tensor
 from hubscout.extract import default_device, extract, features_and_logits
-from hubscout.ot import DEFAULT_COST
+from hubscout.ot import DEFAULT_DISTILL_COST
 from hubscout.teachers import InputConfig, Repository, TeacherError, build_model, file_sha256, read_weights
 
 __all__ = ["DistillConfig", "Student", "StudentError", "distill", "evaluate", "load_student", "ot_loss",
@@ -76,7 +76,7 @@ class DistillConfig:
     tau: float = 4.0  # τ, softens teacher and student before transport
     reg: float = 0.05  # ε, entropic regularisation of Sinkhorn, in cost units (costs lie in [0, 1])
     sinkhorn_iters: int = 30
-    cost: str = DEFAULT_COST
+    cost: str = DEFAULT_DISTILL_COST
     # "ot": the OT term above. "proto": the prototype cross-task KD baseline (teacher-embedding class centres of
     # the target classes turn the teacher's features into logits over the target classes; KL to the student, as
     # in REFILLED's second stage, Ye et al., CVPR 2020). Kept for the benchmark's comparison.
