@@ -12,6 +12,7 @@ from celery import Celery
 from app.settings import Settings
 
 TASK_RUN_JOB = "hubscout.run_job"
+TASK_COMPUTE_SPEC = "hubscout.compute_spec"
 QUEUE = "hubscout"
 
 
