@@ -91,10 +91,22 @@ class DatasetRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class SpecStatus:
+    PENDING = "pending"  # a worker is to compute it
+    READY = "ready"
+    FAILED = "failed"  # the teacher is still ranked, always exactly
+    ALL = (PENDING, READY, FAILED)
+
+
 class TeacherRow(Base):
-    """Mirror of the repository folder's metadata, for listing and pagination without touching the disk."""
+    """Mirror of the repository folder's metadata, for listing and pagination without touching the disk, and the
+    teacher's search specification (``hubscout.spec``), which shortlisting reads without touching the disk."""
 
     __tablename__ = "teachers"
+    __table_args__ = (
+        Index("ix_teachers_spec_status_id", "spec_status", "id"),
+        Index("ix_teachers_created_at_id", "created_at", "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     name: Mapped[str] = mapped_column(String(255), index=True)
@@ -106,8 +118,15 @@ class TeacherRow(Base):
     weights_sha256: Mapped[str] = mapped_column(String(64), index=True)
     num_params: Mapped[int] = mapped_column(BigInteger, default=0)
     num_classes: Mapped[int] = mapped_column(Integer)
-    # Room for the compact per-teacher specification a later issue adds (format to be decided there).
-    spec: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # ``Specification.to_bytes()``: an npz of float16 prototypes, float32 masses, float16 self-agreement and a
+    # JSON header with the label names (never pickled); spec_sha256 lets a worker keep decoded ones in memory.
+    spec: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
+    spec_status: Mapped[str] = mapped_column(String(16), default=SpecStatus.PENDING, server_default=SpecStatus.PENDING)
+    spec_source: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    spec_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    spec_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    spec_requested_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    spec_updated_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -11,13 +11,15 @@ log = logging.getLogger("hubscout.queue")
 
 class JobQueue:
     def __init__(self, settings: Settings):
-        from worker.config import TASK_DELIVER_WEBHOOK, TASK_RUN_JOB, ensure_broker_dirs, make_celery
+        from worker.config import (TASK_COMPUTE_SPEC, TASK_DELIVER_WEBHOOK, TASK_RUN_JOB, ensure_broker_dirs,
+                                   make_celery)
 
         self.settings = settings
         ensure_broker_dirs(settings)
         self.celery = make_celery(settings)
         self._task = TASK_RUN_JOB
         self._webhook_task = TASK_DELIVER_WEBHOOK
+        self._spec_task = TASK_COMPUTE_SPEC
 
     def enqueue(self, job_id: str) -> str:
         return self._send(self._task, job_id)
@@ -29,6 +31,13 @@ class JobQueue:
     def _send(self, task: str, job_id: str) -> str:
         task_id = uuid.uuid4().hex
         self.celery.send_task(task, args=[job_id], task_id=task_id, retry=True,
+                              retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5})
+        return task_id
+
+    def enqueue_spec(self, teacher_id: str) -> str:
+        """Ask a worker for a teacher's specification (app.specs says when to ask again)."""
+        task_id = uuid.uuid4().hex
+        self.celery.send_task(self._spec_task, args=[teacher_id], task_id=task_id, retry=True,
                               retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5})
         return task_id
 

@@ -13,10 +13,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 
 from app.db import Database, utcnow
-from app.models import TeacherRow
+from app.models import SpecStatus, TeacherRow
 from app.settings import Settings
 
 log = logging.getLogger("hubscout.repository")
@@ -37,7 +37,10 @@ def row_from_teacher(teacher, row: TeacherRow | None = None) -> TeacherRow:
 
 
 def sync(db: Database, repo) -> dict[str, int]:
-    """Make the table mirror the folder: add new teachers, refresh changed ones, drop vanished ones."""
+    """Make the table mirror the folder: add new teachers, refresh changed ones, drop vanished ones; bring each
+    row's specification in step (``app.specs.sync_row``)."""
+    from app import specs
+
     teachers = {}
     for tid in repo.ids():
         try:
@@ -50,17 +53,26 @@ def sync(db: Database, repo) -> dict[str, int]:
         for tid, t in teachers.items():
             row = rows.get(tid)
             if row is None:
-                s.add(row_from_teacher(t))
+                row = row_from_teacher(t)
+                specs.set_pending(row)
+                s.add(row)
+                specs.sync_row(row, repo, t, weights_changed=True)
                 added += 1
-            elif (row.weights_sha256, row.name, row.labels, row.input_config, row.meta) != (
-                    t.weights_sha256, t.name, list(t.labels), t.input.to_dict(), dict(t.metadata)):
+                continue
+            weights_changed = row.weights_sha256 != t.weights_sha256
+            if weights_changed or (row.name, row.labels, row.input_config, row.meta) != (
+                    t.name, list(t.labels), t.input.to_dict(), dict(t.metadata)):
                 row_from_teacher(t, row).updated_at = utcnow()
                 updated += 1
+            specs.sync_row(row, repo, t, weights_changed)
         gone = [tid for tid in rows if tid not in teachers]
         if gone:
             s.execute(delete(TeacherRow).where(TeacherRow.id.in_(gone)))
         s.commit()
-    stats = {"teachers": len(teachers), "added": added, "updated": updated, "removed": len(gone)}
+        pending = s.scalar(select(func.count()).select_from(TeacherRow)
+                           .where(TeacherRow.spec_status == SpecStatus.PENDING))
+    stats = {"teachers": len(teachers), "added": added, "updated": updated, "removed": len(gone),
+             "specs_pending": pending}
     log.info("teacher table synced with %s: %s", repo.root, stats)
     return stats
 
@@ -97,7 +109,11 @@ def ensure_repository(settings: Settings) -> Path:
         log.info("teacher repository %s is missing: building the %sdemo zoo there (first start; this takes a "
                  "while)", root, "quick " if settings.demo_zoo_quick else "")
         try:
-            build_demo_zoo(tmp, quick=settings.demo_zoo_quick)
+            from hubscout.spec import ensure_specifications
+
+            repo = build_demo_zoo(tmp, quick=settings.demo_zoo_quick)
+            # Specifications with the zoo, as `hubscout zoo demo` does: the workers need not compute them later.
+            ensure_specifications(repo, device=settings.device)
             tmp.rename(root)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

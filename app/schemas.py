@@ -17,6 +17,11 @@ class Page(BaseModel, Generic[T]):
     offset: int
 
 
+class TeacherPage(Page[T], Generic[T]):
+    next_after: str | None = Field(None, description="Pass as `after` for the next page (keyset pagination, "
+                                                     "stable under inserts); null on the last page.")
+
+
 # ------------------------------------------------------------------------------------------------- datasets
 
 class DatasetOut(BaseModel):
@@ -73,6 +78,18 @@ class TeacherCreate(BaseModel):
                            description="Default: a slug of the name.")
 
 
+class SpecInfo(BaseModel):
+    """The teacher's search specification (see docs/method.md): whether a ranking can shortlist it."""
+
+    status: Literal["pending", "ready", "failed"] = Field(
+        description="pending: a worker is computing it; ready: used by shortlists; failed: see error. A teacher "
+                    "without a ready specification always runs exact OT.")
+    source: str | None = Field(None, description="training-sample (from its uploaded or known training data) or "
+                                                 "probe-predictions (the fixed probe set labelled by the teacher)")
+    updated_at: dt.datetime | None = None
+    error: str | None = None
+
+
 class TeacherSummary(BaseModel):
     id: str
     name: str
@@ -82,6 +99,7 @@ class TeacherSummary(BaseModel):
     weights_sha256: str
     input: dict[str, Any]
     metadata: dict[str, Any]
+    spec: SpecInfo
     created_at: dt.datetime
 
 
@@ -127,6 +145,11 @@ class RankingCreate(BaseModel):
                                           description="Default: every teacher of the repository.")
     top_k: int | None = Field(None, ge=1, le=10_000)
     callback_url: str | None = CALLBACK_URL
+    shortlist: int | None = Field(
+        None, ge=0, le=100_000,
+        description="Score every teacher from its specification first and run exact OT only on the best this "
+                    "many (plus any teacher without a specification). Left out: the service default "
+                    "(HUBSCOUT_SHORTLIST_K, 10) when there are more teachers than that; null or 0: exhaustive.")
 
     _callback = field_validator("callback_url")(check_callback_url)
 

@@ -242,13 +242,39 @@ def _parse_teacher_fields(fields: dict[str, str]) -> TeacherCreate:
         raise _invalid(detail, errors=errors) from None
 
 
-def add_teacher(svc: Services, upload: UploadedFile | None, fields: dict[str, str]) -> TeacherRow:
+def _spec_sample(svc: Services, upload: UploadedFile, labels: list[str]):
+    """The optional labelled training sample of a teacher upload, validated and cut to what a specification
+    uses; 422 if it is not a dataset of the teacher's classes."""
+    from hubscout.data import DatasetError, Limits, load_dataset
+    from hubscout.sources import sample_per_class
+    from hubscout.spec import SPEC_SAMPLES_PER_CLASS
+
+    s = svc.settings
+    limits = Limits(max_samples=s.max_samples, max_classes=s.max_classes, max_side=s.max_image_side,
+                    max_pixels=s.max_decoded_bytes)
+    try:
+        ds = load_dataset(upload.path, limits=limits)
+    except DatasetError as e:
+        raise _invalid(f"spec_sample: {e}") from None
+    unknown = [c for c in ds.classes if c not in set(labels)]
+    if unknown:
+        raise _invalid(f"spec_sample: classes not among the teacher's labels: {', '.join(unknown[:10])}")
+    return sample_per_class(ds, SPEC_SAMPLES_PER_CLASS, seed=0)
+
+
+def add_teacher(svc: Services, upload: UploadedFile | None, fields: dict[str, str],
+                spec_upload: UploadedFile | None = None) -> TeacherRow:
+    """Validate and store a teacher (and its optional spec sample); its specification is computed by a worker,
+    so the request does not wait for it."""
+    from app import specs
+    from hubscout.spec import SPEC_SAMPLE_FILE
     from hubscout.teachers import InputConfig, TeacherError, slugify
 
     if upload is None:
         raise _invalid("no file part named 'weights' (a safetensors state dict)")
     body = _parse_teacher_fields(fields)
     _check_arch_kwargs(body.arch_kwargs)
+    sample = _spec_sample(svc, spec_upload, body.labels) if spec_upload is not None else None
     repo = svc.repository
     teacher_id = body.id or slugify(body.name)
     if teacher_id in repo:
@@ -262,24 +288,48 @@ def add_teacher(svc: Services, upload: UploadedFile | None, fields: dict[str, st
             raise Problem(409, str(e), type_="conflict", title="Conflict") from None
         raise Problem(422, str(e), type_="invalid-teacher", title="Invalid teacher") from None
     try:
+        if sample is not None:
+            sample.save(repo.root / teacher.id / SPEC_SAMPLE_FILE)
         with svc.db.session() as s:
-            row = s.merge(row_from_teacher(teacher))
+            row = row_from_teacher(teacher)
+            specs.set_pending(row, requested=True)
+            row = s.merge(row)
             s.commit()
-            return row
     except BaseException:
         repo.remove(teacher.id)  # the folder and the table stay in step
         raise
+    try:
+        svc.queue.enqueue_spec(teacher.id)
+    except Exception:
+        # The teacher is stored and rankable; the workers' sweep asks again once the request is stale.
+        log.warning("could not request the specification of %s now", teacher.id, exc_info=True)
+    return row
 
 
-def list_teachers(svc: Services, limit: int, offset: int, name: str | None) -> tuple[list[TeacherRow], int]:
+def list_teachers(svc: Services, limit: int, offset: int, name: str | None, *, after: str | None = None,
+                  spec_status: str | None = None) -> tuple[list[TeacherRow], int, bool]:
+    """A page of teachers in id order (index-backed: primary key, ``ix_teachers_name``,
+    ``ix_teachers_spec_status_id``), the total matching, and whether more follow."""
+    page, count = teacher_page_queries(limit, offset, name, after, spec_status)
     with svc.db.session() as s:
-        q = select(TeacherRow)
-        c = select(func.count()).select_from(TeacherRow)
-        if name:
-            q, c = q.where(TeacherRow.name == name), c.where(TeacherRow.name == name)
-        total = s.scalar(c) or 0
-        rows = list(s.scalars(q.order_by(TeacherRow.id).limit(limit).offset(offset)))
-    return rows, total
+        total = s.scalar(count) or 0
+        rows = list(s.scalars(page))
+    more = len(rows) > limit
+    return rows[:limit], total, more
+
+
+def teacher_page_queries(limit: int, offset: int, name: str | None = None, after: str | None = None,
+                         spec_status: str | None = None):
+    """(page query fetching limit + 1 rows, count query) of ``GET /v1/teachers``; the bytes of specifications
+    are never loaded here (deferred column)."""
+    q = select(TeacherRow)
+    c = select(func.count()).select_from(TeacherRow)
+    for cond in ([TeacherRow.name == name] if name else []) + (
+            [TeacherRow.spec_status == spec_status] if spec_status else []):
+        q, c = q.where(cond), c.where(cond)
+    if after is not None:
+        q = q.where(TeacherRow.id > after)
+    return q.order_by(TeacherRow.id).limit(limit + 1).offset(offset), c
 
 
 def get_teacher(svc: Services, teacher_id: str) -> TeacherRow:
@@ -379,7 +429,11 @@ def create_ranking(svc: Services, body: RankingCreate, owner: str) -> JobRow:
         with svc.db.session() as s:
             if not s.scalar(select(func.count()).select_from(TeacherRow)):
                 raise Problem(409, "the teacher repository is empty", type_="conflict", title="Conflict")
-    params = {"metrics": body.metrics, "teacher_ids": body.teacher_ids, "top_k": body.top_k}
+    # Left out: the service's default; null or 0: exhaustive. The worker shortlists only when there are more
+    # candidates than k.
+    k = body.shortlist if "shortlist" in body.model_fields_set else svc.settings.shortlist_k
+    params = {"metrics": body.metrics, "teacher_ids": body.teacher_ids, "top_k": body.top_k,
+              "shortlist": k or None}
     return _create_job(svc, JobKind.RANKING, body.dataset_id, params, owner, body.callback_url)
 
 

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(1, ge=1)
     device: str | None = Field(None, description="torch device for workers; default cuda when available.")
     batch_size: int = Field(64, ge=1)
+    shortlist_k: int = Field(10, ge=0, description="Rankings that do not say: score every teacher from its "
+                                                   "specification and run exact OT only on the best this many "
+                                                   "(when there are more teachers); 0 = always exhaustive.")
     auto_migrate: bool = Field(True, description="Run Alembic migrations when the API starts.")
 
     # --- webhooks (a job's callback_url, called once when it ends)

@@ -77,7 +77,7 @@ async def read_multipart(request: Request, storage: LocalStorage, *, file_limits
     if ctype != b"multipart/form-data" or not params.get(b"boundary"):
         raise Problem(415, "expected a multipart/form-data body", type_="unsupported-media-type",
                       title="Unsupported media type")
-    max_body = max(file_limits.values(), default=0) + BODY_SLACK
+    max_body = sum(file_limits.values()) + BODY_SLACK  # every accepted file at its limit
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_body:
         raise _too_large("the request body", max_body)

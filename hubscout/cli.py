@@ -106,9 +106,13 @@ def teachers_add(
     std: str = typer.Option("0.229,0.224,0.225", help="per-channel std, comma separated"),
     task: str = typer.Option("", help="what the teacher was trained for"),
     metadata: str = typer.Option("{}", help="extra metadata as a JSON object"),
+    spec_sample: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                               help="a labelled sample of its training data (.npz or ImageFolder "
+                                                    ".zip, classes among the labels) for its specification"),
+    spec: bool = typer.Option(True, help="compute its search specification now (else: `teachers spec` later)"),
     repo: str = RepoOpt,
 ) -> None:
-    """Validate a teacher's weights against its architecture and labels, then add it."""
+    """Validate a teacher's weights against its architecture and labels, then add it with its specification."""
     from hubscout.teachers import InputConfig, Repository, load_labels
 
     mean_v = tuple(float(x) for x in mean.split(","))
@@ -121,10 +125,36 @@ def teachers_add(
         raise ValueError(f"--metadata is not JSON: {e}") from e
     if task:
         meta["task"] = task
-    t = Repository(repo).add(arch=arch, weights=weights, labels=load_labels(labels), name=name,
-                             input=InputConfig(input_size, channels, mean_v, std_v), metadata=meta,
-                             teacher_id=teacher_id)
+    label_list = load_labels(labels)
+    sample = None
+    if spec_sample is not None:
+        from hubscout.data import load_dataset
+        from hubscout.sources import sample_per_class
+        from hubscout.spec import SPEC_SAMPLES_PER_CLASS
+
+        sample = sample_per_class(load_dataset(spec_sample), SPEC_SAMPLES_PER_CLASS)
+        unknown = [c for c in sample.classes if c not in label_list]
+        if unknown:
+            raise ValueError(f"--spec-sample classes not among the labels: {', '.join(unknown[:10])}")
+    r = Repository(repo)
+    t = r.add(arch=arch, weights=weights, labels=label_list, name=name,
+              input=InputConfig(input_size, channels, mean_v, std_v), metadata=meta, teacher_id=teacher_id)
+    from hubscout.spec import (SPEC_SAMPLE_FILE, ReferenceEmbedder, repo_cache_dir, save_specification,
+                               specification_for)
+
+    try:
+        if sample is not None:
+            sample.save(r.root / t.id / SPEC_SAMPLE_FILE)
+        if spec:
+            s = specification_for(t, ReferenceEmbedder(), probe_cache_dir=repo_cache_dir(r))
+            save_specification(r, s)
+    except BaseException:
+        r.remove(t.id)  # no teacher without the specification asked for
+        raise
     console.print(f"added teacher [bold]{t.id}[/bold] ({t.arch}, {t.num_classes} classes, {t.num_params:,} params)")
+    if spec:
+        console.print(f"specification: {s.source}, {len(s.rows)} of {s.num_classes} classes described from "
+                      f"{s.n_samples} images")
 
 
 @teachers_app.command("import-timm")

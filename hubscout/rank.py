@@ -208,16 +208,19 @@ def _shortlist(dataset: Dataset, repo: Repository, teachers: list[Teacher], k: i
                device) -> tuple[list[Teacher], dict[str, Any]]:
     from hubscout import spec as hspec
 
+    t0 = time.perf_counter()
     by_id = {s.teacher_id: s for s in (specifications or [])}
-    specs, unspecified = [], []
+    specs = []
     for t in teachers:
         s = by_id.get(t.id) if specifications is not None else hspec.load_specification(repo, t.id)
-        (specs.append(s) if s is not None and s.weights_sha256 == t.weights_sha256 else unspecified.append(t.id))
+        if s is not None and s.is_current(t.weights_sha256):
+            specs.append(s)
+    load_s = time.perf_counter() - t0
     embedder = embedder or hspec.ReferenceEmbedder(device=device)
-    short = hspec.shortlist(specs, hspec.embed_target(dataset, embedder), k=k)
-    keep = set(short.teacher_ids) | set(unspecified)
-    info = short.to_dict()
-    info["unspecified_kept"] = unspecified
+    run, info = hspec.plan([t.id for t in teachers], hspec.SpecIndex.build(specs),
+                           hspec.embed_target(dataset, embedder), k)
+    info["load_specs_s"] = round(load_s, 4)
+    keep = set(run)
     return [t for t in teachers if t.id in keep], info
 
 

@@ -1,8 +1,8 @@
 """Shared fixtures.
 
-``quick_repo`` is the quick demo zoo (EfficientNet-Lite0 plus four small teachers), built once and cached under
-``.pytest_cache/`` keyed by the code that builds it, so repeated local runs start at once; it is shared by the
-whole session: treat it as read-only (copy it to change it).
+``quick_repo`` is the quick demo zoo (EfficientNet-Lite0 plus four small teachers) with their search
+specifications, built once and cached under ``.pytest_cache/`` keyed by the code that builds it, so repeated local
+runs start at once; it is shared by the whole session: treat it as read-only (copy it to change it).
 """
 from __future__ import annotations
 
@@ -61,7 +61,13 @@ def quick_repo(request, tmp_path_factory):
         for old in base.iterdir():  # zoos of older code, unless a session may still be using one
             if old != final and not old.name.startswith(".") and time.time() - old.stat().st_mtime > 3600:
                 shutil.rmtree(old, ignore_errors=True)
-    return Repository(final)
+    repo = Repository(final)
+    from hubscout.spec import ensure_specifications
+
+    # As `hubscout zoo demo` and the service's first start do; computes only missing or stale specifications
+    # (atomic writes: concurrent sessions write the same bytes).
+    ensure_specifications(repo)
+    return repo
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from hubscout.cli import app
+from hubscout.data import Dataset
+from hubscout.spec import load_specification
 from hubscout.teachers import Repository, build_model
 
 runner = CliRunner()
@@ -77,9 +79,23 @@ def test_teachers_add_validates_weights(tmp_path):
     assert res.exit_code == 2 and "safetensors" in res.output
     assert Repository(repo).ids() == []  # nothing half-stored
 
-    res = invoke("teachers", "add", "--weights", good, "--name", "Good One", "--task", "toy", *common)
+    rng = np.random.default_rng(0)
+    sample, alien = tmp_path / "sample.npz", tmp_path / "alien.npz"
+    Dataset(rng.integers(0, 255, (9, 28, 28), dtype=np.uint8), np.arange(9) % 3, ["a", "b", "c"]).save(sample)
+    Dataset(rng.integers(0, 255, (4, 28, 28), dtype=np.uint8), np.arange(4) % 2, ["a", "zebra"]).save(alien)
+    res = invoke("teachers", "add", "--weights", good, "--name", "Alien", "--spec-sample", alien, *common)
+    assert res.exit_code == 2 and "zebra" in res.output
+    assert Repository(repo).ids() == []
+
+    res = invoke("teachers", "add", "--weights", good, "--name", "Good One", "--task", "toy",
+                 "--spec-sample", sample, *common)
     assert res.exit_code == 0, res.output
     res = invoke("teachers", "list", "--repo", repo, "--json")
     listed = json.loads(res.stdout)
     assert [t["id"] for t in listed] == ["good-one"] and listed[0]["metadata"]["task"] == "toy"
     assert listed[0]["labels"] == ["a", "b", "c"] and np.isclose(listed[0]["input"]["mean"][0], 0.485)
+    # Its specification was computed on adding, from the sample.
+    spec = load_specification(Repository(repo), "good-one")
+    assert spec is not None and spec.source == "training-sample" and spec.n_samples == 9
+    res = invoke("teachers", "add", "--weights", good, "--name", "No Spec", "--no-spec", *common)
+    assert res.exit_code == 0 and load_specification(Repository(repo), "no-spec") is None

@@ -15,13 +15,13 @@ import logging
 import re
 import time
 from contextlib import contextmanager, nullcontext
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from app.db import Database, utcnow
-from app.models import LOCAL_OWNER, ScoreRow, TeacherOutputRow, json_safe
+from app.models import LOCAL_OWNER, ScoreRow, SpecStatus, TeacherOutputRow, TeacherRow, json_safe
 from app.storage import LocalStorage
 
 log = logging.getLogger("hubscout.cache")
@@ -284,3 +284,64 @@ def rank_cached(dataset, repo, *, metrics, teacher_ids, top_k, outputs_cache: Db
         ordered = ordered[:top_k]
     return Ranking(dataset.sha256, dataset.classes, len(dataset), metric_list, ordered, DEFAULT_COST,
                    time.perf_counter() - t0), len(known)
+
+
+class SpecStore:
+    """The teachers' specifications from the database, decoded once per worker process and kept while their
+    hash does not change: a ranking reads only the (id, hash) pairs of 1,000 teachers, and the bytes of the
+    new or changed ones."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, tuple[str, Any]] = {}  # id -> (spec sha256, Specification)
+        self._index_key: tuple | None = None
+        self._index = None
+
+    def index(self, db: Database, candidates: list[str]):
+        """(SpecIndex of the candidates with a current specification, in candidate order; fetch seconds)."""
+        from hubscout.spec import Specification, SpecIndex
+
+        t0 = time.perf_counter()
+        wanted = set(candidates)
+        with db.session() as s:
+            ready = list(s.execute(select(TeacherRow.id, TeacherRow.weights_sha256, TeacherRow.spec_sha256)
+                                   .where(TeacherRow.spec_status == SpecStatus.READY)))
+            for gone in set(self._specs) - {r.id for r in ready}:  # deleted, replaced or failed since
+                del self._specs[gone]
+            rows = [r for r in ready if r.id in wanted]
+            stale = [r.id for r in rows if self._specs.get(r.id, ("",))[0] != r.spec_sha256]
+            for i in range(0, len(stale), 200):  # bounded IN lists and result sets
+                for tid, sha, data in s.execute(select(TeacherRow.id, TeacherRow.spec_sha256, TeacherRow.spec)
+                                                .where(TeacherRow.id.in_(stale[i:i + 200]))):
+                    try:
+                        self._specs[tid] = (sha, Specification.from_bytes(data))
+                    except (ValueError, TypeError):
+                        log.warning("unreadable specification of teacher %s: ranked exactly", tid)
+                        self._specs.pop(tid, None)
+        weights = {r.id: (r.weights_sha256, r.spec_sha256) for r in rows}
+        keep = [t for t in candidates if t in weights and t in self._specs
+                and self._specs[t][0] == weights[t][1] and self._specs[t][1].is_current(weights[t][0])]
+        key = tuple((t, weights[t][1]) for t in keep)
+        if key != self._index_key:
+            self._index = SpecIndex.build([self._specs[t][1] for t in keep])
+            self._index_key = key
+        return self._index, time.perf_counter() - t0
+
+
+def target_embedding(storage: LocalStorage, dataset, embedder_fn, owner: str | None = None):
+    """The target's reference embedding, computed once per dataset content and owner (kept in storage under
+    :func:`owner_key`, so one key cannot tell from ``embed_target_cached`` that another has the same data).
+    Returns (embedding, was cached)."""
+    from hubscout.spec import REFERENCE_ARCH, REFERENCE_SIZE, SPEC_VERSION, TargetEmbedding, embed_target
+
+    if not _SHA.fullmatch(dataset.sha256):
+        raise ValueError("dataset hash is not a sha256 hex digest")
+    name = owner_key(dataset.sha256, owner)
+    key = f"embeddings/{REFERENCE_ARCH}-{REFERENCE_SIZE}-v{SPEC_VERSION}/{name[:2]}/{name}.npz"
+    if storage.exists(key):
+        try:
+            return TargetEmbedding.from_bytes(storage.get_bytes(key)), True
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("recomputing unreadable target embedding %s: %s", key, e)
+    emb = embed_target(dataset, embedder_fn())
+    storage.put_bytes(key, emb.to_bytes())
+    return emb, False

@@ -13,6 +13,7 @@ from app.settings import Settings
 
 TASK_RUN_JOB = "hubscout.run_job"
 TASK_DELIVER_WEBHOOK = "hubscout.deliver_webhook"
+TASK_COMPUTE_SPEC = "hubscout.compute_spec"
 QUEUE = "hubscout"
 
 

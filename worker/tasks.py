@@ -23,15 +23,16 @@ from typing import Callable
 from celery import signals
 from sqlalchemy import select
 
-from app import jobs, webhooks
-from app.db import Database, is_unavailable
-from app.models import DatasetRow, JobKind, JobRow, JobStatus, RankingRow, StudentRow, json_safe, result_id_for
+from app import jobs, specs, webhooks
+from app.db import Database, is_unavailable, utcnow
+from app.models import (DatasetRow, JobKind, JobRow, JobStatus, RankingRow, SpecStatus, StudentRow, TeacherRow,
+                        json_safe, result_id_for)
 from app.queue import JobQueue
 from app.settings import Settings, get_settings
 from app.storage import LocalStorage
-from worker.cache import DbOutputsCache, ScoreStore, exclusive, rank_cached
+from worker.cache import DbOutputsCache, ScoreStore, SpecStore, exclusive, rank_cached, target_embedding
 from worker.celery_app import celery_app
-from worker.config import TASK_DELIVER_WEBHOOK, TASK_RUN_JOB
+from worker.config import TASK_COMPUTE_SPEC, TASK_DELIVER_WEBHOOK, TASK_RUN_JOB
 
 log = logging.getLogger("hubscout.worker")
 
@@ -66,6 +67,20 @@ def device_for(settings: Settings) -> str:
     import torch
 
     return settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+_embedder = None
+_spec_store = SpecStore()
+
+
+def reference_embedder(settings: Settings):
+    """The shared reference model, loaded once per worker process (after any fork)."""
+    global _embedder
+    if _embedder is None or _ctx_pid != os.getpid():
+        from hubscout.spec import ReferenceEmbedder
+
+        _embedder = ReferenceEmbedder(device=device_for(settings))
+    return _embedder
 
 
 # ------------------------------------------------------------------------------------------------- progress
@@ -266,6 +281,16 @@ def run_ranking(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: DatasetRo
     report(0.0, "loading dataset")
     ds = _load_dataset(ctx, dataset)
     repo = Repository(ctx.settings.repository_dir)
+    teacher_ids = params.get("teacher_ids")
+    info = None
+    k = params.get("shortlist")
+    if k:
+        with ctx.db.session() as s:
+            candidates = list(teacher_ids or s.scalars(select(TeacherRow.id).order_by(TeacherRow.id)))
+        if len(candidates) > k:
+            report(0.01, f"shortlisting {len(candidates)} teachers by specification")
+            teacher_ids, info = shortlist_teachers(ctx, ds, candidates, k, job.owner)
+            report(0.05, f"{len(teacher_ids)} of {len(candidates)} teachers to run")
     outputs = DbOutputsCache(ctx.db, ctx.storage, owner=job.owner)
 
     waited = []
@@ -281,10 +306,11 @@ def run_ranking(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: DatasetRo
         return exclusive(ctx.db, ctx.storage, f"rank:{job.owner}:{ds.sha256}", on_wait=wait_for_twin)
 
     ranking, n_scored = rank_cached(ds, repo, metrics=params.get("metrics") or ["ot"],
-                                    teacher_ids=params.get("teacher_ids"), top_k=params.get("top_k"),
+                                    teacher_ids=teacher_ids, top_k=params.get("top_k"),
                                     outputs_cache=outputs, scores=ScoreStore(ctx.db, owner=job.owner),
                                     device=device_for(ctx.settings), batch_size=ctx.settings.batch_size,
-                                    on_progress=report.scaled(0.0, 0.95), compute_lock=lock)
+                                    on_progress=report.scaled(0.05 if info else 0.0, 0.95), compute_lock=lock)
+    ranking.shortlist = info
     result = json_safe(ranking.to_dict())
     rid = result_id_for(job.id)
 
@@ -297,8 +323,76 @@ def run_ranking(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: DatasetRo
             s.commit()
 
     _retry_db(ctx, record)
-    log.info("ranking %s: %d teachers; scores stored for %d; outputs cached for %d, computed for %d", rid,
-             len(ranking.entries), n_scored, outputs.hits, outputs.computed)
+    log.info("ranking %s: %d teachers%s; scores stored for %d; outputs cached for %d, computed for %d", rid,
+             len(ranking.entries), f" (shortlisted from {info['considered'] + len(info['unspecified_run'])})"
+             if info else "", n_scored, outputs.hits, outputs.computed)
+
+
+def shortlist_teachers(ctx: Context, ds, candidates: list[str], k: int, owner: str) -> tuple[list[str], dict]:
+    """The candidates to run exactly, and the shortlist's description (``hubscout.spec.plan``): specifications
+    from the database, the target embedded once per dataset content and owner."""
+    from hubscout.spec import plan
+
+    index, load_s = _spec_store.index(ctx.db, candidates)
+    target, embed_cached = target_embedding(ctx.storage, ds, lambda: reference_embedder(ctx.settings), owner)
+    run, info = plan(candidates, index, target, k)
+    info.update(load_specs_s=round(load_s, 4), embed_target_cached=embed_cached)
+    return run, info
+
+
+# ------------------------------------------------------------------------------------------------- specifications
+
+@celery_app.task(name=TASK_COMPUTE_SPEC, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def compute_spec(self, teacher_id: str) -> str:
+    """Compute a pending teacher's specification and store it in the table (and its folder's spec.npz)."""
+    return compute_spec_for(context(), teacher_id)
+
+
+def compute_spec_for(ctx: Context, teacher_id: str) -> str:
+    from hubscout.spec import load_specification, repo_cache_dir, save_specification, specification_for
+    from hubscout.teachers import Repository, TeacherNotFound
+
+    with ctx.db.session() as s:
+        row = s.get(TeacherRow, teacher_id)
+        status = row.spec_status if row is not None else None
+        weights = row.weights_sha256 if row is not None else None
+    if status != SpecStatus.PENDING:
+        return "skipped"
+    repo = Repository(ctx.settings.repository_dir)
+    t0 = time.perf_counter()
+    try:
+        teacher = repo.get(teacher_id)
+        if teacher.weights_sha256 != weights:
+            return "skipped"  # replaced meanwhile; the next sync or upload asks again
+        spec = load_specification(repo, teacher_id)
+        if spec is None:
+            spec = specification_for(teacher, reference_embedder(ctx.settings), device=device_for(ctx.settings),
+                                     probe_cache_dir=repo_cache_dir(repo))
+            try:
+                save_specification(repo, spec)  # the CLI and a later sync read it from the folder
+            except OSError as e:
+                log.warning("could not write the specification of %s beside it: %s", teacher_id, e)
+        data = spec.to_bytes()
+    except TeacherNotFound:
+        return "skipped"
+    except Exception as e:
+        log.exception("specification of teacher %s failed", teacher_id)
+        with ctx.db.session() as s:
+            row = s.get(TeacherRow, teacher_id)
+            if row is not None and row.weights_sha256 == weights:
+                row.spec_status, row.spec_error, row.spec_updated_at = SpecStatus.FAILED, _describe(e), utcnow()
+                s.commit()
+        return "failed"
+    with ctx.db.session() as s:
+        row = s.get(TeacherRow, teacher_id)
+        # Only for the weights it was computed for: a teacher replaced meanwhile keeps waiting for its own.
+        if row is None or row.weights_sha256 != spec.weights_sha256:
+            return "skipped"
+        specs.set_ready(row, data)
+        s.commit()
+    log.info("specification of teacher %s (%s, %d of %d classes described) stored in %.1f s", teacher_id,
+             spec.source, len(spec.rows), spec.num_classes, time.perf_counter() - t0)
+    return "ready"
 
 
 def _zip_folder(folder: Path, dest: Path) -> None:
@@ -371,6 +465,9 @@ def startup_sweep() -> None:
         n = jobs.sweep(ctx.db, ctx.settings, ctx.queue.enqueue, all_running=embedded, resend_queued=embedded)
         if n:
             log.warning("recovered %d job(s) left running by a lost worker", n)
+        n = specs.request_due(ctx.db, ctx.settings, ctx.queue.enqueue_spec)
+        if n:
+            log.info("requested %d pending teacher specification(s)", n)
     except Exception:
         log.exception("startup sweep failed (is the database migrated?)")
 
@@ -386,6 +483,7 @@ class _Sweeper(threading.Thread):
             time.sleep(interval)
             try:
                 jobs.sweep(ctx.db, ctx.settings, ctx.queue.enqueue, resend_forgotten=True)
+                specs.request_due(ctx.db, ctx.settings, ctx.queue.enqueue_spec)
             except Exception:
                 log.warning("periodic sweep failed", exc_info=True)
             # Callbacks of jobs ended elsewhere (failed by a sweep) or whose enqueue was lost.

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -7,7 +9,7 @@ from app import services as ops
 from app.auth import authenticate
 from app.models import TeacherRow
 from app.routes import MAX_INT, problems, services
-from app.schemas import Page, TeacherOut, TeacherSummary
+from app.schemas import SpecInfo, TeacherOut, TeacherPage, TeacherSummary
 from app.services import Services
 from app.uploads import read_multipart
 
@@ -16,6 +18,7 @@ router = APIRouter(prefix="/v1/teachers", tags=["teachers"], dependencies=[Depen
                    responses=problems(401, 503))
 
 TEXT_FIELDS = {"arch", "name", "labels", "input", "arch_kwargs", "metadata", "id"}
+FILE_FIELDS = ("weights", "spec_sample")
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["weights", "arch", "name", "labels"],
     "properties": {
@@ -28,26 +31,38 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
         "arch_kwargs": {"type": "string", "description": "JSON object of extra timm model arguments"},
         "metadata": {"type": "string", "description": "JSON object, free form (task, source, licence...)"},
         "id": {"type": "string", "description": "default: a slug of the name"},
+        "spec_sample": {"type": "string", "format": "binary",
+                        "description": "optional: a labelled sample of the training data (.npz or ImageFolder "
+                                       ".zip, classes among the labels; at most 50 a class are kept) from which "
+                                       "the teacher's search specification is computed; without it, the "
+                                       "teacher's own predictions on a fixed probe set are used"},
     }}}}}}
 
 
 def _summary(row: TeacherRow) -> TeacherSummary:
+    spec = SpecInfo(status=row.spec_status, source=row.spec_source, updated_at=row.spec_updated_at,
+                    error=row.spec_error)
     return TeacherSummary(id=row.id, name=row.name, arch=row.arch, num_classes=row.num_classes,
                           num_params=row.num_params, weights_sha256=row.weights_sha256, input=row.input_config,
-                          metadata=row.meta, created_at=row.created_at)
+                          metadata=row.meta, spec=spec, created_at=row.created_at)
 
 
 def teacher_out(row: TeacherRow) -> TeacherOut:
     return TeacherOut(**_summary(row).model_dump(), labels=row.labels, arch_kwargs=row.arch_kwargs)
 
 
-@router.get("", response_model=Page[TeacherSummary], responses=problems(422))
+@router.get("", response_model=TeacherPage[TeacherSummary], responses=problems(422))
 def list_teachers(limit: int = Query(50, ge=1, le=MAX_INT), offset: int = Query(0, ge=0, le=MAX_INT),
+                  after: str | None = Query(None, max_length=128, description="keyset cursor: teachers whose id "
+                                                                              "sorts after this one"),
                   name: str | None = Query(None, max_length=255, description="exact name"),
-                  svc: Services = Depends(services)) -> Page[TeacherSummary]:
+                  spec_status: Literal["pending", "ready", "failed"] | None = Query(
+                      None, description="only teachers whose specification is in this state"),
+                  svc: Services = Depends(services)) -> TeacherPage[TeacherSummary]:
     limit = min(limit, svc.settings.max_page_size)
-    rows, total = ops.list_teachers(svc, limit, offset, name)
-    return Page[TeacherSummary](items=[_summary(r) for r in rows], total=total, limit=limit, offset=offset)
+    rows, total, more = ops.list_teachers(svc, limit, offset, name, after=after, spec_status=spec_status)
+    return TeacherPage[TeacherSummary](items=[_summary(r) for r in rows], total=total, limit=limit, offset=offset,
+                                       next_after=rows[-1].id if more and rows else None)
 
 
 @router.get("/{teacher_id}", response_model=TeacherOut, responses=problems(404))
@@ -59,11 +74,13 @@ def get_teacher(teacher_id: str, svc: Services = Depends(services)) -> TeacherOu
              responses=problems(409, 413, 415, 422), summary="Add a teacher (validated against its architecture)")
 async def add_teacher(request: Request, response: Response, svc: Services = Depends(services)) -> TeacherOut:
     s = svc.settings
-    form = await read_multipart(request, svc.storage, file_limits={"weights": s.max_teacher_upload_bytes},
+    form = await read_multipart(request, svc.storage, file_limits={"weights": s.max_teacher_upload_bytes,
+                                                                   "spec_sample": s.max_upload_bytes},
                                 text_fields=TEXT_FIELDS, max_field_bytes=s.max_form_field_bytes,
                                 chunk_bytes=s.upload_chunk_bytes)
     try:
-        row = await run_in_threadpool(ops.add_teacher, svc, form.files.get("weights"), form.fields)
+        row = await run_in_threadpool(ops.add_teacher, svc, form.files.get("weights"), form.fields,
+                                      form.files.get("spec_sample"))
     finally:
         form.cleanup()
     response.headers["Location"] = f"/v1/teachers/{row.id}"

@@ -361,6 +361,15 @@ def test_teachers_are_listed_with_pagination(client):
     assert one["labels"] == ["x", "y", "z"] and one["input"]["size"] == 32
     assert client.get("/v1/teachers", params={"name": "tiny 2"}).json()["total"] == 1
     assert_problem(client.get("/v1/teachers", params={"limit": 0}), 422)
+    # Keyset pagination: the cursor is the last id of a page; null on the last page.
+    assert page["next_after"] == "tiny-1" and rest["next_after"] is None
+    after = client.get("/v1/teachers", params={"limit": 2, "after": page["next_after"]}).json()
+    assert [t["id"] for t in after["items"]] == ["tiny-2"] and after["next_after"] is None
+    # These folders came without spec.npz, and no worker runs here: their specifications wait for one.
+    assert {t["spec"]["status"] for t in page["items"]} == {"pending"}
+    assert client.get("/v1/teachers", params={"spec_status": "pending"}).json()["total"] == 3
+    assert client.get("/v1/teachers", params={"spec_status": "ready"}).json()["total"] == 0
+    assert_problem(client.get("/v1/teachers", params={"spec_status": "nonsense"}), 422)
 
 
 def _teacher_form(**over):
@@ -376,6 +385,8 @@ def test_add_and_delete_a_teacher(client, settings):
     assert r.status_code == 201, r.text
     t = r.json()
     assert t["id"] == "uploaded-teacher" and t["num_classes"] == 3 and t["metadata"] == {"task": "testing"}
+    # Computed by a worker, not in the request.
+    assert t["spec"]["status"] == "pending" and t["spec"]["source"] is None
     assert r.headers["location"] == "/v1/teachers/uploaded-teacher"
     assert "uploaded-teacher" in Repository(settings.repository_dir)
     assert client.get("/v1/teachers").json()["total"] == 4
@@ -432,6 +443,32 @@ def test_bad_teacher_is_a_422_problem_and_nothing_is_added(client, settings, for
     assert stored_files(settings) == scratch_before, "the uploaded weights were left in storage"
 
 
+def test_a_spec_sample_is_kept_beside_the_teacher_and_a_bad_one_refused(client, settings):
+    from hubscout.data import load_dataset
+    from hubscout.spec import SPEC_SAMPLE_FILE
+
+    rng = np.random.default_rng(5)
+    sample = Dataset(rng.integers(0, 255, (140, 16, 16, 1), dtype=np.uint8), np.arange(140) % 2, ["q", "r"])
+    r = client.post("/v1/teachers", data=_teacher_form(name="with sample"),
+                    files={"weights": ("w.safetensors", tiny_weights()), "spec_sample": ("s.npz", npz_bytes(sample))})
+    assert r.status_code == 201, r.text
+    try:
+        kept = load_dataset(Path(settings.repository_dir) / "with-sample" / SPEC_SAMPLE_FILE)
+        assert kept.classes == ["q", "r"] and kept.class_counts() == {"q": 50, "r": 50}  # cut to 50 a class
+        assert r.json()["spec"]["status"] == "pending"
+    finally:
+        assert client.delete("/v1/teachers/with-sample").status_code == 204
+
+    before = sorted(p.name for p in Path(settings.repository_dir).iterdir())
+    alien = Dataset(sample.images[:4], np.array([0, 1, 0, 1]), ["q", "zebra"])
+    for payload, needle in [(npz_bytes(alien), "zebra"), (b"not a dataset", "spec_sample")]:
+        r = client.post("/v1/teachers", data=_teacher_form(name="bad sample"),
+                        files={"weights": ("w.safetensors", tiny_weights()), "spec_sample": ("s.npz", payload)})
+        assert needle in assert_problem(r, 422)["detail"]
+    assert sorted(p.name for p in Path(settings.repository_dir).iterdir()) == before
+    assert count(client, TeacherRow) == 3
+
+
 # ------------------------------------------------------------------------------------------------- jobs
 
 @pytest.fixture(scope="module")
@@ -445,6 +482,8 @@ def test_ranking_request_validation(client, dataset_id):
     for body, status, needle in [
         ({"dataset_id": dataset_id, "metrics": ["nope"]}, 422, "unknown metric"),
         ({"dataset_id": dataset_id, "top_k": 0}, 422, "top_k"),
+        ({"dataset_id": dataset_id, "shortlist": -1}, 422, "shortlist"),
+        ({"dataset_id": dataset_id, "shortlist": "many"}, 422, "shortlist"),
         ({"dataset_id": dataset_id, "surprise": 1}, 422, "surprise"),
         ({"dataset_id": "missing"}, 422, "does not exist"),
         ({"dataset_id": dataset_id, "teacher_ids": ["tiny-0", "ghost"]}, 422, "ghost"),
@@ -486,6 +525,12 @@ def test_jobs_are_queued_listed_and_cancelled(client, dataset_id):
     assert r.headers["location"] == f"/v1/jobs/{job['id']}"
     assert job["status"] == "queued" and job["kind"] == "ranking" and job["progress"] == 0
     assert job["params"]["metrics"] == ["ot", "leep", "nce", "hscore", "logme"]
+    # Not said: the service's default shortlist; null or 0: exhaustive.
+    assert job["params"]["shortlist"] == 10
+    for asked, stored in [(None, None), (0, None), (3, 3)]:
+        other = client.post("/v1/rankings", json={"dataset_id": dataset_id, "shortlist": asked}).json()
+        assert other["params"]["shortlist"] == stored
+        assert client.delete(f"/v1/jobs/{other['id']}").status_code == 200
     d = client.post("/v1/distillations", json={"dataset_id": dataset_id, "teacher_ids": ["tiny-1"], "epochs": 2})
     assert d.status_code == 202, d.text
     assert d.json()["params"]["config"]["epochs"] == 2

@@ -1,6 +1,7 @@
 """The job state machine (app.jobs), the repository mirror and the demo-zoo bootstrap, on SQLite."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 
@@ -194,28 +195,79 @@ def test_stored_scores_carry_the_plan_and_older_ones_are_scored_again(db):
     assert set(store.lookup(teachers, "d" * 64, ["leep"], "proto-softmax")) == {"t0", "t1"}
 
 
-def _add(repo: Repository, tid: str, seed: int = 0) -> None:
+def _add(repo: Repository, tid: str, seed: int = 0):
     torch.manual_seed(seed)
-    repo.add(arch="test_resnet", weights=build_model("test_resnet", 2, 1).state_dict(), labels=["a", "b"],
-             name=tid, input=InputConfig(32, 1, (0.5,), (0.5,)), teacher_id=tid)
+    return repo.add(arch="test_resnet", weights=build_model("test_resnet", 2, 1).state_dict(), labels=["a", "b"],
+                    name=tid, input=InputConfig(32, 1, (0.5,), (0.5,)), teacher_id=tid, overwrite=True)
 
 
 def test_repository_mirror_follows_the_folder(db, settings):
     repo = Repository(settings.repository_dir)
     _add(repo, "one")
     _add(repo, "two", seed=1)
-    assert repository.sync(db, repo) == {"teachers": 2, "added": 2, "updated": 0, "removed": 0}
+    assert repository.sync(db, repo) == {"teachers": 2, "added": 2, "updated": 0, "removed": 0, "specs_pending": 2}
     repo.remove("one")
     _add(repo, "three", seed=3)
-    assert repository.sync(db, repo) == {"teachers": 2, "added": 1, "updated": 0, "removed": 1}
+    assert repository.sync(db, repo) == {"teachers": 2, "added": 1, "updated": 0, "removed": 1, "specs_pending": 2}
     with db.session() as s:
         assert sorted(r.id for r in s.query(TeacherRow).all()) == ["three", "two"]
 
 
+def _fake_spec(teacher, seed: int = 0):
+    """A specification of the right shape for ``teacher``, without the reference model."""
+    import numpy as np
+
+    from hubscout.spec import TeacherView, build_specification
+
+    rng = np.random.default_rng(seed)
+    view = TeacherView(rng.normal(size=(4, 8)), np.full((4, 2), 0.5), rng.normal(size=(2, 8)))
+    return build_specification(teacher, None, None, np.array([0, 0, 1, 1]), embeddings=rng.normal(size=(4, 16)),
+                               view=view)
+
+
+def test_specifications_follow_the_folder_and_pending_ones_are_requested(db, settings):
+    from app import specs
+    from hubscout.spec import SPEC_FILE, save_specification
+
+    repo = Repository(settings.repository_dir)
+    one = _add(repo, "one")
+    repository.sync(db, repo)
+    with db.session() as s:
+        row = s.get(TeacherRow, "one")
+        assert row.spec_status == "pending" and row.spec is None
+    sent: list[str] = []
+    assert specs.request_due(db, settings, sent.append) == 1 and sent == ["one"]
+    assert specs.request_due(db, settings, sent.append) == 0  # asked already, not stale yet
+    with db.session() as s:
+        s.execute(update(TeacherRow).values(spec_requested_at=utcnow() - dt.timedelta(seconds=60)))
+        s.commit()
+    assert specs.request_due(db, settings, sent.append) == 1 and sent == ["one", "one"]  # a lost request
+
+    # A spec.npz for these weights (the CLI, or a worker, wrote it): the next sync stores it.
+    save_specification(repo, _fake_spec(one))
+    assert repository.sync(db, repo)["specs_pending"] == 0
+    with db.session() as s:
+        row = s.get(TeacherRow, "one")
+        assert row.spec_status == "ready" and row.spec_source == "training-sample"
+        assert row.spec == (repo.root / "one" / SPEC_FILE).read_bytes()
+    # Removing the file keeps the stored one (still current for the weights) ...
+    (repo.root / "one" / SPEC_FILE).unlink()
+    assert repository.sync(db, repo)["specs_pending"] == 0
+    # ... new weights make it stale: the teacher waits for a worker again.
+    two = _add(repo, "one", seed=7)
+    save_specification(repo, dataclasses.replace(_fake_spec(two), weights_sha256=one.weights_sha256))
+    assert repository.sync(db, repo) == {"teachers": 1, "added": 0, "updated": 1, "removed": 0, "specs_pending": 1}
+    with db.session() as s:
+        row = s.get(TeacherRow, "one")
+        assert row.spec_status == "pending" and row.spec is None and row.weights_sha256 == two.weights_sha256
+
+
 def test_missing_repository_is_built_once_on_first_start(tmp_path, monkeypatch, caplog):
+    import hubscout.spec
     import hubscout.zoo
 
     built = []
+    monkeypatch.setattr(hubscout.spec, "ensure_specifications", lambda repo, **kw: built.append("specs"))
 
     def fake_build(out, quick=False, **kw):
         built.append((out, quick))
@@ -227,6 +279,8 @@ def test_missing_repository_is_built_once_on_first_start(tmp_path, monkeypatch, 
     with caplog.at_level(logging.INFO, logger="hubscout.repository"):
         root = repository.ensure_repository(s)
     assert root == (tmp_path / "zoo").resolve() and Repository(root).ids() == ["demo"]
+    assert built[1] == "specs"  # with the zoo, before it is renamed into place
+    built.pop()
     assert len(built) == 1 and built[0][1] is True and built[0][0] != root  # built aside, then renamed
     assert "building the quick demo zoo" in caplog.text
     repository.ensure_repository(s)
