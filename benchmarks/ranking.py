@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     limit_threads(1)
 
     from hubscout.extract import FileCache
+    from hubscout.ot import DEFAULT_COST
     from hubscout.plots import plot_transport_plan
     from hubscout.rank import rank
     from hubscout.sources import TARGETS, demo_target

@@ -28,7 +28,6 @@ All teachers are stacked in one :class:`SpecIndex`, so 1,000 teachers cost a few
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import time

@@ -228,7 +228,8 @@ def execute(ctx: Context, job_id: str, token: str) -> str:
         if is_unavailable(e):
             raise  # not the job's fault: it stays running, and is taken over once its heartbeat goes stale
         log.exception("job %s failed", job_id)
-        _retry_db(ctx, lambda: jobs.fail(ctx.db, claim, _describe(e)))
+        reason = _describe(e)
+        _retry_db(ctx, lambda: jobs.fail(ctx.db, claim, reason))
         return "failed"
     finally:
         beat.stop()

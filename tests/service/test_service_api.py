@@ -16,7 +16,7 @@ from svc_helpers import assert_problem, make_tiny_repo, npz_bytes, tiny_weights,
 from app.main import create_app
 from app.models import DatasetRow, JobRow, TeacherRow
 from app.settings import Settings
-from hubscout.data import write_image_folder_zip
+from hubscout.data import Dataset, write_image_folder_zip
 from hubscout.teachers import Repository, build_model
 
 MAX_UPLOAD = 400_000

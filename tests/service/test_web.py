@@ -2,7 +2,6 @@
 embedded server: upload → rank → transport plan → distil → download, as a person would click through it."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
