@@ -20,7 +20,7 @@ set and each target) and each variant's logits are ``features @ W_v.T + b_v``. T
 variant's own forward pass ends with; ``--check`` materialises a few variants as real repository teachers (their
 own safetensors) and verifies that production ``rank()`` and ``specification_for`` give the same numbers.
 
-**Exact ground truth.** Exact OT (proto-softmax, ``hubscout.rank.score_teacher``) of all 1,000 teachers on each
+**Exact ground truth.** Exact OT (the library's default cost, ``hubscout.rank.score_teacher``) of all 1,000 teachers on each
 target (all of ``hubscout.sources.TARGETS``, 10 shots; seed 1 = *dev*, on which the default score was chosen,
 seed 0 = *test*). **Costs are counted as if every teacher were deployed separately:** exhaustive = the sum over
 all 1,000 teachers of their base's full forward pass on the target (model load included, measured) + OT; the
@@ -409,11 +409,11 @@ def _recall(sc: np.ndarray, ex: np.ndarray, top_k: int) -> dict[str, float]:
 
 
 def evaluate(methods, index, ids, exact: dict[str, float], target, top_k: int,
-             temperatures: list[float]) -> dict[str, Any]:
+             temperatures: list[float], default_method: str) -> dict[str, Any]:
     ex = np.array([exact[t] for t in ids])
     top3 = np.argsort(ex, kind="stable")[:3]
     res = {m: _recall(index.scores(target, m), ex, top_k) for m in methods}
-    grid = {str(t): _recall(index.scores(target, "gmm-ot", t), ex, top_k) for t in temperatures}
+    grid = {str(t): _recall(index.scores(target, default_method, t), ex, top_k) for t in temperatures}
     return {"exact_top3": [ids[i] for i in top3], "exact_top3_scores": [float(ex[i]) for i in top3],
             "methods": res, "temperature_grid": grid}
 
@@ -434,6 +434,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     limit_threads(1)
 
+    from hubscout.ot import DEFAULT_COST
     from hubscout.sources import TARGETS, demo_target
     from hubscout.spec import (DEFAULT_METHOD, SCORE_METHODS, ReferenceEmbedder, Specification, SpecIndex,
                                embed_target)
@@ -486,7 +487,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             te = embed_target(ds, embedder)
             times: dict = {}
             vkey = hashlib.sha256(json.dumps([[v.id, v.teacher.weights_sha256] for v in variants]).encode())
-            exact_path = CACHE / f"exact-{vkey.hexdigest()[:16]}-{name}-s{seed}-{args.shots}.json"
+            exact_path = CACHE / f"exact-{vkey.hexdigest()[:16]}-{DEFAULT_COST}-{name}-s{seed}-{args.shots}.json"
             cached = _cache_load(exact_path) if args.reuse_exact else None
             if cached is not None:
                 exact, times = cached["exact"], cached["times"]
@@ -499,7 +500,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 index.scores(te, m)
                 score_s[m] = time.perf_counter() - t0
-            ev = evaluate(methods, index, ids, exact, te, args.top_k, TEMPERATURES)
+            ev = evaluate(methods, index, ids, exact, te, args.top_k, TEMPERATURES, DEFAULT_METHOD)
             fwd = times["forward"]
             ot = times["ot"]
             per_teacher = {v.id: fwd[v.base.id] + ot[v.id] for v in variants}
@@ -544,7 +545,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     mach = machine()
     payload = {"benchmark": "shortlist", "quick": args.quick, "reused_exact": args.reuse_exact, "machine": mach, "repo": str(repo_dir),
                "n_teachers": len(variants), "bases": [b.id for b in bases], "kinds": kinds, "top_k": args.top_k,
-               "shots": args.shots, "default_method": DEFAULT_METHOD, "spec_compute_s": spec_s, "spec_features_cached": features_were_cached,
+               "shots": args.shots, "default_method": DEFAULT_METHOD, "cost": DEFAULT_COST, "spec_compute_s": spec_s, "spec_features_cached": features_were_cached,
                "spec_bytes_total": int(sizes.sum()), "spec_bytes_median": float(np.median(sizes)),
                "timing": timing, "summary": summary, "temperature_grid": grid, "verdict": verdict, "check": check, "targets": per_target,
                "wall_s": time.perf_counter() - t_start}
@@ -570,7 +571,7 @@ def _markdown(p: dict[str, Any], methods: list[str]) -> str:
           f"\n{n} **real** teachers from {len(p['bases'])} bases ({', '.join(p['bases'])}; repository "
           f"`{p['repo']}`): {p['kinds']['original']} originals, {p['kinds']['subset']} class-subset, "
           f"{p['kinds']['noise']} head-noise and {p['kinds']['subset+noise']} subset+noise variants (see the "
-          f"module docstring). Specifications by production code; exact OT (proto-softmax) of all {n} teachers "
+          f"module docstring). Specifications by production code; exact OT ({p['cost']}) of all {n} teachers "
           f"on every target as ground truth. {len(p['targets'])} target instances at {p['shots']} shots"
           + (" (dev = seed 1, used to choose the default score; test = seed 0)" if len(splits) > 1 else "")
           + f"; shortlist of {k}.\n",
@@ -590,7 +591,7 @@ def _markdown(p: dict[str, Any], methods: list[str]) -> str:
                            for c in ("top1_in", "top3_recall", "spec_rank_of_top1", "regret")] for m in methods]),
           "\n*regret*: exact OT of the best shortlisted teacher minus the exact best (0 = the best was kept). "
           "*spec rank*: where the exact top-1 lands in the specification order (1 = first).\n",
-          "\n### Posterior temperature of `gmm-ot`\n\n",
+          f"\n### Posterior temperature of `{p['default_method']}`\n\n",
           md_table(["τ"] + [f"{s}: {c}" for s in splits for c in ("top-1 in", "top-3 recall")],
                    [[str(t)] + [p["temperature_grid"][t][s][c] for s in splits for c in ("top1_in", "top3_recall")]
                     for t in p["temperature_grid"]]),
