@@ -290,7 +290,8 @@ class RankedTeacher(BaseModel):
     scores: dict[str, dict[str, Any]]
     correspondences: dict[str, list[list[Any]]]
     matches: dict[str, list[list[Any]]] = Field(default_factory=dict, description=(
-        "Per target class, the teacher classes nearest under the ground cost, as [name, cost]"))
+        "Per target class, the teacher classes nearest under the centred prototype cost (the label-space "
+        "bridge), as [name, cost]"))
     plan: TransportPlan | None = Field(None, description="With the ot metric: the transport plan, for a heatmap.")
     cached: bool
 

@@ -129,13 +129,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         vals = [t["mean"][m] for t in per_task if t["mean"][m] is not None]
         return float(np.mean(vals)) if vals else None
 
+    methods = [m for m in METHODS if any(t["accuracy"][m] for t in per_task)]
     summary = {m: {"mean_accuracy": avg(m),
                    "mean_gain_over_ce": (float(np.mean([t["mean"][m] - t["mean"]["ce"] for t in per_task
                                                         if t["mean"][m] is not None]))
                                          if any(t["mean"][m] is not None for t in per_task) else None),
                    "tasks_better_than_ce": int(sum(1 for t in per_task if t["mean"][m] is not None
                                                    and t["mean"][m] > t["mean"]["ce"]))}
-               for m in METHODS}
+               for m in methods}
     mach = machine()
     cfg_d = budget(args.quick, True).to_dict()
     payload = {"benchmark": "distillation", "quick": args.quick, "machine": mach, "repo": str(repo_dir),
@@ -158,11 +159,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           md_table(["method", "mean accuracy", "mean gain over CE (points)", "tasks better than CE"],
                    [[m, summary[m]["mean_accuracy"] if summary[m]["mean_accuracy"] is not None else "–",
                      100 * summary[m]["mean_gain_over_ce"] if summary[m]["mean_gain_over_ce"] is not None else "–",
-                     f"{summary[m]['tasks_better_than_ce']} / {len(per_task)}"] for m in METHODS]),
+                     f"{summary[m]['tasks_better_than_ce']} / {len(per_task)}"] for m in methods]),
           "\n## Per task (accuracy, mean ± std over seeds)\n\n",
-          md_table(["task", "OT top-3 teachers", "oracle"] + list(METHODS),
-                   [[t["task"], ", ".join(t["top3"]), t["oracle"] or "–"] + [cell(t, m) for m in METHODS]
-                    for t in per_task]),
+          md_table(["task", "OT top-3 teachers"] + (["oracle"] if args.oracle else []) + methods,
+                   [[t["task"], ", ".join(t["top3"])] + ([t["oracle"] or "–"] if args.oracle else [])
+                    + [cell(t, m) for m in methods] for t in per_task]),
           f"\n![mean accuracy per method]({name}.png)\n"]
     _plot(summary, RESULTS / f"{name}.png")
     write_results(name, payload, "".join(md))
@@ -176,7 +177,7 @@ def _plot(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ms = [m for m in METHODS if summary[m]["mean_accuracy"] is not None]
+    ms = [m for m in summary if summary[m]["mean_accuracy"] is not None]
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.bar(ms, [summary[m]["mean_accuracy"] for m in ms],
            color=["tab:gray" if m == "ce" else "tab:blue" if m.startswith("ot") else "tab:orange" for m in ms])

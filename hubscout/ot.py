@@ -390,6 +390,10 @@ DEFAULT_COST = "joint"
 #: with (docs/method.md §5); the ranking benchmark did not compare costs for distillation.
 DEFAULT_DISTILL_COST = "proto-softmax"
 
+#: The cost whose nearest classes are reported as the label-space bridge (``matches``), whatever cost scores: the
+#: centred prototype cost reads best (zebra silhouettes -> ImageNet ``zebra``; see ``cost_prototype``).
+BRIDGE_COST = "proto-centred"
+
 #: name -> function(*, classifier_weight, features, probs, labels, n_classes, **options) -> (K, C) cost.
 COSTS: dict[str, Callable[..., np.ndarray]] = {
     "proto": _cost_proto_entry,

@@ -32,7 +32,7 @@ class RankEntry:
     scores: dict[str, float]
     correspondences: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
     plan: np.ndarray | None = None
-    # Per target class, the teacher classes nearest under the ground cost (see hubscout.ot.nearest_classes).
+    # Per target class, the teacher classes nearest under the bridge cost (hubscout.ot.BRIDGE_COST, nearest_classes).
     matches: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
     # ``hubscout.ot.plan_summary`` of the plan: what a heatmap shows, and what the JSON form carries.
     plan_summary: dict[str, Any] | None = None
@@ -137,7 +137,10 @@ def score_teacher(outputs: TeacherOutputs, teacher: Teacher, dataset: Dataset, m
             entry.plan = res.plan
             entry.correspondences = hot.top_correspondences(res.plan, teacher.labels, dataset.classes,
                                                             k=n_correspondences)
-            entry.matches = hot.nearest_classes(M, teacher.labels, dataset.classes, k=n_correspondences)
+            bridge = M if cost == hot.BRIDGE_COST else hot.cost_matrix(
+                hot.BRIDGE_COST, classifier_weight=outputs.classifier_weight, features=outputs.features,
+                labels=labels, n_classes=n)
+            entry.matches = hot.nearest_classes(bridge, teacher.labels, dataset.classes, k=n_correspondences)
             entry.plan_summary = hot.plan_summary(res.plan, teacher.labels, dataset.classes)
         else:
             scores[m] = float(METRICS[m].fn(probs=probs, features=outputs.features,
