@@ -3,4 +3,4 @@
 The science lives here, importable without the service: datasets, the teacher repository, feature/logit
 extraction, OT relatedness, baseline scores, distillation and export.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+import hubscout
 from hubscout.data import iter_batches
 from hubscout.distill import DistillConfig, distill, load_student
 from hubscout.export import CARD_FILE, INPUT_NAME, ONNX_FILE, OUTPUT_NAME, ExportError, export_onnx
@@ -68,7 +69,7 @@ def test_model_card_names_task_classes_teachers_metrics_and_data(saved):
     assert f"`{target.sha256}`" in card and student.dataset_sha256 == target.sha256
     assert f"| train_accuracy | {student.metrics['train_accuracy']:.4f} |" in card
     assert "| lam | 1.0000 |" in card and "| student_arch | test_resnet |" in card
-    assert "hubscout 0.1.0" in card and ONNX_FILE in card
+    assert f"hubscout {hubscout.__version__}" in card and ONNX_FILE in card
 
 
 def test_export_failure_is_loud(tmp_path):
