@@ -65,6 +65,20 @@ def rank_once(ds, repo, tids, metrics=("ot",)):
     return time.perf_counter() - t0, r
 
 
+def memory_table(memory: dict, head) -> str:
+    """The memory measurement as a markdown table (the full run and ``--memory-only`` print the same)."""
+    return md_table(["quantity", "MB"], [
+        ["dataset as uint8 (held by the caller)", f"{memory['dataset_uint8_mb']:.1f}"],
+        [f"all inputs as model-ready floats ({memory['channels']}×{memory['input_size']}²) — not materialised",
+         f"{memory['all_inputs_as_float_mb']:.1f}"],
+        [f"outputs kept for scoring: N×(D+K) float32, D={head.in_features}, K={head.out_features}",
+         f"{memory['outputs_float32_mb']:.1f}"],
+        ["one batch of model inputs (64 images)", f"{memory['one_input_batch_mb']:.2f}"],
+        ["tracemalloc peak during rank (Python + numpy)", f"{memory['tracemalloc_peak_mb']:.1f}"],
+        ["max RSS before → after", f"{memory['maxrss_before_mb']:.0f} → {memory['maxrss_after_mb']:.0f}"],
+        ["max RSS growth", f"{memory['maxrss_growth_mb']:.1f}"]])
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description="ranking speed benchmark")
     ap.add_argument("--quick", action="store_true")
@@ -101,7 +115,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     _, tm_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     rss1 = _maxrss_mb()
-    D = None
     e = r_mem.entries[0]
     in_float_mb = big_n * t_mem.input.channels * t_mem.input.size ** 2 * 4 / 2 ** 20
     head = t_mem.load_model("cpu").get_classifier()
@@ -111,7 +124,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "tracemalloc_peak_mb": tm_peak / 2 ** 20, "maxrss_before_mb": rss0, "maxrss_after_mb": rss1,
               "maxrss_growth_mb": rss1 - rss0, "dataset_uint8_mb": big.images.nbytes / 2 ** 20,
               "all_inputs_as_float_mb": in_float_mb,
-              "outputs_float32_mb": outputs_mb, "one_input_batch_mb": batch_mb, "feature_dim": head.in_features, "input_size": t_mem.input.size,
+              "outputs_float32_mb": outputs_mb, "one_input_batch_mb": batch_mb, "feature_dim": head.in_features, "channels": t_mem.input.channels,
+              "input_size": t_mem.input.size,
               "forward_s": e.forward_s, "score_s": e.score_s}
     del big
     print(f"memory: {memory}", flush=True)
@@ -119,15 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         mach = machine()
         name = f"speed_memory_{t_mem.id}"
         md = [f"# Ranking memory: {big_n} images, `{t_mem.id}` ({t_mem.input.channels}×{t_mem.input.size}² inputs)\n",
-              machine_md(mach), "\n", md_table(["quantity", "MB"], [
-                  ["dataset as uint8 (held by the caller)", f"{memory['dataset_uint8_mb']:.1f}"],
-                  ["all inputs as model-ready floats — not materialised", f"{in_float_mb:.1f}"],
-                  [f"outputs kept for scoring: N×(D+K) float32, D={head.in_features}, K={head.out_features}",
-                   f"{outputs_mb:.1f}"],
-                  ["one batch of model inputs (64 images)", f"{batch_mb:.2f}"],
-                  ["tracemalloc peak during rank (Python + numpy)", f"{memory['tracemalloc_peak_mb']:.1f}"],
-                  ["max RSS before → after", f"{rss0:.0f} → {rss1:.0f}"],
-                  ["max RSS growth", f"{memory['maxrss_growth_mb']:.1f}"]]),
+              machine_md(mach), "\n", memory_table(memory, head),
               f"\nRanked (all metrics) in {mem_s:.1f} s ({big_n / mem_s:.1f} img/s; forward {e.forward_s:.1f} s, "
               f"scoring {e.score_s:.2f} s).\n"]
         write_results(name, {"benchmark": "speed-memory", "machine": mach, "repo": str(repo_dir), "memory": memory},
@@ -191,16 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"(**{tot_ot / tot_raw:.2f}×**). The overhead is the feature/logit copy out, the pre-logit feature "
           f"path, and the scoring.\n",
           f"\n## Memory: ranking {big_n} images with `{t_mem.id}` (all metrics)\n\n",
-          md_table(["quantity", "MB"], [
-              ["dataset as uint8 (held by the caller)", f"{memory['dataset_uint8_mb']:.1f}"],
-              [f"all inputs as model-ready floats ({t_mem.input.channels}×{t_mem.input.size}²) — not materialised",
-               f"{in_float_mb:.1f}"],
-              [f"outputs kept for scoring: N×(D+K) float32, D={head.in_features}, K={head.out_features}",
-               f"{outputs_mb:.1f}"],
-              ["one batch of model inputs (64 images)", f"{batch_mb:.2f}"],
-              ["tracemalloc peak during rank (Python + numpy)", f"{memory['tracemalloc_peak_mb']:.1f}"],
-              ["max RSS before → after", f"{rss0:.0f} → {rss1:.0f}"],
-              ["max RSS growth", f"{memory['maxrss_growth_mb']:.1f}"]]),
+          memory_table(memory, head),
           f"\nRanked in {mem_s:.1f} s ({big_n / mem_s:.0f} img/s; forward {e.forward_s:.1f} s, scoring "
           f"{e.score_s:.2f} s). The outputs (features N×D and logits N×K) are kept for scoring by design; only the "
           f"model inputs are streamed batch by batch. With these 32-px teachers the whole input tensor would be "

@@ -150,6 +150,17 @@ def pg_service(quick_repo, postgres_url, redis_url, tmp_path_factory):
     svc.stop()
 
 
+@pytest.fixture(scope="module")
+def pg_client(pg_service):
+    """An HTTP client of the PostgreSQL/Redis service, sending its API key."""
+    import httpx
+
+    from svc_helpers import AUTH
+
+    with httpx.Client(base_url=pg_service.base_url, timeout=60, headers=AUTH) as c:
+        yield c
+
+
 @pytest.fixture(scope="session")
 def embedded_service(quick_repo, tmp_path_factory):
     """`app.main.serve` with no configuration but its folders: SQLite, filesystem broker, local worker."""

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from svc_helpers import AUTH, OTHER_AUTH, assert_problem, npz_bytes, tiny_weights, wait_job
+from svc_helpers import OTHER_AUTH, assert_problem, npz_bytes, tiny_weights, wait_job
 
 from app.models import RankingRow, StudentRow, TeacherOutputRow
 
@@ -20,9 +20,8 @@ CHANCE = 1 / 3  # three footwear classes: 0.5 is 1.5 times chance on 300 test im
 
 
 @pytest.fixture(scope="module")
-def client(pg_service):
-    with httpx.Client(base_url=pg_service.base_url, timeout=60, headers=AUTH) as c:
-        yield c
+def client(pg_client):
+    return pg_client
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,11 @@ import json
 import os
 import time
 
-import httpx
 import numpy as np
 import pytest
 from sqlalchemy import delete, func, select, text
 
-from svc_helpers import AUTH, assert_problem, npz_bytes, tiny_weights, wait_job
+from svc_helpers import assert_problem, npz_bytes, tiny_weights, wait_job
 
 from app.models import SpecStatus, TeacherRow
 
@@ -22,9 +21,8 @@ FAILED = 3  # clones left without a specification
 
 
 @pytest.fixture(scope="module")
-def client(pg_service):
-    with httpx.Client(base_url=pg_service.base_url, timeout=60, headers=AUTH) as c:
-        yield c
+def client(pg_client):
+    return pg_client
 
 
 @pytest.fixture(scope="module")

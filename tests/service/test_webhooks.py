@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import time
 
-import httpx
 import pytest
 
-from svc_helpers import AUTH, Receiver, assert_problem, free_port, npz_bytes, wait_job
+from svc_helpers import Receiver, assert_problem, free_port, npz_bytes, wait_job
 
 from app.webhooks import verify
 
@@ -16,9 +15,8 @@ TEACHER = "fashion-footwear"
 
 
 @pytest.fixture(scope="module")
-def client(pg_service):
-    with httpx.Client(base_url=pg_service.base_url, timeout=60, headers=AUTH) as c:
-        yield c
+def client(pg_client):
+    return pg_client
 
 
 @pytest.fixture(scope="module")
