@@ -31,35 +31,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks._common import RESULTS, limit_threads, machine, machine_md, md_table, resolve_repo, write_results
-from benchmarks.ranking import FULL_TASKS, QUICK_TASKS, _load_gt, _save_gt, budget, gt_key
+from benchmarks.ranking import FULL_TASKS, QUICK_TASKS, _load_gt, budget, cached_student, gt_key
 
 METHODS = ("ce", "ot-top1", "ot-top3", "proto-top1", "oracle-top1")
-
-
-def _student(gt: dict, task: str, shots: int, train, test, repo, teacher_ids: list[str], weights, cfg) -> dict:
-    """Distil (or fetch from the cache) and evaluate one student."""
-    from hubscout.distill import distill, evaluate
-
-    if cfg.ce_only:
-        sha = "none"
-    else:
-        sha = "+".join(repo.get(t).weights_sha256 for t in teacher_ids)
-        if len(teacher_ids) > 1:
-            sha += "|w=" + ",".join(f"{w:.4f}" for w in weights)
-    key = gt_key(task, shots, 0, sha, cfg, test.sha256)
-    if key not in gt:
-        t0 = time.perf_counter()
-        student = distill(train, repo, [] if cfg.ce_only else teacher_ids, cfg,
-                          weights=None if cfg.ce_only or len(teacher_ids) == 1 else weights, device="cpu")
-        t1 = time.perf_counter()
-        acc = evaluate(student, test)["accuracy"]
-        gt[key] = {"task": task, "shots": shots, "seed": 0, "teacher": "+".join(teacher_ids) or "__ce_only__",
-                   "accuracy": acc, "distill_s": t1 - t0, "eval_s": time.perf_counter() - t1, "n_test": len(test),
-                   "config": cfg.to_dict()}
-        _save_gt(gt)
-        print(f"    {task}-{shots} {'+'.join(teacher_ids) or 'ce'} kd={cfg.kd} seed {cfg.seed}: acc {acc:.3f} "
-              f"({t1 - t0:.1f}s)", flush=True)
-    return gt[key]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -109,15 +83,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         acc: dict[str, list[float]] = {m: [] for m in METHODS}
         for seed in seeds:
             cfg = dataclasses.replace(base, seed=seed)
-            acc["ce"].append(_student(gt, name, shots, train, test, repo, [], None,
-                                      dataclasses.replace(cfg, ce_only=True))["accuracy"])
-            acc["ot-top1"].append(_student(gt, name, shots, train, test, repo, top[:1], None, cfg)["accuracy"])
-            acc["ot-top3"].append(_student(gt, name, shots, train, test, repo, top3, w3, cfg)["accuracy"])
-            acc["proto-top1"].append(_student(gt, name, shots, train, test, repo, top[:1], None,
-                                              dataclasses.replace(cfg, kd="proto"))["accuracy"])
+            def student(ids, c, weights=None) -> float:
+                return cached_student(gt, name, shots, 0, train, test, repo, ids, c, weights=weights)["accuracy"]
+
+            acc["ce"].append(student([], dataclasses.replace(cfg, ce_only=True)))
+            acc["ot-top1"].append(student(top[:1], cfg))
+            acc["ot-top3"].append(student(top3, cfg, w3))
+            acc["proto-top1"].append(student(top[:1], dataclasses.replace(cfg, kd="proto")))
             if oracle is not None:
-                acc["oracle-top1"].append(_student(gt, name, shots, train, test, repo, [oracle], None,
-                                                   cfg)["accuracy"])
+                acc["oracle-top1"].append(student([oracle], cfg))
         per_task.append({"task": f"{name}-{shots}shot", "target": name, "shots": shots, "n_train": len(train),
                          "n_test": len(test), "top3": top3, "top3_weights": w3, "oracle": oracle,
                          "accuracy": acc,

@@ -106,31 +106,41 @@ def gt_key(task: str, shots: int, seed: int, teacher_sha: str, cfg, test_sha: st
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+def cached_student(gt: dict, task: str, shots: int, seed: int, train, test, repo, teacher_ids: list[str], cfg,
+                   weights=None, label: str | None = None) -> dict[str, Any]:
+    """Distil a student from ``teacher_ids`` (none: CE only) and evaluate it on ``test``, unless ``gt`` already
+    holds it; the ranking and distillation benchmarks share this cache. ``seed`` is the task draw's seed (the
+    training seed is ``cfg.seed``); ``label`` names the student in the record and the log."""
+    from hubscout.distill import distill, evaluate
+
+    ids = [] if cfg.ce_only else list(teacher_ids)
+    sha = "+".join(repo.get(t).weights_sha256 for t in ids) if ids else "none"
+    if len(ids) > 1:
+        sha += "|w=" + ",".join(f"{w:.4f}" for w in weights)
+    key = gt_key(task, shots, seed, sha, cfg, test.sha256)
+    if key not in gt:
+        label = label or "+".join(ids) or "__ce_only__"
+        t0 = time.perf_counter()
+        student = distill(train, repo, ids, cfg, weights=weights if len(ids) > 1 else None, device="cpu")
+        t1 = time.perf_counter()
+        acc = evaluate(student, test)["accuracy"]
+        gt[key] = {"task": task, "shots": shots, "seed": seed, "teacher": label, "accuracy": acc,
+                   "distill_s": t1 - t0, "eval_s": time.perf_counter() - t1, "n_test": len(test),
+                   "config": cfg.to_dict()}
+        _save_gt(gt)
+        print(f"  gt {task}-{shots} {label} kd={cfg.kd} seed {cfg.seed}: acc {acc:.3f} ({t1 - t0:.1f}s)", flush=True)
+    return gt[key]
+
+
 def ground_truth(train, test, repo, teachers, cfg, task: str, shots: int, seed: int, gt: dict) -> dict[str, Any]:
     """Accuracy of the student distilled from each teacher (and of a CE-only student); cached in ``gt``."""
     import dataclasses
 
-    from hubscout.distill import distill, evaluate
-
-    out: dict[str, Any] = {}
-    jobs = [(t.id, t.weights_sha256, cfg) for t in teachers]
-    jobs.append(("__ce_only__", "none", dataclasses.replace(cfg, ce_only=True)))
+    jobs = [(t.id, [t.id], cfg) for t in teachers]
+    jobs.append(("__ce_only__", [], dataclasses.replace(cfg, ce_only=True)))
     # Seed noise of the ground truth: the CE-only student at other seeds (same data, same budget).
-    jobs += [(f"__ce_only_seed{s}__", "none", dataclasses.replace(cfg, ce_only=True, seed=s)) for s in (1, 2)]
-    for tid, sha, c in jobs:
-        key = gt_key(task, shots, seed, sha, c, test.sha256)
-        if key not in gt:
-            t0 = time.perf_counter()
-            student = distill(train, repo, [] if c.ce_only else [tid], c, device="cpu")
-            t1 = time.perf_counter()
-            acc = evaluate(student, test)["accuracy"]
-            gt[key] = {"task": task, "shots": shots, "seed": seed, "teacher": tid, "accuracy": acc,
-                       "distill_s": t1 - t0, "eval_s": time.perf_counter() - t1, "n_test": len(test),
-                       "config": c.to_dict()}
-            _save_gt(gt)
-            print(f"  gt {task}-{shots} {tid}: acc {acc:.3f} ({t1 - t0:.1f}s)", flush=True)
-        out[tid] = gt[key]
-    return out
+    jobs += [(f"__ce_only_seed{s}__", [], dataclasses.replace(cfg, ce_only=True, seed=s)) for s in (1, 2)]
+    return {tid: cached_student(gt, task, shots, seed, train, test, repo, ids, c, label=tid) for tid, ids, c in jobs}
 
 
 def oriented(entries, metric: str) -> dict[str, float]:
