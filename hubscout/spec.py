@@ -616,22 +616,33 @@ def _score_gmm(index: SpecIndex, target: TargetEmbedding, temperature: float, ag
     return _segment_sum(post * M, index.starts).mean(axis=1)
 
 
+def _predicted(index: SpecIndex, target: TargetEmbedding, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """The mixture posterior π(j|c) (R×C) and the teacher's predictions it implies, p̂(k|c) = Σ_j π(j|c)
+    confusion[j, k] (R×C): what a teacher would do on the target, read off its specification."""
+    cos = _cosines(index, target)
+    post = _posterior(index, cos, _segment_ids(index), temperature)
+    return post, np.asarray(index.conf_t @ post)
+
+
+def _expected_cost(index: SpecIndex, pred: np.ndarray, M: np.ndarray, rest) -> np.ndarray:
+    """Per teacher, the class-balanced Σ_k p̂(k|c) M[k, c]; predicted mass outside the described classes pays
+    ``rest`` (per teacher and class, or one number)."""
+    described = _segment_sum(pred, index.starts)  # T×C
+    cost = _segment_sum(pred * M, index.starts) + np.clip(1.0 - described, 0.0, 1.0) * rest
+    return cost.mean(axis=1)
+
+
 def _score_gmm_ot(index: SpecIndex, target: TargetEmbedding, temperature: float) -> np.ndarray:
     """Exact OT emulated on the specification. Target class c is the mixture π(·|c) of the teacher's classes; the
     teacher then predicts p̂(k|c) = Σ_j π(j|c) confusion[j, k] (mass to classes it does not describe pays the
     teacher's mean cost), and its classifier row k meets c at cosine Ĝ[k, c] = Σ_j π(j|c) geometry[k, j], which
     gives the cost ``-log softmax_c(Ĝ[k, ·]/0.1)[c] / log C`` of exact OT's ``cost_prototype_softmax``."""
-    cos = _cosines(index, target)
-    seg = _segment_ids(index)
-    post = _posterior(index, cos, seg, temperature)
-    pred = np.asarray(index.conf_t @ post)  # p̂(k | c), R×C
+    post, pred = _predicted(index, target, temperature)
     g_hat = np.asarray(index.geo @ post) + index.geo_rest[:, None]
     M = _cost(g_hat)
     sizes = np.diff(np.append(index.starts, len(index.prototypes)))
     mean_cost = _segment_sum(M, index.starts) / sizes[:, None]
-    described = _segment_sum(pred, index.starts)  # T×C
-    cost = _segment_sum(pred * M, index.starts) + np.clip(1.0 - described, 0.0, 1.0) * mean_cost
-    return cost.mean(axis=1)
+    return _expected_cost(index, pred, M, mean_cost)
 
 
 def _score_gmm_joint(index: SpecIndex, target: TargetEmbedding, temperature: float,
@@ -640,16 +651,11 @@ def _score_gmm_joint(index: SpecIndex, target: TargetEmbedding, temperature: flo
     p̂(k|c) as in :func:`_score_gmm_ot`, their class-balanced joint J = p̂/C, the cost M = 1 − P(c|k) of
     :func:`hubscout.ot.cost_joint` (same ``alpha`` smoothing) and the score ⟨J, M⟩ summed per teacher. Mass the
     teacher sends to classes its specification does not describe pays the uniform cost 1 − 1/C."""
-    cos = _cosines(index, target)
-    seg = _segment_ids(index)
-    post = _posterior(index, cos, seg, temperature)
-    pred = np.asarray(index.conf_t @ post)  # p̂(k | c), R×C
+    _, pred = _predicted(index, target, temperature)
     C = pred.shape[1]
     J = pred / C
     M = 1.0 - (J + alpha / C) / (J.sum(axis=1, keepdims=True) + alpha)
-    described = _segment_sum(pred, index.starts)  # T×C
-    cost = _segment_sum(pred * M, index.starts) + np.clip(1.0 - described, 0.0, 1.0) * (1.0 - 1.0 / C)
-    return cost.mean(axis=1)
+    return _expected_cost(index, pred, M, 1.0 - 1.0 / C)
 
 
 def _label_cover(index: SpecIndex, target: TargetEmbedding) -> np.ndarray:
