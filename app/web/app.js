@@ -280,13 +280,8 @@ function showPlan(teacherId) {
         ? `, for the first ${p.target_classes.length} of your ${p.target_num_classes} classes.` : ".");
   }
   drawPlan(p, false);
-  const ul = $("#correspondences");
-  ul.innerHTML = "";
-  for (const [c, pairs] of Object.entries(t.correspondences || {})) {
-    const li = document.createElement("li");
-    const b = document.createElement("strong");
-    b.textContent = c;
-    li.append(b, " ← ");
+  fillClassList($("#correspondences"), t.correspondences, (li, pairs) => {
+    li.append(" ← ");
     pairs.forEach(([name, share], i) => {
       if (i) li.append(", ");
       li.append(name + " ");
@@ -296,16 +291,21 @@ function showPlan(teacherId) {
       li.append(s);
     });
     if (!pairs.length) li.append("—");
-    ul.append(li);
-  }
-  const near = $("#matches");
-  near.innerHTML = "";
-  for (const [c, pairs] of Object.entries(t.matches || {})) {
+  });
+  fillClassList($("#matches"), t.matches,
+    (li, pairs) => li.append(" ≈ " + (pairs.map(([name]) => name).join(", ") || "—")));
+}
+
+// One list item per target class: its name in bold, then what ``line`` appends (names only ever as text).
+function fillClassList(ul, byClass, line) {
+  ul.innerHTML = "";
+  for (const [c, pairs] of Object.entries(byClass || {})) {
     const li = document.createElement("li");
     const b = document.createElement("strong");
     b.textContent = c;
-    li.append(b, " ≈ " + (pairs.map(([name]) => name).join(", ") || "—"));
-    near.append(li);
+    li.append(b);
+    line(li, pairs);
+    ul.append(li);
   }
 }
 
