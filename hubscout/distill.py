@@ -17,12 +17,14 @@ teacher costs ``min(epochs, teacher_views)`` passes over the training set, not o
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -31,10 +33,11 @@ import torch.nn.functional as F
 from hubscout.data import Dataset, iter_batches, to_tensor
 from hubscout.extract import default_device, extract, features_and_logits
 from hubscout.ot import DEFAULT_DISTILL_COST
+from hubscout.students import AUTO, StudentError, check_input, choose_student
 from hubscout.teachers import InputConfig, Repository, TeacherError, build_model, file_sha256, read_weights
 
 __all__ = ["DistillConfig", "Student", "StudentError", "distill", "evaluate", "load_student", "ot_loss",
-           "augment_images"]
+           "augment_images", "plan_schedule", "DirControlCache", "control_key"]
 
 ProgressFn = Callable[[float, str], None]
 
@@ -48,9 +51,14 @@ FORMAT_VERSION = 1
 
 KD_METHODS = ("ot", "proto")
 
-
-class StudentError(ValueError):
-    """A student folder that cannot be loaded, or a distillation request that cannot run; the message says why."""
+DEFAULT_EPOCHS = 40
+DEFAULT_MIN_STEPS = 300  # applies only when no epochs are named
+# Sane ranges, closed: outside them training is numerically unsafe (λτ² scales the distillation term) or the
+# option means nothing (ε ≫ 1 makes every plan uniform, as costs lie in [0, 1]).
+LAM_RANGE = (0.0, 100.0)
+TAU_RANGE = (0.1, 20.0)
+REG_RANGE = (0.001, 10.0)
+_OPTIONAL_INTS = ("input_size", "epochs", "min_steps", "max_epochs")
 
 
 # ------------------------------------------------------------------------------------------------- config
@@ -62,13 +70,22 @@ class DistillConfig:
     The defaults were chosen on a validation task (10-shot Fashion-MNIST, all 10 classes, few-shot sets and
     validation images both drawn from the *train* split), never on a test split: λ=1, τ=4, ε=0.05 and at least
     300 optimiser steps did best for the OT student; CE-only gained nothing from longer training.
+
+    ``student_arch``: ``"auto"`` (the rule of :mod:`hubscout.students`: never larger than the smallest teacher,
+    at most 5 M parameters), a size name (``nano`` … ``medium``) or any timm architecture with ``student_kwargs``.
+
+    The schedule (:func:`plan_schedule`): ``epochs`` named and ``min_steps`` not: exactly that many epochs.
+    Neither named: 40 epochs, or more on tiny data so that at least 300 optimiser steps run. ``min_steps`` named:
+    at least that many steps (more epochs than ``epochs``). Whatever the combination, at most ``max_epochs``
+    (``None``: no cap; the service sets its own, 200 by default).
     """
 
-    student_arch: str = "resnet18"
+    student_arch: str = AUTO
     student_kwargs: dict[str, Any] = field(default_factory=dict)
     input_size: int | None = None  # None: the dataset's image side, at least 32 and at most 224
-    epochs: int = 40
-    min_steps: int = 300  # more epochs than ``epochs`` when the data is too small for this many optimiser steps
+    epochs: int | None = None  # None: DEFAULT_EPOCHS, extended to DEFAULT_MIN_STEPS steps on tiny data
+    min_steps: int | None = None  # None: DEFAULT_MIN_STEPS when no epochs are named, else 0
+    max_epochs: int | None = None  # the cap on epochs run, whatever epochs and min_steps ask; None: none
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -99,14 +116,17 @@ class DistillConfig:
         need(isinstance(self.student_arch, str) and bool(self.student_arch), "student_arch must be a timm name")
         need(isinstance(self.student_kwargs, dict), "student_kwargs must be a mapping")
         need(self.input_size is None or 8 <= int(self.input_size) <= 1024, "input_size must be in [8, 1024]")
-        need(int(self.epochs) >= 1, "epochs must be >= 1")
-        need(int(self.min_steps) >= 0, "min_steps must be >= 0")
+        need(self.max_epochs is None or int(self.max_epochs) >= 1, "max_epochs must be >= 1")
+        need(self.epochs is None or int(self.epochs) >= 1, "epochs must be >= 1")
+        need(self.epochs is None or self.max_epochs is None or int(self.epochs) <= int(self.max_epochs),
+             f"epochs: at most {self.max_epochs} (max_epochs)")
+        need(self.min_steps is None or int(self.min_steps) >= 0, "min_steps must be >= 0")
         need(int(self.batch_size) >= 2, "batch_size must be >= 2")
         need(math.isfinite(self.lr) and self.lr > 0, "lr must be > 0")
         need(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay must be >= 0")
-        need(math.isfinite(self.lam) and self.lam >= 0, "lam must be >= 0")
-        need(math.isfinite(self.tau) and self.tau > 0, "tau must be > 0")
-        need(math.isfinite(self.reg) and self.reg > 0, "reg must be > 0")
+        for name, (lo, hi) in (("lam", LAM_RANGE), ("tau", TAU_RANGE), ("reg", REG_RANGE)):
+            v = getattr(self, name)
+            need(math.isfinite(v) and lo <= v <= hi, f"{name} must be in [{lo:g}, {hi:g}], got {v!r}")
         need(int(self.sinkhorn_iters) >= 1, "sinkhorn_iters must be >= 1")
         need(self.cost in COSTS, f"cost must be one of {sorted(COSTS)}, got {self.cost!r}")
         need(self.kd in KD_METHODS, f"kd must be one of {', '.join(KD_METHODS)}, got {self.kd!r}")
@@ -134,7 +154,7 @@ class DistillConfig:
                     if not isinstance(v, (bool, np.bool_)):
                         raise TypeError(f"{k} must be true or false")
                     kw[k] = bool(v)
-                elif isinstance(default, int) or k == "input_size":
+                elif isinstance(default, int) or k in _OPTIONAL_INTS:
                     if float(v) != int(v):
                         raise TypeError(f"{k} must be an integer")
                     kw[k] = int(v)
@@ -406,10 +426,14 @@ def _split_indices(labels: np.ndarray, n_classes: int, fraction: float, seed: in
     return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(val, dtype=np.int64))
 
 
+def student_side(image_side: int, input_size: int | None) -> int:
+    """The side the student sees: ``input_size``, or the images' side clamped to [32, 224]."""
+    return int(input_size) if input_size is not None else min(max(int(image_side), 32), 224)
+
+
 def _student_input(images: np.ndarray, size: int | None) -> InputConfig:
     """Input config from the training images: their side (clamped to [32, 224]) and per-channel statistics."""
-    side = max(images.shape[1], images.shape[2])
-    size = int(size) if size is not None else min(max(side, 32), 224)
+    size = student_side(max(images.shape[1], images.shape[2]), size)
     x = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
     mean = tuple(round(float(m), 4) for m in x.mean(axis=0))
     # A constant channel would give std 0; a floor keeps the normalisation finite.
@@ -423,11 +447,79 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
     return list(torch.tensor_split(perm, max(1, math.ceil(n / batch_size))))
 
 
+def plan_schedule(cfg: DistillConfig, n_train: int) -> dict[str, Any]:
+    """Epochs and optimiser steps that ``cfg`` runs on ``n_train`` training images, and a sentence saying why
+    (the rule is in :class:`DistillConfig`'s docstring)."""
+    per_epoch = max(1, math.ceil(n_train / cfg.batch_size))
+    asked = int(cfg.epochs) if cfg.epochs is not None else DEFAULT_EPOCHS
+    min_steps = int(cfg.min_steps) if cfg.min_steps is not None else (DEFAULT_MIN_STEPS if cfg.epochs is None else 0)
+    wanted = max(asked, math.ceil(min_steps / per_epoch))
+    epochs = wanted if cfg.max_epochs is None else min(wanted, int(cfg.max_epochs))
+    why = [f"{asked} epochs {'(the default)' if cfg.epochs is None else 'asked'}"]
+    if wanted > asked:
+        why.append(f"extended to {wanted} for at least {min_steps} optimiser steps ({per_epoch} an epoch)")
+    if epochs < wanted:
+        why.append(f"capped at max_epochs={cfg.max_epochs}")
+    return {"epochs": epochs, "steps": epochs * per_epoch, "steps_per_epoch": per_epoch,
+            "epochs_asked": cfg.epochs, "min_steps": min_steps, "max_epochs": cfg.max_epochs,
+            "note": f"{'; '.join(why)}: ran {epochs} epochs, {epochs * per_epoch} steps"}
+
+
+# Options of the distillation term only: a cross-entropy-only student does not depend on them.
+_KD_ONLY = ("lam", "tau", "reg", "sinkhorn_iters", "cost", "kd", "proto_temperature", "ce_only")
+_CONTROL_METRICS = ("train_accuracy", "val_accuracy", "n_train", "n_val", "epochs", "steps")
+
+
+def control_key(dataset_sha256: str, cfg: DistillConfig) -> str:
+    """What the CE-only control depends on: the data's content, the student, the schedule, the split and seed."""
+    c = {k: v for k, v in cfg.to_dict().items() if k not in _KD_ONLY}
+    return hashlib.sha256(json.dumps(["ce-control", 1, dataset_sha256, c], sort_keys=True).encode()).hexdigest()
+
+
+class ControlCache(Protocol):
+    def get(self, key: str) -> dict[str, Any] | None: ...
+
+    def put(self, key: str, value: Mapping[str, Any]) -> None: ...
+
+
+class DirControlCache:
+    """CE-only control metrics as small JSON files in a folder (the command line's cache)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.root / f"{key}.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def put(self, key: str, value: Mapping[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".{key}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(_json_safe(dict(value))))
+        tmp.replace(self.root / f"{key}.json")
+
+
+def resolve_student(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[str],
+                    cfg: DistillConfig) -> tuple[DistillConfig, dict[str, Any]]:
+    """``cfg`` with its student made concrete (``"auto"`` and size names resolved, see :mod:`hubscout.students`)
+    and checked to take the dataset's input, and the choice as a dict; raises :class:`StudentError` early."""
+    ids = [] if cfg.ce_only else list(teacher_ids)
+    t_params = [repo.get(t).num_params for t in ids] if ids and repo is not None else []
+    channels = int(dataset.images.shape[-1])
+    choice = choose_student(cfg.student_arch, cfg.student_kwargs, dataset.num_classes, channels, t_params)
+    side = student_side(max(dataset.images.shape[1], dataset.images.shape[2]), cfg.input_size)
+    check_input(choice.arch, choice.kwargs, dataset.num_classes, channels, side)
+    return dataclasses.replace(cfg, student_arch=choice.arch, student_kwargs=dict(choice.kwargs)), choice.to_dict()
+
+
 def distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[str],
             config: DistillConfig | None = None, *, weights: Sequence[float] | None = None,
             relatedness: Mapping[str, float] | None = None, device: str | torch.device | None = None,
             show_progress: bool = False, on_progress: ProgressFn | None = None,
-            on_epoch: Callable[[dict[str, list]], None] | None = None) -> Student:
+            on_epoch: Callable[[dict[str, list]], None] | None = None, ce_control: bool = False,
+            control_cache: ControlCache | None = None) -> Student:
     """Train a student on ``dataset`` with CE plus the OT distillation term from ``teacher_ids``.
 
     Lu, Ye & Zhan, "Selective Cross-Task Distillation" (arXiv 2204.11526): each teacher's softened prediction is
@@ -438,16 +530,48 @@ def distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[str
     comparison, and needs no teacher. ``on_epoch`` gets the training curves so far (a copy of
     ``metrics["curves"]``) after every epoch.
 
+    ``ce_control``: also train the cross-entropy-only student with the same student, schedule, split and seed
+    (or read it from ``control_cache``, keyed by :func:`control_key`), reported as ``metrics["ce_only"]`` beside
+    the student's validation accuracy; a CE-only student fills the cache for later distillations on its data.
+    A non-finite loss or non-finite weights raise :class:`StudentError`: no broken student is returned.
+
     Deterministic on CPU for a given ``config.seed``.
     """
-    cfg = config or DistillConfig()
+    cfg, choice = resolve_student(dataset, repo, teacher_ids, config or DistillConfig())
+    key = control_key(dataset.sha256, cfg)
+    control = None
+    if ce_control and not cfg.ce_only and control_cache is not None:
+        control = control_cache.get(key)
+    train_control = ce_control and not cfg.ce_only and control is None
+    split = 0.6 if train_control else 1.0
+
+    def scaled(lo: float, hi: float) -> ProgressFn | None:
+        return None if on_progress is None else (lambda f, m: on_progress(lo + (hi - lo) * f, m))
+
     # Small weights and gradients turn denormal in training, which slows CPU kernels several-fold; flushing them
     # to zero changes nothing that matters. Back to torch's default (off) afterwards.
     torch.set_flush_denormal(True)
     try:
-        student = _distill(dataset, repo, teacher_ids, cfg, weights, device, show_progress, on_progress, on_epoch)
+        student = _distill(dataset, repo, teacher_ids, cfg, weights, device, show_progress, scaled(0, split),
+                           on_epoch)
+        if train_control:
+            ce = _distill(dataset, None, [], dataclasses.replace(cfg, ce_only=True), None, device, False,
+                          scaled(split, 1.0), None)
+            control = {k: ce.metrics[k] for k in _CONTROL_METRICS}
     finally:
         torch.set_flush_denormal(False)
+    if cfg.ce_only:
+        control = {k: student.metrics[k] for k in _CONTROL_METRICS}
+        if control_cache is not None:
+            control_cache.put(key, control)
+        student.metrics["ce_only"] = {**control, "cached": False, "same_student": True}
+    elif control is not None:
+        if train_control and control_cache is not None:
+            control_cache.put(key, control)
+        student.metrics["ce_only"] = {**control, "cached": not train_control, "same_student": False}
+    ce_val, val = (student.metrics.get("ce_only") or {}).get("val_accuracy"), student.metrics.get("val_accuracy")
+    student.metrics["gain_vs_ce"] = None if ce_val is None or val is None else val - ce_val
+    student.metrics["student"] = choice
     for t in student.teachers:
         t["ot_relatedness"] = float(relatedness[t["id"]]) if relatedness and t["id"] in relatedness else None
     return student
@@ -549,10 +673,9 @@ def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[st
         (no_decay if p.ndim <= 1 else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    steps_per_epoch = max(1, math.ceil(N / cfg.batch_size))
-    # Ten shots of three classes make one batch an epoch: count optimiser steps, not passes, to train enough.
-    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
-    total = epochs * steps_per_epoch
+    # Ten shots of three classes make one batch an epoch: the default counts optimiser steps, not passes.
+    schedule = plan_schedule(cfg, N)
+    epochs, total, steps_per_epoch = schedule["epochs"], schedule["steps"], schedule["steps_per_epoch"]
     warmup = min(steps_per_epoch * 2, total // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / (warmup + 1) if s < warmup
@@ -586,12 +709,16 @@ def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[st
                     term = kl_loss(tl[idx_d], logits, tau=cfg.tau)
                 otv = otv + float(wt) * term
             loss = ce + kd_scale * otv if ids else ce
+            if not math.isfinite(loss_v := loss.item()):
+                raise StudentError(
+                    f"training stopped: the loss became {loss_v} at epoch {epoch + 1} (cross-entropy {ce.item()}, "
+                    f"distillation term {otv.item()}); a teacher with non-finite outputs, or lam/lr too large")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             b = len(idx)
-            s_loss += loss.item() * b
+            s_loss += loss_v * b
             s_ce += ce.item() * b
             s_ot += otv.item() * b
             n_correct += int((logits.argmax(1) == y).sum())
@@ -614,6 +741,9 @@ def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[st
     if bar is not None:
         bar.close()
     del view_cache, t_models
+    bad = [n for n, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+    if bad:
+        raise StudentError(f"training stopped: the student's weights are not finite ({', '.join(bad[:3])})")
 
     model.eval()
     metrics = {
@@ -623,6 +753,7 @@ def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[st
         "n_val": int(len(val_y)),
         "epochs": epochs,
         "steps": total,
+        "schedule": schedule,
         "curves": curves,
         "elapsed_s": round(time.perf_counter() - t_start, 3),
         "device": str(dev),
