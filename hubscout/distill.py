@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hubscout.options import LAM_RANGE, REG_RANGE, TAU_RANGE
 from hubscout.data import Dataset, iter_batches, to_tensor
 from hubscout.extract import default_device, extract, features_and_logits
 from hubscout.ot import DEFAULT_DISTILL_COST
@@ -53,11 +54,6 @@ KD_METHODS = ("ot", "proto")
 
 DEFAULT_EPOCHS = 40
 DEFAULT_MIN_STEPS = 300  # applies only when no epochs are named
-# Sane ranges, closed: outside them training is numerically unsafe (λτ² scales the distillation term) or the
-# option means nothing (ε ≫ 1 makes every plan uniform, as costs lie in [0, 1]).
-LAM_RANGE = (0.0, 100.0)
-TAU_RANGE = (0.1, 20.0)
-REG_RANGE = (0.001, 10.0)
 _OPTIONAL_INTS = ("input_size", "epochs", "min_steps", "max_epochs")
 
 

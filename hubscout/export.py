@@ -137,19 +137,22 @@ def model_card(config: Mapping[str, Any], metrics: Mapping[str, Any], *, created
     control = metrics.get("ce_only") or {}
     # What was asked (the config) and what ran (the metrics) under names that cannot be read as each other.
     asked = {"epochs": "epochs (asked; null: the default)", "min_steps": "min_steps (asked; null: the default)"}
+    if student:  # students saved before sizes and schedules were recorded have neither
+        lines += [
+            "",
+            "## Student",
+            "",
+            f"- {_fmt(student.get('params'))} parameters"
+            + (f", size `{student['size']}`" if student.get("size") else "")
+            + f"; the smallest teacher has {_fmt(student.get('teacher_params'))}",
+            f"- {_fmt(student.get('note'))}",
+            *(["- **larger than its teacher(s)**, as asked"] if student.get("larger_than_teachers") else []),
+        ]
     lines += [
-        "",
-        "## Student",
-        "",
-        f"- {_fmt(student.get('params'))} parameters" + (f", size `{student['size']}`" if student.get("size") else "")
-        + f"; the smallest teacher has {_fmt(student.get('teacher_params'))}",
-        f"- {_fmt(student.get('note'))}",
-        *(["- **larger than its teacher(s)**, as asked"] if student.get("larger_than_teachers") else []),
         "",
         "## Training",
         "",
-        f"Schedule: {_fmt(schedule.get('note'))}.",
-        "",
+        *([f"Schedule: {schedule['note']}.", ""] if schedule.get("note") else []),
         "| hyper-parameter | value |",
         "|---|---|",
         *[f"| {_cell(asked.get(k, k))} | {_cell(v)} |" for k, v in hp.items()],

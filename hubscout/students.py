@@ -18,11 +18,12 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from hubscout.options import MAX_DEFAULT_PARAMS, size_listing
+
 __all__ = ["AUTO", "MAX_DEFAULT_PARAMS", "STUDENT_SIZES", "StudentChoice", "StudentError", "StudentSize",
            "check_input", "choose_student", "count_params", "size_table"]
 
 AUTO = "auto"
-MAX_DEFAULT_PARAMS = 5_000_000
 
 
 class StudentError(ValueError):
@@ -36,18 +37,9 @@ class StudentSize:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _resnet10t(name: str, c: int, stem: int) -> StudentSize:
-    return StudentSize(name, "resnet10t", {"channels": [c, 2 * c, 4 * c, 8 * c], "stem_width": stem})
-
-
-# Smallest first. At 10 classes: about 21 k, 80 k, 318 k, 1.27 M and 4.9 M parameters (``size_table``).
-STUDENT_SIZES: tuple[StudentSize, ...] = (
-    _resnet10t("nano", 4, 4),
-    _resnet10t("micro", 8, 8),
-    _resnet10t("tiny", 16, 16),
-    _resnet10t("small", 32, 32),
-    _resnet10t("medium", 64, 32),  # timm's resnet10t at its own widths
-)
+# Smallest first (hubscout.options lists them, torch-free). At 10 classes: about 20 k, 80 k, 318 k, 1.27 M and 4.9 M
+# parameters.
+STUDENT_SIZES: tuple[StudentSize, ...] = tuple(StudentSize(r["name"], r["arch"], r["kwargs"]) for r in size_listing())
 _BY_NAME = {s.name: s for s in STUDENT_SIZES}
 
 

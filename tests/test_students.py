@@ -10,6 +10,7 @@ import torch
 
 from hubscout.distill import (DirControlCache, DistillConfig, StudentError, distill, plan_schedule,
                               resolve_student)
+from hubscout.options import size_listing
 from hubscout.students import MAX_DEFAULT_PARAMS, STUDENT_SIZES, check_input, choose_student, size_table
 from hubscout.teachers import InputConfig, Repository, build_model
 from test_distill import FAST, _add_teacher, _toy_dataset
@@ -38,6 +39,8 @@ def test_sizes_are_ordered_and_counted_like_the_real_model():
     assert counts == sorted(counts) and counts[0] < 30_000 and counts[-1] <= MAX_DEFAULT_PARAMS
     for r in table[:2]:  # the meta-device count is the real model's
         assert r["params"] == _real_params(r["arch"], r["kwargs"], 10, 1)
+    # The torch-free listing (/v1/info) states the counts at 10 classes, RGB, that the models have.
+    assert [r["params"] for r in size_listing()] == [r["params"] for r in size_table(10, 3)]
 
 
 def test_default_student_is_never_larger_than_the_teacher(repo, toy):

@@ -30,7 +30,8 @@ from app.models import (DatasetRow, JobKind, JobRow, JobStatus, RankingRow, Spec
 from app.queue import JobQueue
 from app.settings import Settings, get_settings
 from app.storage import LocalStorage
-from worker.cache import DbOutputsCache, ScoreStore, SpecStore, exclusive, rank_cached, target_embedding
+from worker.cache import (DbOutputsCache, ScoreStore, SpecStore, StorageControlCache, exclusive, rank_cached,
+                          target_embedding)
 from worker.celery_app import celery_app
 from worker.config import TASK_COMPUTE_SPEC, TASK_DELIVER_WEBHOOK, TASK_RUN_JOB
 
@@ -422,8 +423,10 @@ def run_distillation(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: Data
         scores = relatedness_scores(ds, repo, ids, cache=DbOutputsCache(ctx.db, ctx.storage, owner=job.owner),
                                     device=device)
         weights, relatedness = weights_from_scores(scores), dict(zip(ids, scores))
+    # The CE-only control beside every student, filed per owner like the other caches.
     student = distill(ds, repo, ids, cfg, weights=weights, relatedness=relatedness, device=device,
-                      on_progress=report.scaled(0.05, 0.95), on_epoch=report.curves)
+                      on_progress=report.scaled(0.05, 0.95), on_epoch=report.curves, ce_control=True,
+                      control_cache=StorageControlCache(ctx.storage, owner=job.owner))
     report(0.96, "saving the student")
     sid = result_id_for(job.id)
     key = f"students/{sid}.zip"
@@ -439,7 +442,7 @@ def run_distillation(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: Data
             shutil.copyfileobj(src, f)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    row = StudentRow(id=sid, job_id=job.id, dataset_id=dataset.id, teacher_ids=ids, student_arch=cfg.student_arch,
+    row = StudentRow(id=sid, job_id=job.id, dataset_id=dataset.id, teacher_ids=ids, student_arch=student.arch,
                      config=json_safe(student.config_dict()), metrics=json_safe(student.metrics), archive_key=key,
                      archive_bytes=size, archive_sha256=digest)
     def record() -> None:
