@@ -6,13 +6,12 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from hubscout.distill import (DirControlCache, DistillConfig, StudentError, distill, plan_schedule,
                               resolve_student)
 from hubscout.options import size_listing
 from hubscout.students import MAX_DEFAULT_PARAMS, STUDENT_SIZES, check_input, choose_student, size_table
-from hubscout.teachers import InputConfig, Repository, build_model
+from hubscout.teachers import Repository, build_model
 from test_distill import FAST, _add_teacher, _toy_dataset
 
 
@@ -142,20 +141,8 @@ def test_kd_options_have_bounds():
     DistillConfig(lam=100.0, tau=0.1, reg=0.001)  # the bounds themselves are allowed
 
 
-def _poisoned_teacher(repo: Repository) -> str:
-    """Finite weights (they pass the repository's checks) whose logits overflow to ±inf on any image."""
-    torch.manual_seed(0)
-    state = build_model("test_efficientnet", 4, 1).state_dict()
-    state["conv_head.weight"] *= 1e4
-    state["classifier.weight"][0] = 3e38
-    state["classifier.weight"][1] = -3e38
-    repo.add(arch="test_efficientnet", weights=state, labels=list("wxyz"), name="poisoned",
-             input=InputConfig(32, 1, (0.5,), (0.5,)), teacher_id="poisoned", overwrite=True)
-    return "poisoned"
-
-
-def test_non_finite_loss_stops_training(repo, toy, tmp_path):
-    tid = _poisoned_teacher(repo)
+def test_non_finite_loss_stops_training(repo, toy, poisoned_teacher):
+    tid = poisoned_teacher(repo)
     epochs = []
     with pytest.raises(StudentError, match="loss became nan"):
         distill(toy, repo, [tid], DistillConfig(**FAST), on_epoch=lambda c: epochs.append(len(c["epoch"])))
