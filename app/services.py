@@ -467,18 +467,14 @@ def create_distillation(svc: Services, body: DistillationCreate, owner: str) -> 
 
 def _choose_student(svc: Services, config, dataset: DatasetRow, teacher_ids: list[str]) -> dict[str, Any]:
     """The student a distillation gets, refused with a 422 when it cannot take the dataset's images."""
-    from hubscout.distill import student_side
-    from hubscout.students import StudentError, check_input, choose_student
+    from hubscout.students import StudentError, fit_student
 
     with svc.db.session() as s:
         rows = s.execute(select(TeacherRow.id, TeacherRow.num_params).where(TeacherRow.id.in_(teacher_ids)))
         sizes = {tid: n for tid, n in rows}
-    h, w, channels = (int(x) for x in dataset.image_shape)
     try:
-        choice = choose_student(config.student_arch, config.student_kwargs, dataset.num_classes, channels,
-                                [sizes[t] for t in teacher_ids if t in sizes])
-        check_input(choice.arch, choice.kwargs, dataset.num_classes, channels,
-                    student_side(max(h, w), config.input_size))
+        choice = fit_student(config.student_arch, config.student_kwargs, dataset.num_classes, dataset.image_shape,
+                             config.input_size, [sizes[t] for t in teacher_ids if t in sizes])
     except StudentError as e:
         raise _invalid(f"student_arch: {e}") from None
     return choice.to_dict()

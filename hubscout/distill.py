@@ -30,11 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hubscout.options import LAM_RANGE, REG_RANGE, TAU_RANGE
 from hubscout.data import Dataset, iter_batches, to_tensor
 from hubscout.extract import default_device, extract, features_and_logits
+from hubscout.options import LAM_RANGE, REG_RANGE, TAU_RANGE
 from hubscout.ot import DEFAULT_DISTILL_COST
-from hubscout.students import AUTO, StudentError, check_input, choose_student
+from hubscout.students import AUTO, StudentError, fit_student, student_side
 from hubscout.teachers import InputConfig, Repository, TeacherError, build_model, file_sha256, read_weights
 
 __all__ = ["DistillConfig", "Student", "StudentError", "distill", "evaluate", "load_student", "ot_loss",
@@ -422,11 +422,6 @@ def _split_indices(labels: np.ndarray, n_classes: int, fraction: float, seed: in
     return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(val, dtype=np.int64))
 
 
-def student_side(image_side: int, input_size: int | None) -> int:
-    """The side the student sees: ``input_size``, or the images' side clamped to [32, 224]."""
-    return int(input_size) if input_size is not None else min(max(int(image_side), 32), 224)
-
-
 def _student_input(images: np.ndarray, size: int | None) -> InputConfig:
     """Input config from the training images: their side (clamped to [32, 224]) and per-channel statistics."""
     size = student_side(max(images.shape[1], images.shape[2]), size)
@@ -503,10 +498,8 @@ def resolve_student(dataset: Dataset, repo: Repository | None, teacher_ids: Sequ
     and checked to take the dataset's input, and the choice as a dict; raises :class:`StudentError` early."""
     ids = [] if cfg.ce_only else list(teacher_ids)
     t_params = [repo.get(t).num_params for t in ids] if ids and repo is not None else []
-    channels = int(dataset.images.shape[-1])
-    choice = choose_student(cfg.student_arch, cfg.student_kwargs, dataset.num_classes, channels, t_params)
-    side = student_side(max(dataset.images.shape[1], dataset.images.shape[2]), cfg.input_size)
-    check_input(choice.arch, choice.kwargs, dataset.num_classes, channels, side)
+    choice = fit_student(cfg.student_arch, cfg.student_kwargs, dataset.num_classes, dataset.images.shape[1:],
+                         cfg.input_size, t_params)
     return dataclasses.replace(cfg, student_arch=choice.arch, student_kwargs=dict(choice.kwargs)), choice.to_dict()
 
 

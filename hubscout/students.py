@@ -21,7 +21,7 @@ import torch
 from hubscout.options import MAX_DEFAULT_PARAMS, size_listing
 
 __all__ = ["AUTO", "MAX_DEFAULT_PARAMS", "STUDENT_SIZES", "StudentChoice", "StudentError", "StudentSize",
-           "check_input", "choose_student", "count_params", "size_table"]
+           "check_input", "choose_student", "count_params", "fit_student", "size_table", "student_side"]
 
 AUTO = "auto"
 
@@ -135,6 +135,20 @@ def choose_student(student: str, kwargs: Mapping[str, Any] | None, num_classes: 
     n = count_params(student, kwargs, num_classes, channels)
     named = next((s.name for s in STUDENT_SIZES if s.arch == student and dict(s.kwargs) == dict(kwargs or {})), None)
     return _choice(student, dict(kwargs or {}), named, n, cap_t, f"student {student}, as asked")
+
+
+def student_side(image_side: int, input_size: int | None) -> int:
+    """The side the student sees: ``input_size``, or the images' side clamped to [32, 224]."""
+    return int(input_size) if input_size is not None else min(max(int(image_side), 32), 224)
+
+
+def fit_student(student: str, kwargs: Mapping[str, Any] | None, num_classes: int, image_shape: Sequence[int],
+                input_size: int | None, teacher_params: Sequence[int] = ()) -> StudentChoice:
+    """:func:`choose_student` for images of ``image_shape`` (H, W, C), checked to take them (:func:`check_input`)."""
+    h, w, channels = (int(x) for x in image_shape)
+    choice = choose_student(student, kwargs, num_classes, channels, teacher_params)
+    check_input(choice.arch, choice.kwargs, num_classes, channels, student_side(max(h, w), input_size))
+    return choice
 
 
 def _choice(arch: str, kwargs: dict[str, Any], size: str | None, n: int, cap_t: int | None,
