@@ -8,8 +8,8 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from app import problems
-from app.db import Database, migrate
-from app.settings import Settings, get_settings
+from service.db import Database, migrate
+from service.settings import Settings, get_settings
 
 log = logging.getLogger("hubscout")
 
@@ -27,7 +27,7 @@ def configure_logging(settings: Settings) -> None:
 
 def prepare(settings: Settings) -> None:
     """Everything before the first request: folders, schema, teacher repository and its table mirror."""
-    from app import repository
+    from service import teacher_sync
     from hubscout.teachers import Repository
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -37,8 +37,8 @@ def prepare(settings: Settings) -> None:
     try:
         if settings.auto_migrate:
             migrate(settings, db.engine)
-        root = repository.ensure_repository(settings)
-        repository.sync(db, Repository(root))
+        root = teacher_sync.ensure_repository(settings)
+        teacher_sync.sync(db, Repository(root))
     finally:
         db.dispose()
 
@@ -60,9 +60,9 @@ def _clean_scratch(settings: Settings, max_age_s: float = 24 * 3600) -> None:
 
 
 def build_services(settings: Settings):
-    from app.queue import JobQueue
+    from service.queue import JobQueue
     from app.services import Services
-    from app.storage import LocalStorage
+    from service.storage import LocalStorage
 
     return Services(settings=settings, db=Database(settings), storage=LocalStorage(settings.storage_root),
                     queue=JobQueue(settings))
@@ -114,7 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def check_access(settings: Settings, host: str | None = None) -> None:
     """Refuse to start when the service would answer other machines without API keys (see Settings)."""
-    from app.settings import ConfigError
+    from service.settings import ConfigError
 
     try:
         settings.check_exposure(host)
@@ -166,7 +166,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, reload: bool = False) -> No
 
     from app.local_worker import LocalWorker
 
-    from app.settings import ConfigError
+    from service.settings import ConfigError
 
     settings = get_settings()
     configure_logging(settings)

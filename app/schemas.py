@@ -242,26 +242,6 @@ class JobOut(BaseModel):
     callback: CallbackOut | None = None
 
 
-class JobEventJob(BaseModel):
-    id: str
-    kind: Literal["ranking", "distillation"]
-    status: Literal["succeeded", "failed", "cancelled"]
-    dataset_id: str
-    result_id: str | None = Field(description="The ranking's or student's id when the job succeeded.")
-    result: str | None = Field(description="Path of the result under the API, when the job succeeded.")
-    error: str | None
-    created_at: dt.datetime
-    finished_at: dt.datetime | None
-
-
-class JobEvent(BaseModel):
-    """The body of a webhook call: signed as ``X-Hubscout-Signature: sha256=HMAC(secret, "<timestamp>." + body)``
-    with the ``X-Hubscout-Timestamp`` header's value."""
-
-    event: Literal["job.succeeded", "job.failed", "job.cancelled"]
-    job: JobEventJob
-
-
 # ------------------------------------------------------------------------------------------------- results
 
 class TransportPlan(BaseModel):

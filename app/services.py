@@ -20,17 +20,17 @@ from pydantic import ValidationError
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 
-from app import jobs, webhooks
-from app.db import Database
-from app.models import (CallbackState, DatasetRow, JobKind, JobRow, JobStatus, RankingRow, StudentRow, TeacherRow,
-                        json_safe, new_id)
 from app.problems import Problem, not_found
-from app.queue import JobQueue
-from app.repository import row_from_teacher
 from app.schemas import DemoDatasetCreate, DistillationCreate, RankingCreate, TeacherCreate
-from app.settings import Settings
-from app.storage import LocalStorage
 from app.uploads import UploadedFile
+from service import jobs, webhooks
+from service.db import Database
+from service.queue import JobQueue
+from service.settings import Settings
+from service.storage import LocalStorage
+from service.tables import (CallbackState, DatasetRow, JobKind, JobRow, JobStatus, RankingRow, StudentRow, TeacherRow,
+                            json_safe, new_id)
+from service.teacher_sync import row_from_teacher
 
 log = logging.getLogger("hubscout.api")
 
@@ -266,7 +266,7 @@ def add_teacher(svc: Services, upload: UploadedFile | None, fields: dict[str, st
                 spec_upload: UploadedFile | None = None) -> TeacherRow:
     """Validate and store a teacher (and its optional spec sample); its specification is computed by a worker,
     so the request does not wait for it."""
-    from app import specs
+    from service import specs
     from hubscout.spec import SPEC_SAMPLE_FILE
     from hubscout.teachers import InputConfig, TeacherError, slugify
 

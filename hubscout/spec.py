@@ -719,7 +719,7 @@ SHORTLIST_RULE = ("every teacher with a current specification is scored from it 
                   "rules it out")
 
 
-def plan(candidates: Sequence[str], index: SpecIndex, target: TargetEmbedding, k: int,
+def shortlist_plan(candidates: Sequence[str], index: SpecIndex, target: TargetEmbedding, k: int,
          method: str = DEFAULT_METHOD) -> tuple[list[str], dict]:
     """Which of ``candidates`` run exact OT: the ``k`` best by specification (``index`` holds the candidates that
     have one) plus every candidate without one. Returns (ids to run, in candidate order; the description a

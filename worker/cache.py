@@ -14,15 +14,15 @@ import hashlib
 import logging
 import re
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from app.db import Database, utcnow
-from app.models import LOCAL_OWNER, ScoreRow, SpecStatus, TeacherOutputRow, TeacherRow, json_safe
-from app.storage import LocalStorage
+from service.db import Database, utcnow
+from service.storage import LocalStorage
+from service.tables import LOCAL_OWNER, ScoreRow, SpecStatus, TeacherOutputRow, TeacherRow, json_safe
 
 log = logging.getLogger("hubscout.cache")
 _SHA = re.compile(r"[0-9a-f]{64}")
@@ -150,8 +150,8 @@ class DbOutputsCache:
                 s.rollback()  # already cached by a concurrent job: same key, same bytes
 
 
-class ScoreStore:
-    """Every metric value computed for a (teacher weights, dataset content) pair, with OT's correspondences and
+class DbScoreStore:
+    """``hubscout.rank.ScoreStore`` on the ``scores`` table: every metric value computed for a (teacher weights, dataset content) pair, with OT's correspondences and
     plan summary.
 
     Scores are tagged with the library version that computed them; another version's are recomputed."""
@@ -248,42 +248,6 @@ class ScoreStore:
                     # A concurrent ranking inserted some of the same scores: read them back and update instead.
                     s.rollback()
         return len(values)
-
-
-def rank_cached(dataset, repo, *, metrics, teacher_ids, top_k, outputs_cache: DbOutputsCache, scores: ScoreStore,
-                device, batch_size: int, on_progress, compute_lock: Callable[[], object] | None = None):
-    """``hubscout.rank.rank`` over the teachers whose scores are not stored yet (their outputs through
-    ``outputs_cache``), merged with the stored scores of the others and ordered by the library.
-
-    ``compute_lock()``, held while computing, is one per dataset: of two identical rankings running at once, the
-    second waits and then finds everything scored, so the teachers' forward passes run once."""
-    import time
-
-    from hubscout.rank import DEFAULT_COST, Ranking, order_entries, rank, resolve_metrics, select_teachers
-
-    t0 = time.perf_counter()
-    metric_list = resolve_metrics(metrics)
-    teachers = select_teachers(repo, teacher_ids)
-    stored = scores.lookup(teachers, dataset.sha256, metric_list, DEFAULT_COST)
-    known = [stored[t.id] for t in teachers if t.id in stored]
-    missing = [t for t in teachers if t.id not in stored]
-    fresh = []
-    if missing:
-        with compute_lock() if compute_lock else nullcontext():
-            # Scored meanwhile by the job that held the lock?
-            stored.update(scores.lookup(missing, dataset.sha256, metric_list, DEFAULT_COST))
-            known = [stored[t.id] for t in teachers if t.id in stored]
-            missing = [t for t in teachers if t.id not in stored]
-            if missing:
-                part = rank(dataset, repo, metrics=metric_list, teacher_ids=[t.id for t in missing],
-                            cache=outputs_cache, device=device, batch_size=batch_size, on_progress=on_progress)
-                fresh = part.entries
-                scores.record(fresh, {t.id: t.outputs_key for t in missing}, dataset.sha256, part.cost)
-    ordered = order_entries(known + fresh, metric_list[0])
-    if top_k is not None:
-        ordered = ordered[:top_k]
-    return Ranking(dataset.sha256, dataset.classes, len(dataset), metric_list, ordered, DEFAULT_COST,
-                   time.perf_counter() - t0), len(known)
 
 
 class SpecStore:

@@ -1,6 +1,6 @@
 """Celery tasks: thin adapters that run hubscout for a job and write what it returns.
 
-A task gets only a job id. It claims the job row (app.jobs), runs the library with a progress callback that
+A task gets only a job id. It claims the job row (service.jobs), runs the library with a progress callback that
 writes into the row and stops the run when the job was cancelled or taken over, and stores the result together
 with the job's final status in one transaction. Running a job's task again is harmless: a finished job is not
 claimed again, and a result's id is fixed by its job's id.
@@ -23,16 +23,16 @@ from typing import Callable
 from celery import signals
 from sqlalchemy import select
 
-from app import jobs, specs, webhooks
-from app.db import Database, is_unavailable, utcnow
-from app.models import (DatasetRow, JobKind, JobRow, JobStatus, RankingRow, SpecStatus, StudentRow, TeacherRow,
-                        json_safe, result_id_for)
-from app.queue import JobQueue
-from app.settings import Settings, get_settings
-from app.storage import LocalStorage
-from worker.cache import DbOutputsCache, ScoreStore, SpecStore, exclusive, rank_cached, target_embedding
+from service import jobs, specs, webhooks
+from service.celery_config import TASK_COMPUTE_SPEC, TASK_DELIVER_WEBHOOK, TASK_RUN_JOB
+from service.db import Database, is_unavailable, utcnow
+from service.queue import JobQueue
+from service.settings import Settings, get_settings
+from service.storage import LocalStorage
+from service.tables import (DatasetRow, JobKind, JobRow, JobStatus, RankingRow, SpecStatus, StudentRow, TeacherRow,
+                            json_safe, result_id_for)
+from worker.cache import DbOutputsCache, DbScoreStore, SpecStore, exclusive, target_embedding
 from worker.celery_app import celery_app
-from worker.config import TASK_COMPUTE_SPEC, TASK_DELIVER_WEBHOOK, TASK_RUN_JOB
 
 log = logging.getLogger("hubscout.worker")
 
@@ -178,7 +178,7 @@ def run_job(self, job_id: str, recheck: bool = False) -> str:
 @celery_app.task(name=TASK_DELIVER_WEBHOOK, bind=True, acks_late=True, reject_on_worker_lost=True,
                  ignore_result=True)
 def deliver_webhook(self, job_id: str) -> str:
-    """One attempt at a job's callback; on failure the task sends itself again after the backoff (app.webhooks
+    """One attempt at a job's callback; on failure the task sends itself again after the backoff (service.webhooks
     counts the attempts on the job row and stops at webhook_max_attempts)."""
     ctx = context()
     outcome = webhooks.deliver(ctx.db, ctx.settings, job_id)
@@ -276,22 +276,13 @@ def _load_dataset(ctx: Context, row: DatasetRow):
 
 
 def run_ranking(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: DatasetRow, report: Reporter) -> None:
+    from hubscout.rank import rank
     from hubscout.teachers import Repository
 
     params = job.params
     report(0.0, "loading dataset")
     ds = _load_dataset(ctx, dataset)
     repo = Repository(ctx.settings.repository_dir)
-    teacher_ids = params.get("teacher_ids")
-    info = None
-    k = params.get("shortlist")
-    if k:
-        with ctx.db.session() as s:
-            candidates = list(teacher_ids or s.scalars(select(TeacherRow.id).order_by(TeacherRow.id)))
-        if len(candidates) > k:
-            report(0.01, f"shortlisting {len(candidates)} teachers by specification")
-            teacher_ids, info = shortlist_teachers(ctx, ds, candidates, k, job.owner)
-            report(0.05, f"{len(teacher_ids)} of {len(candidates)} teachers to run")
     outputs = DbOutputsCache(ctx.db, ctx.storage, owner=job.owner)
 
     waited = []
@@ -306,12 +297,12 @@ def run_ranking(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: DatasetRo
     def lock():
         return exclusive(ctx.db, ctx.storage, f"rank:{job.owner}:{ds.sha256}", on_wait=wait_for_twin)
 
-    ranking, n_scored = rank_cached(ds, repo, metrics=params.get("metrics") or ["ot"],
-                                    teacher_ids=teacher_ids, top_k=params.get("top_k"),
-                                    outputs_cache=outputs, scores=ScoreStore(ctx.db, owner=job.owner),
-                                    device=device_for(ctx.settings), batch_size=ctx.settings.batch_size,
-                                    on_progress=report.scaled(0.05 if info else 0.0, 0.95), compute_lock=lock)
-    ranking.shortlist = info
+    ranking = rank(ds, repo, metrics=params.get("metrics") or ["ot"], teacher_ids=params.get("teacher_ids"),
+                   top_k=params.get("top_k"), cache=outputs, scores=DbScoreStore(ctx.db, owner=job.owner),
+                   device=device_for(ctx.settings), batch_size=ctx.settings.batch_size,
+                   on_progress=report.scaled(0.0, 0.95), shortlist_k=params.get("shortlist") or None,
+                   shortlist=DbShortlist(ctx, job.owner), compute_lock=lock)
+    info = ranking.shortlist
     result = json_safe(ranking.to_dict())
     rid = result_id_for(job.id)
 
@@ -326,19 +317,29 @@ def run_ranking(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: DatasetRo
     _retry_db(ctx, record)
     log.info("ranking %s: %d teachers%s; scores stored for %d; outputs cached for %d, computed for %d", rid,
              len(ranking.entries), f" (shortlisted from {info['considered'] + len(info['unspecified_run'])})"
-             if info else "", n_scored, outputs.hits, outputs.computed)
+             if info else "", ranking.n_stored, outputs.hits, outputs.computed)
 
 
-def shortlist_teachers(ctx: Context, ds, candidates: list[str], k: int, owner: str) -> tuple[list[str], dict]:
-    """The candidates to run exactly, and the shortlist's description (``hubscout.spec.plan``): specifications
-    from the database, the target embedded once per dataset content and owner."""
-    from hubscout.spec import plan
+class DbShortlist:
+    """``hubscout.rank.ShortlistStep`` on the service: the candidates and their specifications from the database,
+    the target embedded once per dataset content and owner."""
 
-    index, load_s = _spec_store.index(ctx.db, candidates)
-    target, embed_cached = target_embedding(ctx.storage, ds, lambda: reference_embedder(ctx.settings), owner)
-    run, info = plan(candidates, index, target, k)
-    info.update(load_specs_s=round(load_s, 4), embed_target_cached=embed_cached)
-    return run, info
+    def __init__(self, ctx: Context, owner: str):
+        self.ctx, self.owner = ctx, owner
+
+    def candidates(self, teacher_ids) -> list[str]:
+        with self.ctx.db.session() as s:
+            return list(teacher_ids or s.scalars(select(TeacherRow.id).order_by(TeacherRow.id)))
+
+    def __call__(self, ds, candidates: list[str], k: int) -> tuple[list[str], dict]:
+        from hubscout.spec import shortlist_plan
+
+        ctx = self.ctx
+        index, load_s = _spec_store.index(ctx.db, candidates)
+        target, embed_cached = target_embedding(ctx.storage, ds, lambda: reference_embedder(ctx.settings), self.owner)
+        run, info = shortlist_plan(candidates, index, target, k)
+        info.update(load_specs_s=round(load_s, 4), embed_target_cached=embed_cached)
+        return run, info
 
 
 # ------------------------------------------------------------------------------------------------- specifications
@@ -406,7 +407,7 @@ def _zip_folder(folder: Path, dest: Path) -> None:
 
 def run_distillation(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: DatasetRow, report: Reporter) -> None:
     from hubscout.distill import DistillConfig, distill
-    from hubscout.rank import relatedness_scores, weights_from_scores
+    from hubscout.rank import weigh_teachers
     from hubscout.teachers import Repository
 
     params = job.params
@@ -416,12 +417,10 @@ def run_distillation(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: Data
     ids = list(params.get("teacher_ids") or [])
     cfg = DistillConfig.from_dict(params["config"])
     device = device_for(ctx.settings)
-    weights = relatedness = None
     if len(ids) > 1 and not cfg.ce_only:
         report(0.0, "weighting teachers by relatedness")
-        scores = relatedness_scores(ds, repo, ids, cache=DbOutputsCache(ctx.db, ctx.storage, owner=job.owner),
-                                    device=device)
-        weights, relatedness = weights_from_scores(scores), dict(zip(ids, scores))
+    weights, relatedness = weigh_teachers(ds, repo, ids, ce_only=cfg.ce_only, device=device,
+                                          cache=DbOutputsCache(ctx.db, ctx.storage, owner=job.owner))
     student = distill(ds, repo, ids, cfg, weights=weights, relatedness=relatedness, device=device,
                       on_progress=report.scaled(0.05, 0.95), on_epoch=report.curves)
     report(0.96, "saving the student")

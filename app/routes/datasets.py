@@ -7,12 +7,12 @@ from starlette.concurrency import run_in_threadpool
 
 from app import services as ops
 from app.auth import Owner, authenticate
-from app.models import DatasetRow
 from app.problems import Problem
 from app.routes import problems, require_json, services
 from app.schemas import DatasetOut, DemoDatasetCreate, DemoTargetOut
 from app.services import Services
 from app.uploads import read_multipart
+from service.tables import DatasetRow
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[Depends(authenticate)],
                    responses=problems(401, 503))

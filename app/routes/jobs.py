@@ -7,11 +7,10 @@ from fastapi.responses import FileResponse
 
 from app import services as ops
 from app.auth import Owner, authenticate
-from app.models import JobKind, JobRow, JobStatus
 from app.routes import MAX_INT, problems, require_json, services
-from app.schemas import (CallbackOut, DistillationCreate, JobLinks, JobOut, Page, RankingCreate, RankingOut,
-                         StudentOut)
+from app.schemas import CallbackOut, DistillationCreate, JobLinks, JobOut, Page, RankingCreate, RankingOut, StudentOut
 from app.services import Services
+from service.tables import JobKind, JobRow, JobStatus
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(authenticate)], responses=problems(401, 503))
 

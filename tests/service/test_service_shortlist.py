@@ -13,7 +13,7 @@ from sqlalchemy import delete, func, select, text
 
 from svc_helpers import assert_problem, npz_bytes, tiny_weights, wait_job
 
-from app.models import SpecStatus, TeacherRow
+from service.tables import SpecStatus, TeacherRow
 
 N = 1000
 SOURCES = ["fashion-footwear", "fashion-clothes", "animals-all", "mnist-digits"]
@@ -48,8 +48,8 @@ def catalogue(pg_service, quick_repo, db):
     them. Test-side shortcut: their folders are written directly (teacher.json and a hard link to the original's
     weights; Repository.add would validate each weights file) and their rows and specifications inserted straight
     into PostgreSQL. Removed again after the module."""
-    from app import specs
-    from app.repository import row_from_teacher
+    from service import specs
+    from service.teacher_sync import row_from_teacher
     from hubscout.spec import load_specification
     from hubscout.teachers import META_FILE, WEIGHTS_FILE, Repository
 
