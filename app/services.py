@@ -12,7 +12,6 @@ import os
 import re
 import threading
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,8 @@ from app.problems import Problem, not_found
 from app.schemas import DemoDatasetCreate, DistillationCreate, RankingCreate, TeacherCreate
 from app.uploads import UploadedFile
 from service import jobs, webhooks
-from service.db import Database
-from service.queue import JobQueue
+from service.container import Services
 from service.settings import Settings
-from service.storage import LocalStorage
 from service.tables import (CallbackState, DatasetRow, JobKind, JobRow, JobStatus, RankingRow, StudentRow, TeacherRow,
                             json_safe, new_id)
 from service.teacher_sync import row_from_teacher
@@ -35,34 +32,16 @@ from service.teacher_sync import row_from_teacher
 log = logging.getLogger("hubscout.api")
 
 
-@dataclass
-class Services:
-    settings: Settings
-    db: Database
-    storage: LocalStorage
-    queue: JobQueue
-
-    @property
-    def repository(self):
-        from hubscout.teachers import Repository
-
-        return Repository(self.settings.repository_dir)
-
-    def close(self) -> None:
-        self.queue.close()
-        self.db.dispose()
-
-
 def auth_required(settings: Settings) -> bool:
     return bool(settings.api_keys)
 
 
 def info(svc: Services) -> dict[str, Any]:
-    from app.schemas import METRIC_CHOICES
+    from hubscout.scores import METRICS
 
     s = svc.settings
     return {"version": _version(), "auth_required": auth_required(s),
-            "mode": "embedded" if s.embedded else "distributed", "metrics": list(METRIC_CHOICES),
+            "mode": "embedded" if s.embedded else "distributed", "metrics": list(METRICS),
             "max_upload_bytes": s.max_upload_bytes, "max_epochs": s.max_epochs}
 
 

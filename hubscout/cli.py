@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hubscout.ot import COSTS, DEFAULT_COST
+from hubscout.scores import METRICS
 
 app = typer.Typer(help="Rank a model repository's teachers for your labelled task, and distil a student.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -265,7 +266,7 @@ def data_targets() -> None:
 def rank_cmd(
     dataset: Path = typer.Argument(..., exists=True, dir_okay=False, help=".zip (ImageFolder) or .npz"),
     repo: str = RepoOpt,
-    metric: str = typer.Option("ot", help="ot, leep, nce, logme, hscore, a comma list, or all (first orders)"),
+    metric: str = typer.Option("ot", help=f"{', '.join(METRICS)}, a comma list, or all (first orders)"),
     top: Optional[int] = typer.Option(None, "--top", help="show the best K"),
     teachers: Optional[str] = typer.Option(None, "--teachers", help="comma-separated teacher ids"),
     cost: str = typer.Option(DEFAULT_COST, help="OT cost matrix: " + ", ".join(COSTS)),
@@ -374,8 +375,8 @@ def distill_cmd(
         cfg = DistillConfig.from_dict({**DistillConfig().to_dict(),
                                        **{k: v for k, v in overrides.items() if v is not None},
                                        "ce_only": ce_only, "seed": seed})
-        weights, relatedness = weigh_teachers(ds, r, ids, ce_only=cfg.ce_only)
-        result = distill(ds, r, ids, cfg, weights=weights, relatedness=relatedness, show_progress=not as_json)
+        mixture, relatedness = weigh_teachers(ds, r, ids, ce_only=cfg.ce_only)
+        result = distill(ds, r, ids, cfg, mixture=mixture, relatedness=relatedness, show_progress=not as_json)
         result.save(out)
         metrics = result.metrics
     summary = {"out": str(out), **{k: v for k, v in metrics.items() if k != "curves"}}

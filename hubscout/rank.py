@@ -14,14 +14,17 @@ from typing import Any, Callable, ContextManager, Iterable, Protocol, Sequence
 
 import numpy as np
 
-from hubscout import ot as hot
-from hubscout.ot import DEFAULT_COST
 from hubscout.data import Dataset
 from hubscout.extract import OutputsCache, TeacherOutputs, outputs_for
-from hubscout.scores import METRICS
+from hubscout.ot import DEFAULT_COST
+from hubscout.scores import METRICS, resolve_metrics
 from hubscout.teachers import Repository, Teacher, TeacherNotFound
 
-METRIC_NAMES: tuple[str, ...] = ("ot", "leep", "nce", "hscore", "logme")
+#: The registered metrics in the order "all" lists them (read from the registry, hubscout.scores.METRICS).
+METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
+__all__ = ["METRIC_NAMES", "RankEntry", "Ranking", "ScoreStore", "ShortlistStep", "SpecShortlist", "rank",
+           "resolve_metrics", "score_teacher", "score_teachers", "order_entries", "select_teachers",
+           "relatedness_scores", "weights_from_scores", "weigh_teachers"]
 
 ProgressFn = Callable[[float, str], None]
 
@@ -93,25 +96,6 @@ class Ranking:
         }
 
 
-def resolve_metrics(metrics: str | Iterable[str] | None) -> list[str]:
-    """``"all"``, a comma list or an iterable of names → validated list, order kept (first is primary)."""
-    if metrics is None:
-        return ["ot"]
-    if isinstance(metrics, str):
-        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
-    out: list[str] = []
-    for m in metrics:
-        names = list(METRIC_NAMES) if m == "all" else [m]
-        for n in names:
-            if n not in METRICS:
-                raise ValueError(f"unknown metric {n!r}; choose from {', '.join(METRIC_NAMES)} or 'all'")
-            if n not in out:
-                out.append(n)
-    if not out:
-        raise ValueError("no metric given")
-    return out
-
-
 def select_teachers(repo: Repository, teacher_ids: Sequence[str] | None) -> list[Teacher]:
     if not teacher_ids:
         teachers = repo.list()
@@ -126,29 +110,20 @@ def select_teachers(repo: Repository, teacher_ids: Sequence[str] | None) -> list
 
 def score_teacher(outputs: TeacherOutputs, teacher: Teacher, dataset: Dataset, metrics: Sequence[str],
                   cost: str = DEFAULT_COST, n_correspondences: int = 3) -> RankEntry:
-    """All ``metrics`` for one teacher's outputs; OT also yields the plan and class correspondences."""
-    probs = outputs.probs
-    labels, n = dataset.labels, dataset.num_classes
+    """All ``metrics`` for one teacher's outputs; a metric with a readout (OT) also fills in what it reads out
+    (the plan and class correspondences)."""
+    inputs = dict(probs=outputs.probs, features=outputs.features, classifier_weight=outputs.classifier_weight,
+                  labels=dataset.labels, n_classes=dataset.num_classes)
     scores: dict[str, float] = {}
     entry = RankEntry(teacher.id, teacher.name, scores)
     for m in metrics:
-        if m == "ot":
-            M = hot.cost_matrix(cost, classifier_weight=outputs.classifier_weight, features=outputs.features,
-                                probs=probs, labels=labels, n_classes=n)
-            res = hot.ot_relatedness(probs, labels, n, M)
-            scores[m] = float(res.score)
-            entry.plan = res.plan
-            entry.correspondences = hot.top_correspondences(res.plan, teacher.labels, dataset.classes,
-                                                            k=n_correspondences)
-            bridge = M if cost == hot.BRIDGE_COST else hot.cost_matrix(
-                hot.BRIDGE_COST, classifier_weight=outputs.classifier_weight, features=outputs.features,
-                labels=labels, n_classes=n)
-            entry.matches = hot.nearest_classes(bridge, teacher.labels, dataset.classes, k=n_correspondences)
-            entry.plan_summary = hot.plan_summary(res.plan, teacher.labels, dataset.classes)
-        else:
-            scores[m] = float(METRICS[m].fn(probs=probs, features=outputs.features,
-                                            classifier_weight=outputs.classifier_weight, labels=labels,
-                                            n_classes=n))
+        metric = METRICS[m]
+        result = metric.compute(**inputs, cost=cost)
+        scores[m] = float(metric.value(result))
+        if metric.readout is not None:
+            for name, value in metric.readout(result, teacher_labels=teacher.labels, target_labels=dataset.classes,
+                                              cost=cost, k=n_correspondences, **inputs).items():
+                setattr(entry, name, value)
     return entry
 
 

@@ -132,7 +132,8 @@ def test_local_worker_startup_recovers_every_running_job(db, settings):
 
 
 def test_a_finished_job_is_not_run_again(db, settings):
-    from worker.tasks import Context, execute
+    from worker.execution import execute
+    from worker.runtime import Context
 
     j = new_job(db)
     c = jobs.claim(db, settings, j, "w1")
@@ -148,7 +149,7 @@ def test_a_finished_job_is_not_run_again(db, settings):
 def test_distillation_curves_go_out_with_progress_and_with_the_result(db, settings):
     import threading
 
-    from worker.tasks import Context, Reporter
+    from worker.runtime import Context, Reporter
 
     j = new_job(db)
     c = jobs.claim(db, settings, j, "w1")
@@ -174,7 +175,7 @@ def test_stored_scores_carry_the_plan_and_older_ones_are_scored_again(db):
 
     from hubscout.ot import plan_summary
     from hubscout.rank import RankEntry
-    from worker.cache import DbScoreStore
+    from worker.stores import DbScoreStore
 
     store = DbScoreStore(db)
     teachers = [SimpleNamespace(id=f"t{i}", name=f"T{i}", outputs_key=f"{i}" * 64) for i in range(2)]

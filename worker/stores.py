@@ -1,4 +1,5 @@
-"""The library's ``OutputsCache`` on the service's database and storage, and the score records.
+"""The library's stores on the service's database and storage: ``OutputsCache``, ``ScoreStore``, the
+specifications and the target embeddings.
 
 A forward pass of a teacher over a dataset is stored once per (teacher weights sha256, dataset sha256): the
 arrays as bytes in storage, a row in ``teacher_outputs`` saying they exist. Workers on other machines find them
@@ -9,15 +10,13 @@ tell one key that another had uploaded the same data. The embedded default's sin
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import re
 import time
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from service.db import Database, utcnow
@@ -33,60 +32,6 @@ def owner_key(dataset_sha256: str, owner: str | None) -> str:
     if not owner or owner == LOCAL_OWNER:
         return dataset_sha256
     return hashlib.sha256(f"{owner}:{dataset_sha256}".encode()).hexdigest()
-
-
-@contextmanager
-def exclusive(db: Database, storage: LocalStorage, name: str, on_wait: Callable[[], None] | None = None,
-              poll_s: float = 0.25) -> Iterator[None]:
-    """Held by one process at a time, across workers: a PostgreSQL advisory lock (released by the server if the
-    worker dies), or on SQLite, whose workers share one machine, a file lock. ``on_wait`` runs while waiting and
-    may raise to give up (a cancelled job)."""
-    digest = hashlib.sha256(name.encode()).digest()
-    if db.engine.dialect.name == "postgresql":
-        key = int.from_bytes(digest[:8], "big", signed=True)
-        conn = db.engine.connect()
-
-        def acquire() -> bool:
-            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
-            conn.commit()  # a session lock outlives the transaction; no transaction is left open
-            return bool(got)
-
-        try:
-            _poll(acquire, on_wait, poll_s)
-            try:
-                yield
-            finally:
-                try:
-                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                    conn.commit()
-                except Exception:  # the connection broke: the server dropped the lock with it
-                    conn.invalidate()
-        finally:
-            conn.close()
-        return
-    path = storage.path(f"locks/{digest.hex()}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        def acquire() -> bool:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                return False
-
-        _poll(acquire, on_wait, poll_s)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _poll(acquire: Callable[[], bool], on_wait: Callable[[], None] | None, poll_s: float) -> None:
-    """Try ``acquire`` until it succeeds, calling ``on_wait`` (if any) before each pause."""
-    while not acquire():
-        if on_wait:
-            on_wait()
-        time.sleep(poll_s)
 
 
 def _key(teacher_sha256: str, dataset_sha256: str) -> str:
@@ -151,8 +96,8 @@ class DbOutputsCache:
 
 
 class DbScoreStore:
-    """``hubscout.rank.ScoreStore`` on the ``scores`` table: every metric value computed for a (teacher weights, dataset content) pair, with OT's correspondences and
-    plan summary.
+    """``hubscout.rank.ScoreStore`` on the ``scores`` table: every metric value computed for a (teacher weights,
+    dataset content) pair, with OT's correspondences and plan summary.
 
     Scores are tagged with the library version that computed them; another version's are recomputed."""
 
@@ -281,10 +226,10 @@ class SpecStore:
                     except (ValueError, TypeError):
                         log.warning("unreadable specification of teacher %s: ranked exactly", tid)
                         self._specs.pop(tid, None)
-        weights = {r.id: (r.weights_sha256, r.spec_sha256) for r in rows}
-        keep = [t for t in candidates if t in weights and t in self._specs
-                and self._specs[t][0] == weights[t][1] and self._specs[t][1].is_current(weights[t][0])]
-        key = tuple((t, weights[t][1]) for t in keep)
+        hashes = {r.id: (r.weights_sha256, r.spec_sha256) for r in rows}
+        keep = [t for t in candidates if t in hashes and t in self._specs
+                and self._specs[t][0] == hashes[t][1] and self._specs[t][1].is_current(hashes[t][0])]
+        key = tuple((t, hashes[t][1]) for t in keep)
         if key != self._index_key:
             self._index = SpecIndex.build([self._specs[t][1] for t in keep])
             self._index_key = key
