@@ -6,9 +6,6 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from hubscout.distill import DistillConfig, distill
-from hubscout.rank import weigh_teachers
-from hubscout.teachers import Repository
 from service import jobs
 from service.tables import DatasetRow, JobRow, StudentRow, json_safe, result_id_for
 from worker.runtime import Context, Reporter, device_for, load_dataset, retry_db
@@ -24,6 +21,11 @@ def _zip_folder(folder: Path, dest: Path) -> None:
 
 
 def run_distillation(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: DatasetRow, report: Reporter) -> None:
+    # torch: the library loads with the worker's first job, not when the worker starts.
+    from hubscout.distill import DistillConfig, distill
+    from hubscout.rank import weigh_teachers
+    from hubscout.teachers import Repository
+
     params = job.params
     report(0.0, "loading dataset")
     ds = load_dataset(ctx, dataset)

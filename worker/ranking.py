@@ -5,9 +5,6 @@ import logging
 
 from sqlalchemy import select
 
-from hubscout.rank import rank
-from hubscout.spec import shortlist_plan
-from hubscout.teachers import Repository
 from service import jobs
 from service.tables import DatasetRow, JobRow, RankingRow, TeacherRow, json_safe, result_id_for
 from worker.locks import exclusive
@@ -20,6 +17,10 @@ _spec_store = SpecStore()
 
 
 def run_ranking(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: DatasetRow, report: Reporter) -> None:
+    # torch: the library loads with the worker's first job, not when the worker starts.
+    from hubscout.rank import rank
+    from hubscout.teachers import Repository
+
     params = job.params
     report(0.0, "loading dataset")
     ds = load_dataset(ctx, dataset)
@@ -73,6 +74,8 @@ class DbShortlist:
             return list(teacher_ids or s.scalars(select(TeacherRow.id).order_by(TeacherRow.id)))
 
     def __call__(self, ds, candidates: list[str], k: int) -> tuple[list[str], dict]:
+        from hubscout.spec import shortlist_plan
+
         ctx = self.ctx
         index, load_s = _spec_store.index(ctx.db, candidates)
         target, embed_cached = target_embedding(ctx.storage, ds, lambda: reference_embedder(ctx.settings), self.owner)

@@ -9,7 +9,6 @@ import time
 from typing import Callable
 
 from hubscout.data import DatasetError, Limits, load_dataset as read_dataset
-from hubscout.teachers import TeacherError, TeacherNotFound
 from service import jobs
 from service.container import Services
 from service.db import is_unavailable
@@ -144,6 +143,8 @@ def retry_db(ctx: Context, write: Callable[[], object]):
 
 def describe(e: Exception) -> str:
     """The user's mistakes (bad data, unknown teacher) as their message; anything else with its type."""
+    from hubscout.teachers import TeacherError, TeacherNotFound  # torch: the worker loads it with its first job
+
     if isinstance(e, TeacherNotFound):
         return f"unknown teacher: {e.args[0] if e.args else e}"
     if isinstance(e, (DatasetError, TeacherError, ValueError)):

@@ -4,8 +4,6 @@ from __future__ import annotations
 import logging
 import time
 
-from hubscout.spec import load_specification, repo_cache_dir, save_specification, specification_for
-from hubscout.teachers import Repository, TeacherNotFound
 from service import specs
 from service.db import utcnow
 from service.tables import SpecStatus, TeacherRow
@@ -15,6 +13,10 @@ log = logging.getLogger("hubscout.worker")
 
 
 def compute_spec_for(ctx: Context, teacher_id: str) -> str:
+    # torch: the library loads with the worker's first job, not when the worker starts.
+    from hubscout.spec import load_specification, repo_cache_dir, save_specification, specification_for
+    from hubscout.teachers import Repository, TeacherNotFound
+
     with ctx.db.session() as s:
         row = s.get(TeacherRow, teacher_id)
         status = row.spec_status if row is not None else None

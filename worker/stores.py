@@ -19,6 +19,8 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+import hubscout
+from hubscout.scores import METRICS
 from service.db import Database, utcnow
 from service.storage import LocalStorage
 from service.tables import LOCAL_OWNER, ScoreRow, SpecStatus, TeacherOutputRow, TeacherRow, json_safe
@@ -119,8 +121,7 @@ class DbScoreStore:
 
     def lookup(self, teachers, dataset_sha256: str, metrics: list[str], cost: str) -> dict:
         """{teacher id: RankEntry} for the teachers whose every requested metric is stored."""
-        import hubscout
-        from hubscout.rank import RankEntry
+        from hubscout.rank import RankEntry  # torch, like every import below a def here
 
         dataset_sha256 = owner_key(dataset_sha256, self.owner)
         with self.db.session() as s:
@@ -153,9 +154,6 @@ class DbScoreStore:
 
     def record(self, entries, teacher_sha: dict[str, str], dataset_sha256: str, cost: str) -> int:
         """Upsert the scores of freshly computed ``RankEntry``s."""
-        import hubscout
-        from hubscout.scores import METRICS
-
         dataset_sha256 = owner_key(dataset_sha256, self.owner)
         values = {}
         for e in entries:
