@@ -35,7 +35,7 @@ def db(pg_service):
 def _clone_spec(spec, clone_id: str, rng):
     """The original's specification, perturbed so that clones differ: prototypes nudged, confusion damped (the
     clone loses some of its predictions to classes it does not describe, like a worse copy)."""
-    from hubscout.spec import _unit_rows
+    from hubscout.spec._format import _unit_rows
 
     protos = _unit_rows(spec.prototypes.astype(np.float32) + rng.normal(0, 0.02, spec.prototypes.shape))
     return dataclasses.replace(spec, teacher_id=clone_id, prototypes=protos.astype(np.float32),
