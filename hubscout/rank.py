@@ -145,7 +145,7 @@ def score_teacher(outputs: TeacherOutputs, teacher: Teacher, dataset: Dataset, m
         else:
             scores[m] = float(METRICS[m].fn(probs=probs, features=outputs.features,
                                             classifier_weight=outputs.classifier_weight, labels=labels,
-                                            n_classes=n))
+                                            n_classes=n, teacher=teacher))
     return entry
 
 
