@@ -67,10 +67,14 @@ def cell_key(kind: str, task: dict[str, Any], teacher_sha: str, budget: dict[str
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def distill_budget(seed: int) -> dict[str, Any]:
+# ``--quick`` only (its cells have their own keys): a tiny student budget, so that the smoke run stays short.
+QUICK_DISTILL = {"student_arch": "test_resnet", "epochs": 2, "min_steps": 20, "teacher_views": 1}
+
+
+def distill_budget(seed: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     from hubscout.distill import DistillConfig
 
-    return DistillConfig(seed=seed).to_dict()
+    return DistillConfig(**{**(overrides or {}), "seed": seed}).to_dict()
 
 
 # ------------------------------------------------------------------------------------------------ the cache
@@ -227,11 +231,12 @@ def transfer_cell(teacher, train, test, seed: int, budget: TransferBudget = TRAN
 
 # ------------------------------------------------------------------------------------------- B: distillation
 
-def distillation_cell(repo, teacher_id: str | None, train, test, seed: int) -> dict[str, Any]:
+def distillation_cell(repo, teacher_id: str | None, train, test, seed: int,
+                      overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Ground truth B (``teacher_id``) or the CE-only reference (``None``) at the product's defaults."""
     from hubscout.distill import DistillConfig, distill, evaluate
 
-    cfg = DistillConfig(seed=seed, ce_only=teacher_id is None)
+    cfg = DistillConfig(**{**(overrides or {}), "seed": seed, "ce_only": teacher_id is None})
     t0 = time.perf_counter()
     student = distill(train, repo, [teacher_id] if teacher_id else [], cfg, device="cpu")
     t1 = time.perf_counter()
@@ -244,14 +249,10 @@ def distillation_cell(repo, teacher_id: str | None, train, test, seed: int) -> d
 # ------------------------------------------------------------------------------------------------ the runner
 
 def cell(cache: CellCache, kind: str, task: dict[str, Any], repo, teacher_id: str | None, seed: int, data,
-         outputs_cache=None, compute: bool = True) -> dict[str, Any] | None:
+         outputs_cache=None, compute: bool = True, distill: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The cached cell, computed (and stored) when missing and ``compute``; ``data`` gives (train, test)."""
-    if kind == "ce":
-        sha, budget = "none", dict(distill_budget(seed), ce_only=True)
-    else:
-        sha = repo.get(teacher_id).weights_sha256
-        budget = TRANSFER.to_dict() if kind == "transfer" else distill_budget(seed)
-    key = cell_key(kind, task, sha, budget, seed)
+    sha = "none" if kind == "ce" else repo.get(teacher_id).weights_sha256
+    key = cell_key_for(kind, task, repo, teacher_id, seed, distill)
     hit = cache.get(key)
     if hit is not None or not compute:
         return hit
@@ -259,10 +260,86 @@ def cell(cache: CellCache, kind: str, task: dict[str, Any], repo, teacher_id: st
     if kind == "transfer":
         res = transfer_cell(repo.get(teacher_id), train, test, seed, outputs_cache=outputs_cache)
     else:
-        res = distillation_cell(repo, teacher_id if kind == "distillation" else None, train, test, seed)
+        res = distillation_cell(repo, teacher_id if kind == "distillation" else None, train, test, seed, distill)
     res.update({"kind": kind, "task": task["id"], "teacher": teacher_id, "teacher_sha256": sha, "seed": seed,
                 "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     cache.put(key, res)
     print(f"  {kind:12} {task['id']:40} {teacher_id or '-':30} seed {seed}: acc {res['accuracy']:.3f} "
           f"({res['seconds']:.1f}s)", flush=True)
     return res
+
+
+def task_order(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Dev before test; inside a half, cheap tasks (few classes × shots) first, so partial runs cover most tasks."""
+    return sorted(tasks, key=lambda t: (t["half"] != "dev", len(t["classes"]) * t["shots"], t["id"]))
+
+
+def run(kinds: Iterable[str], halves: Iterable[str] = ("dev", "test"), seeds: Iterable[int] = SEEDS,
+        task_ids: Iterable[str] | None = None, teacher_ids: Iterable[str] | None = None,
+        max_cells: int | None = None) -> int:
+    """Compute the missing cells of ``kinds`` (tasks in :func:`task_order`, every teacher of each pool, every
+    seed); returns how many were computed. Safe to run several at once on different kinds."""
+    from functools import lru_cache
+
+    from benchmarks import bench_zoo
+    from benchmarks.tasks import load_manifest, pool_ids, task_data
+    from hubscout.extract import FileCache
+    from hubscout.teachers import Repository
+
+    repo = Repository(bench_zoo.ZOO_DIR)
+    outputs = FileCache(OUTPUTS)
+    cache = CellCache()
+    tasks = [t for t in task_order(load_manifest()) if t["half"] in set(halves)
+             and (task_ids is None or t["id"] in set(task_ids))]
+    done = 0
+    for task in tasks:
+        data = lru_cache(maxsize=1)(lambda task=task: (task_data(task, "train"), task_data(task, "test")))
+        # Pools come from the catalogue (what the repository will hold); a teacher not built yet is left for a
+        # later run rather than silently changing the pool.
+        pool = [t for t in pool_ids(task, bench_zoo.catalogue()) if teacher_ids is None or t in set(teacher_ids)]
+        missing = [t for t in pool if t not in repo]
+        if missing:
+            print(f"  {task['id']}: not built yet, skipped: {', '.join(missing)}", flush=True)
+        pool = [t for t in pool if t in repo]
+        for kind in kinds:
+            for tid in ([None] if kind == "ce" else pool):
+                for seed in seeds:
+                    if max_cells is not None and done >= max_cells:
+                        return done
+                    before = cache.get(cell_key_for(kind, task, repo, tid, seed))
+                    cell(cache, kind, task, repo, tid, seed, data, outputs_cache=outputs)
+                    done += before is None
+    return done
+
+
+def cell_key_for(kind: str, task: dict[str, Any], repo, teacher_id: str | None, seed: int,
+                 distill: dict[str, Any] | None = None) -> str:
+    if kind == "ce":
+        return cell_key(kind, task, "none", dict(distill_budget(seed, distill), ce_only=True), seed)
+    budget = TRANSFER.to_dict() if kind == "transfer" else distill_budget(seed, distill)
+    return cell_key(kind, task, repo.get(teacher_id).weights_sha256, budget, seed)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    from benchmarks._common import limit_threads
+
+    ap = argparse.ArgumentParser(description="compute benchmark v2 ground-truth cells (resumable)")
+    ap.add_argument("--kinds", default="transfer,ce,distillation")
+    ap.add_argument("--halves", default="dev,test")
+    ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    ap.add_argument("--tasks", default=None, help="comma list of task ids (default: all)")
+    ap.add_argument("--max-cells", type=int, default=None)
+    args = ap.parse_args(argv)
+    limit_threads(1)
+    import torch
+
+    torch.set_flush_denormal(True)
+    n = run(args.kinds.split(","), args.halves.split(","), [int(s) for s in args.seeds.split(",")],
+            args.tasks.split(",") if args.tasks else None, max_cells=args.max_cells)
+    print(f"computed {n} cells", flush=True)
+
+
+if __name__ == "__main__":
+    main()
