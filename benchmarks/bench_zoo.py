@@ -49,8 +49,9 @@ def variant_specs():
     ]
 
 
-def build(out: Path = ZOO_DIR, num_threads: int = 1):
-    """Build the missing teachers of the benchmark repository in ``out`` and return it."""
+def build(out: Path = ZOO_DIR, num_threads: int = 1, demo: bool = True):
+    """Build the missing teachers of the benchmark repository in ``out`` and return it (``demo=False``: only
+    Lite2 and the variants, e.g. in a second process while another builds the demo zoo)."""
     import torch
 
     from hubscout.teachers import Repository
@@ -59,7 +60,7 @@ def build(out: Path = ZOO_DIR, num_threads: int = 1):
     out.mkdir(parents=True, exist_ok=True)
     repo = Repository(out)
     demo_ids = [f"imagenet-efficientnet-{v}" for v in ("lite0", "lite1")] + [s.id for s in FULL_SPECS]
-    if any(t not in repo for t in demo_ids):
+    if demo and any(t not in repo for t in demo_ids):
         build_demo_zoo(out, quick=False, seed=0, num_threads=num_threads)
     if "imagenet-efficientnet-lite2" not in repo:
         add_imagenet_teacher(repo, "lite2")
@@ -95,5 +96,7 @@ def catalogue():
 
 
 if __name__ == "__main__":
-    r = build()
+    import sys
+
+    r = build(demo="--variants-only" not in sys.argv)
     print(f"{r.root}: {len(r)} teachers")

@@ -68,7 +68,7 @@ def cell_key(kind: str, task: dict[str, Any], teacher_sha: str, budget: dict[str
 
 
 # ``--quick`` only (its cells have their own keys): a tiny student budget, so that the smoke run stays short.
-QUICK_DISTILL = {"student_arch": "test_resnet", "epochs": 2, "min_steps": 20, "teacher_views": 1}
+QUICK_DISTILL = {"student_arch": "test_resnet", "epochs": 3, "min_steps": 60, "teacher_views": 1}
 
 
 def distill_budget(seed: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -257,10 +257,12 @@ def cell(cache: CellCache, kind: str, task: dict[str, Any], repo, teacher_id: st
     if hit is not None or not compute:
         return hit
     train, test = data()
+    cpu0 = time.process_time()  # CPU seconds too: wall time on a shared machine says little about an idle one
     if kind == "transfer":
         res = transfer_cell(repo.get(teacher_id), train, test, seed, outputs_cache=outputs_cache)
     else:
         res = distillation_cell(repo, teacher_id if kind == "distillation" else None, train, test, seed, distill)
+    res["cpu_s"] = time.process_time() - cpu0
     res.update({"kind": kind, "task": task["id"], "teacher": teacher_id, "teacher_sha256": sha, "seed": seed,
                 "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     cache.put(key, res)

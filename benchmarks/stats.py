@@ -29,11 +29,12 @@ def weighted_tau(scores: Sequence[float], acc: Sequence[float]) -> float:
 
 
 def top1_and_regret(scores: Sequence[float], acc: Sequence[float]) -> tuple[float, float]:
-    """(1 if the metric's first teacher has the best accuracy, ties counting as hits; best − its accuracy, in
-    accuracy points). Equal top scores: the first listed teacher is taken."""
+    """(1 if the metric's first teacher has the best accuracy, ties for best accuracy counting as hits; best − its
+    accuracy, in accuracy points). Several teachers tied for the top score (a saturated metric): the expectation
+    over them, as if the tie were broken at random."""
     s, a = _finite_scores(np.asarray(scores)), np.asarray(acc, dtype=np.float64)
-    top = int(np.argmax(s))
-    return float(a[top] >= a.max() - 1e-12), float(100.0 * (a.max() - a[top]))
+    top = np.flatnonzero(s >= s.max() - 1e-12 * max(1.0, abs(s.max())))
+    return float(np.mean(a[top] >= a.max() - 1e-12)), float(100.0 * np.mean(a.max() - a[top]))
 
 
 def task_quality(scores: Sequence[float], acc: Sequence[float]) -> dict[str, float]:

@@ -111,6 +111,8 @@ def test_top1_and_regret_hand_example():
     assert top1_and_regret([0.0, 1.0, 0.5], acc) == (1.0, 0.0)
     assert top1_and_regret([np.nan, -5.0, -6.0], acc) == (1.0, 0.0)  # NaN ranks last
     assert top1_and_regret([1.0, 0.0], [0.8, 0.8]) == (1.0, 0.0)  # a tie for best counts as a hit
+    # a metric that gives two teachers the top score: the expectation over them (hit 1/2, regret (0 + 40) / 2)
+    assert top1_and_regret([1.0, 1.0, 0.0], [0.5, 0.9, 0.7]) == (0.5, pytest.approx(20.0))
 
 
 def test_weighted_tau_extremes():
