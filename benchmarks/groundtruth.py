@@ -332,6 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--halves", default="dev,test")
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     ap.add_argument("--tasks", default=None, help="comma list of task ids (default: all)")
+    ap.add_argument("--teachers", default=None, help="comma list of teacher ids (default: every pool teacher)")
     ap.add_argument("--max-cells", type=int, default=None)
     args = ap.parse_args(argv)
     limit_threads(1)
@@ -339,7 +340,8 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_flush_denormal(True)
     n = run(args.kinds.split(","), args.halves.split(","), [int(s) for s in args.seeds.split(",")],
-            args.tasks.split(",") if args.tasks else None, max_cells=args.max_cells)
+            args.tasks.split(",") if args.tasks else None, args.teachers.split(",") if args.teachers else None,
+            max_cells=args.max_cells)
     print(f"computed {n} cells", flush=True)
 
 

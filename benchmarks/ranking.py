@@ -140,7 +140,6 @@ def task_ground_truth(cache, task, repo, pool, seeds, distill=None) -> dict[str,
 def _progress(cache, repo, tasks, pools, seeds) -> dict[str, Any]:
     """Cells done / total per kind and half, cell seconds per kind and teacher size, and the projected time of
     the cells still missing (median seconds of the finished cells of the same kind and size class)."""
-    sizes = {}
     done_s: dict[tuple[str, str], list[float]] = {}
     cpu_s: dict[tuple[str, str], list[float]] = {}
     counts: dict[str, dict[str, list[int]]] = {}
@@ -148,11 +147,11 @@ def _progress(cache, repo, tasks, pools, seeds) -> dict[str, Any]:
     for task, pool in zip(tasks, pools):
         for kind in (*GROUND_TRUTHS, "ce"):
             for tid in ([None] if kind == "ce" else pool):
-                size = "none" if tid is None else (
-                    "224px" if repo.get(tid).input.size >= gtm.FROZEN_MIN_SIZE else "small")
-                sizes[tid] = size
+                # Teachers not built yet count as missing (their weights, hence their keys, do not exist yet).
+                size = "none" if tid is None else ("224px" if tid.startswith("imagenet-") else "small")
+                built = tid is None or tid in repo
                 for s in seeds:
-                    c = gtm.cell(cache, kind, task, repo, tid, s, None, compute=False)
+                    c = gtm.cell(cache, kind, task, repo, tid, s, None, compute=False) if built else None
                     n = counts.setdefault(kind, {}).setdefault(task["half"], [0, 0])
                     n[1] += 1
                     if c is None:
@@ -166,17 +165,20 @@ def _progress(cache, repo, tasks, pools, seeds) -> dict[str, Any]:
                               "median_cpu_s": float(np.median(cpu_s[(k, sz)])) if cpu_s.get((k, sz)) else None}
                 for (k, sz), v in sorted(done_s.items())}
     projected = projected_cpu = 0.0
-    unknown = 0
+    unknown = unknown_cpu = 0
     for k, sz in missing:
         v, c = done_s.get((k, sz)), cpu_s.get((k, sz))
         if v:
             projected += float(np.median(v))
-            projected_cpu += float(np.median(c)) if c else float(np.median(v))
         else:
             unknown += 1
+        if c:
+            projected_cpu += float(np.median(c))
+        else:
+            unknown_cpu += 1
     return {"cells": {k: {h: {"done": d, "total": t} for h, (d, t) in v.items()} for k, v in counts.items()},
             "cell_seconds": per_kind, "missing": len(missing), "projected_missing_s": projected,
-            "projected_missing_cpu_s": projected_cpu,
+            "projected_missing_cpu_s": projected_cpu, "missing_without_cpu_timing": unknown_cpu,
             "missing_without_timing": unknown}
 
 
@@ -218,11 +220,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     per_task = []
     for task, pool in zip(tasks, pools):
         built = [t for t in pool if t in repo]
-        gt = task_ground_truth(cache, task, repo, built, seeds, distill) if len(built) == len(pool) else None
+        gt = task_ground_truth(cache, task, repo, built, seeds, distill)
+        if len(built) < len(pool):  # a pool teacher not built yet: the task cannot be complete
+            for k in GROUND_TRUTHS:
+                gt[k]["complete"] = False
+                gt[k]["cells_total"] = len(pool) * len(seeds)
         entry: dict[str, Any] = {"id": task["id"], "family": task["family"], "half": task["half"],
                                  "relation": task["relation"], "shots": task["shots"],
                                  "classes": task["classes"], "pool": pool, "ground_truth": gt}
-        if gt is None or not (args.all_scores or any(gt[k]["complete"] for k in GROUND_TRUTHS)):
+        if len(built) < len(pool) or not (args.all_scores or any(gt[k]["complete"] for k in GROUND_TRUTHS)):
             per_task.append(entry)
             continue
         train = task_data(task, "train")
@@ -271,8 +277,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         r = float(sum(sum(t["forward_s"].values()) + t["score_s"][dflt] for t in ts))
         enum[k]["rank_default_s"] = r
         enum[k]["ratio_one_seed"] = enum[k]["one_seed_s"] / r if r > 0 else None
-    progress = _progress(cache, repo, tasks, pools, seeds) if all(
-        t in repo for p in pools for t in p) else {"note": "benchmark repository not fully built"}
+    progress = _progress(cache, repo, tasks, pools, seeds)
+    progress["teachers_not_built"] = sorted({t for p in pools for t in p if t not in repo})
     mach = machine()
     payload = {
         "benchmark": "ranking-v2", "quick": args.quick, "partial": any(
@@ -371,12 +377,15 @@ def _markdown(p: dict[str, Any]) -> str:
                             [[k, v["n"], v["median_s"], v["mean_s"],
                               v["median_cpu_s"] if v["median_cpu_s"] is not None else "–"]
                              for k, v in pr["cell_seconds"].items()]))
+        if pr.get("teachers_not_built"):
+            out.append(f"\nTeachers not built yet (their cells all count as missing): "
+                       f"{', '.join(pr['teachers_not_built'])}.\n")
         out.append(f"\n{pr['missing']} cells missing; at the medians above they need about "
                    f"{pr['projected_missing_s'] / 3600:.1f} h of wall time at this machine's load, "
                    f"{pr['projected_missing_cpu_s'] / 3600:.1f} h of CPU time (one process per core on an idle "
-                   f"machine: half that on 2 cores)"
-                   + (f" ({pr['missing_without_timing']} of them of a kind not timed yet, not counted)"
-                      if pr["missing_without_timing"] else "") + ".\n")
+                   f"machine: half that on 2 cores); {pr['missing_without_timing']} missing cells are of a kind "
+                   f"without a wall timing yet and {pr['missing_without_cpu_timing']} without a CPU timing, not "
+                   f"counted in these sums.\n")
     return "".join(out)
 
 
