@@ -148,8 +148,11 @@ class RankingCreate(BaseModel):
     shortlist: int | None = Field(
         None, ge=0, le=100_000,
         description="Score every teacher from its specification first and run exact OT only on the best this "
-                    "many (plus any teacher without a specification). Left out: the service default "
-                    "(HUBSCOUT_SHORTLIST_K, 10) when there are more teachers than that; null or 0: exhaustive.")
+                    "many, plus every teacher its specification cannot rule out and any teacher without one. Left "
+                    "out: the service default (HUBSCOUT_SHORTLIST_K, 10); null or 0: exhaustive. A repository of "
+                    "at most HUBSCOUT_EXHAUSTIVE_MAX_TEACHERS (32) candidates is always ranked exhaustively. The "
+                    "result's `shortlist` lists the skipped teachers and why; send `shortlist: 0` (or name them "
+                    "in `teacher_ids`) to rank them too.")
 
     _callback = field_validator("callback_url")(check_callback_url)
 

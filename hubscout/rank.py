@@ -162,19 +162,31 @@ def rank(dataset: Dataset, repo: Repository, *, metrics: str | Iterable[str] | N
          teacher_ids: Sequence[str] | None = None, top_k: int | None = None, cache: OutputsCache | None = None,
          cost: str = DEFAULT_COST, device=None, batch_size: int = 64, show_progress: bool = False,
          on_progress: ProgressFn | None = None, shortlist_k: int | None = None,
-         specifications: Sequence[Any] | None = None, embedder: Any = None) -> Ranking:
+         specifications: Sequence[Any] | None = None, embedder: Any = None,
+         exhaustive_max: int | None = None) -> Ranking:
     """Rank ``repo``'s teachers (or ``teacher_ids``) for ``dataset`` by ``metrics`` (the first one orders).
 
     With ``shortlist_k``, teachers are first scored from their specifications (``hubscout.spec``; given, or read
     from the repository) against the target embedded once by the shared reference model, and only the best
-    ``shortlist_k`` make a forward pass. Teachers without a specification are kept, since nothing rules them out.
+    ``shortlist_k`` make a forward pass, with every teacher its specification cannot rule out
+    (``hubscout.spec.shortlist``). Teachers without a specification are kept, since nothing rules them out. A
+    repository of at most ``exhaustive_max`` teachers (default ``hubscout.spec.EXHAUSTIVE_MAX_TEACHERS``) is
+    ranked exhaustively all the same: the shortlist would save less than it costs. ``shortlist_k`` 0 or None:
+    exhaustive.
     """
     t0 = time.perf_counter()
     metric_list = resolve_metrics(metrics)
     teachers = select_teachers(repo, teacher_ids)
     shortlist_info = None
-    if shortlist_k is not None and len(teachers) > shortlist_k:
-        teachers, shortlist_info = _shortlist(dataset, repo, teachers, shortlist_k, specifications, embedder, device)
+    if shortlist_k:
+        from hubscout import spec as hspec
+
+        limit = hspec.EXHAUSTIVE_MAX_TEACHERS if exhaustive_max is None else exhaustive_max
+        if len(teachers) > max(shortlist_k, limit):
+            teachers, shortlist_info = _shortlist(dataset, repo, teachers, shortlist_k, specifications, embedder,
+                                                  device)
+        else:
+            shortlist_info = hspec.exhaustive_info(len(teachers), limit)
     if top_k is not None and top_k < 1:
         raise ValueError("top_k must be at least 1")
     entries = []

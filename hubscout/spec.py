@@ -48,7 +48,7 @@ REFERENCE_SIZE = 112
 REFERENCE_NAME = f"{REFERENCE_ARCH}@{REFERENCE_SIZE}"
 REFERENCE_DIM = 1280
 # Bumped whenever what a specification holds or how it is computed changes: older ones are recomputed.
-SPEC_VERSION = 2
+SPEC_VERSION = 3
 SPEC_FILE = "spec.npz"
 SPEC_SAMPLE_FILE = "spec-sample.npz"
 SPEC_SAMPLES_PER_CLASS = 50
@@ -93,6 +93,7 @@ class ReferenceEmbedder:
 
 # ------------------------------------------------------------------------------------------ the specification
 
+PROBE_SOURCE = "probe-predictions"
 SPARSE_TOP = 32  # per class, the entries of its confusion and geometry rows kept (all of them up to 32 classes)
 PROBE_MIN_IMAGES = 1.0  # a probe-described class needs at least one probe image's worth of probability
 
@@ -121,6 +122,9 @@ class Specification:
     geo_idx: np.ndarray
     geo_val: np.ndarray
     geo_rest: np.ndarray
+    # Per described class, the mean cosine of its own images to its prototype: how tight the class is in the
+    # reference embedding, the yardstick against which a target's classes are judged covered (``coverage``).
+    spread: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     reference: str = REFERENCE_NAME
     n_samples: int = 0
     source: str = "training-sample"
@@ -128,9 +132,12 @@ class Specification:
 
     def __post_init__(self) -> None:
         R = len(self.rows)
+        if self.spread.size == 0 and R:
+            self.spread = np.ones(R, np.float32)  # unknown: as tight as a class can be (coverage is then strictest)
         ok = (self.prototypes.ndim == 2 and self.prototypes.shape[0] == R and self.class_mass.shape == (R,)
               and R >= 1 and self.conf_idx.shape == self.conf_val.shape == self.geo_idx.shape == self.geo_val.shape
               and self.conf_idx.ndim == 2 and self.conf_idx.shape[0] == R and self.geo_rest.shape == (R,)
+              and self.spread.shape == (R,)
               and (R == 0 or (0 <= int(np.min(self.rows)) and int(np.max(self.rows)) < len(self.labels)))
               and (self.conf_idx.size == 0 or (0 <= int(self.conf_idx.min()) and int(self.conf_idx.max()) < R
                                                and 0 <= int(self.geo_idx.min()) and int(self.geo_idx.max()) < R)))
@@ -163,7 +170,8 @@ class Specification:
             "rows": self.rows.astype(np.int32), "prototypes": self.prototypes.astype(np.float16),
             "class_mass": self.class_mass.astype(np.float32), "conf_idx": self.conf_idx.astype(idx),
             "conf_val": self.conf_val.astype(np.float16), "geo_idx": self.geo_idx.astype(idx),
-            "geo_val": self.geo_val.astype(np.float16), "geo_rest": self.geo_rest.astype(np.float16)})
+            "geo_val": self.geo_val.astype(np.float16), "geo_rest": self.geo_rest.astype(np.float16),
+            "spread": self.spread.astype(np.float16)})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Specification":
@@ -177,7 +185,7 @@ class Specification:
             return cls(teacher_id=str(meta["teacher_id"]), weights_sha256=str(meta["weights_sha256"]),
                        labels=[str(x) for x in meta["labels"]], rows=a["rows"], prototypes=a["prototypes"],
                        class_mass=a["class_mass"], conf_idx=a["conf_idx"], conf_val=a["conf_val"],
-                       geo_idx=a["geo_idx"], geo_val=a["geo_val"], geo_rest=a["geo_rest"],
+                       geo_idx=a["geo_idx"], geo_val=a["geo_val"], geo_rest=a["geo_rest"], spread=a["spread"],
                        reference=str(meta.get("reference", "")), n_samples=int(meta.get("n_samples", 0)),
                        source=str(meta.get("source", "")), version=version)
         except (KeyError, TypeError) as e:
@@ -235,9 +243,18 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 def class_prototypes(embeddings: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Weighted class means (K×d, unit rows) and class masses from N×d embeddings and N×K weights."""
+    protos, mass, _ = class_statistics(embeddings, weights)
+    return protos, mass
+
+
+def class_statistics(embeddings: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`class_prototypes` and each class's spread: the (weighted) mean cosine of its unit embeddings to its
+    prototype, which is the norm of their mean (1: all alike; small: scattered)."""
     mass = weights.sum(axis=0)
-    protos = weights.T @ embeddings / np.maximum(mass[:, None], 1e-12)
-    return _unit_rows(protos).astype(np.float32), (mass / max(mass.sum(), 1e-12)).astype(np.float32)
+    means = weights.T @ embeddings / np.maximum(mass[:, None], 1e-12)
+    spread = np.linalg.norm(means, axis=1)
+    return (_unit_rows(means).astype(np.float32), (mass / max(mass.sum(), 1e-12)).astype(np.float32),
+            spread.astype(np.float32))
 
 
 def _top_entries(m: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -293,7 +310,7 @@ def build_specification(teacher, images: np.ndarray | None, embedder: "Reference
         raise ValueError(f"teacher {teacher.id}: no class of it has an image in the specification sample")
     w = weights[:, rows]
     counts = w.sum(0)
-    protos, mass = class_prototypes(emb, w)
+    protos, mass, spread = class_statistics(emb, w)
     # Confusion over the described classes: mass sent elsewhere stays out (rows may sum to less than 1).
     conf = (w.T @ probs[:, rows]) / counts[:, None]
     feat_means = (w.T @ np.asarray(view.features, np.float64)) / counts[:, None]
@@ -304,8 +321,8 @@ def build_specification(teacher, images: np.ndarray | None, embedder: "Reference
                          (counts / counts.sum()).astype(np.float32) if labels is not None else
                          (counts / len(emb)).astype(np.float32),
                          c_idx, c_val.astype(np.float32), g_idx, g_val.astype(np.float32), g_rest.astype(np.float32),
-                         REFERENCE_NAME, len(emb),
-                         source or ("training-sample" if labels is not None else "probe-predictions"))
+                         spread, REFERENCE_NAME, len(emb),
+                         source or ("training-sample" if labels is not None else PROBE_SOURCE))
 
 
 @torch.inference_mode()
@@ -451,7 +468,7 @@ def specification_for(teacher, embedder: "ReferenceEmbedder", per_class: int = S
                                    source="training-sample")
     images, emb = probe_set(embedder, probe_cache_dir)
     return build_specification(teacher, images, embedder, embeddings=emb, view=view_of(images),
-                               source="probe-predictions")
+                               source=PROBE_SOURCE)
 
 
 # ---------------------------------------------------------------------------------------------- the target
@@ -464,25 +481,33 @@ class TargetEmbedding:
     classes: list[str]
     embed_s: float = 0.0
     n_samples: int = 0
+    # Per class, the mean cosine of its images to its prototype (``class_statistics``); None: 1 (tight).
+    spread: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.spread is None:
+            self.spread = np.ones(len(self.prototypes), np.float32)
 
     def to_bytes(self) -> bytes:
         return pack_arrays({"classes": self.classes, "n_samples": self.n_samples, "reference": REFERENCE_NAME},
-                           {"prototypes": self.prototypes.astype(np.float32)})
+                           {"prototypes": self.prototypes.astype(np.float32), "spread": self.spread.astype(np.float32)})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "TargetEmbedding":
         meta, a = unpack_arrays(data)
         if meta.get("reference") != REFERENCE_NAME:
             raise ValueError("target embedding of another reference model")
-        return cls(a["prototypes"], [str(c) for c in meta["classes"]], 0.0, int(meta["n_samples"]))
+        if "spread" not in a:
+            raise ValueError("target embedding without class spreads (an older version)")
+        return cls(a["prototypes"], [str(c) for c in meta["classes"]], 0.0, int(meta["n_samples"]), a["spread"])
 
 
 def embed_target(dataset: Dataset, embedder: ReferenceEmbedder) -> TargetEmbedding:
     t0 = time.perf_counter()
     emb = embedder.embed(dataset.images)
     onehot = np.eye(dataset.num_classes, dtype=np.float32)[dataset.labels]
-    protos, _ = class_prototypes(emb, onehot)
-    return TargetEmbedding(protos, list(dataset.classes), time.perf_counter() - t0, len(dataset))
+    protos, _, spread = class_statistics(emb, onehot)
+    return TargetEmbedding(protos, list(dataset.classes), time.perf_counter() - t0, len(dataset), spread)
 
 
 # ---------------------------------------------------------------------------------------------- scoring
@@ -502,6 +527,8 @@ class SpecIndex:
     geo_rest: np.ndarray
     agreement: np.ndarray
     labels: list[list[str]] = field(default_factory=list)
+    spread: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per stacked class (Specification.spread)
+    probe: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # per teacher: described by the probe set
 
     @classmethod
     def build(cls, specs: Sequence[Specification]) -> "SpecIndex":
@@ -538,7 +565,9 @@ class SpecIndex:
         r, c, v = stacked("geo_idx", "geo_val", minus=geo_rest)
         geo = sparse.csr_matrix((v, (r, c)), shape=(R, R))
         return cls([s.teacher_id for s in specs], protos, np.log(np.maximum(mass, 1e-8)), starts, conf_t, geo,
-                   geo_rest, np.clip(agreement, 0.0, 1.0), [list(s.labels) for s in specs])
+                   geo_rest, np.clip(agreement, 0.0, 1.0), [list(s.labels) for s in specs],
+                   np.concatenate([s.spread for s in specs]).astype(np.float64),
+                   np.array([s.source == PROBE_SOURCE for s in specs]))
 
     def __len__(self) -> int:
         return len(self.teacher_ids)
@@ -550,6 +579,19 @@ class SpecIndex:
         if not len(self):
             return np.zeros(0)
         return SCORE_METHODS[method](self, target, temperature)
+
+    def coverage(self, target: TargetEmbedding) -> np.ndarray:
+        """Per teacher, the share of the target's classes its specification's images cover (see
+        :data:`COVERAGE_RATIO`): target class c is covered by described class j when c's images are on average at
+        least ``COVERAGE_RATIO`` times as close to j's prototype as j's own images are,
+        ``spread_c · cos(μ_c, p_j) / spread_j ≥ COVERAGE_RATIO`` (the mean cosine of a class's unit embeddings
+        to a unit vector is its spread times the prototypes' cosine). A ratio of mean cosines to the same
+        prototype: comparable across teachers, whatever the dimension or how tight their classes are."""
+        if not len(self):
+            return np.zeros(0)
+        ratio = _cosines(self, target) * np.asarray(target.spread, np.float64)[None, :] \
+            / np.maximum(self.spread, 1e-6)[:, None]
+        return (_segment_max(ratio, self.starts) >= COVERAGE_RATIO).mean(axis=1)
 
 
 def _segment_max(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -681,58 +723,139 @@ def spec_scores(specs: Sequence[Specification] | SpecIndex, target: TargetEmbedd
     return index.scores(target, method)
 
 
+# A target class is covered by a described class when its images are on average at least this close to the
+# class's prototype, relative to the class's own images (SpecIndex.coverage). Same-domain targets measure
+# 0.95-1.1, other domains 0.2-0.8 (docs/method.md §6).
+COVERAGE_RATIO = 0.9
+# Half-width of a covered specification score's interval around the exact score it emulates; chosen on the
+# shortlist benchmark's dev targets (docs/method.md §6).
+SCORE_TOLERANCE = 0.02
+SCORE_MAX = 1.0  # every specification score, like the exact costs it emulates, lies in [0, 1]
+
+
+def knowledge(index: SpecIndex, target: TargetEmbedding) -> tuple[np.ndarray, np.ndarray]:
+    """Per teacher, (how much its specification knows about the target, the coverage). A training sample is the
+    teacher's own data: what it does not cover lies outside what the teacher learnt, and the score says so, so
+    such a specification knows the teacher on any target (1). The probe set is not the teacher's data: where it
+    does not cover the target it says nothing, so a probe-described specification knows the covered share."""
+    cov = index.coverage(target)
+    return np.where(index.probe, cov, 1.0), cov
+
+
+def score_bounds(scores: np.ndarray, known: np.ndarray,
+                 tolerance: float = SCORE_TOLERANCE) -> tuple[np.ndarray, np.ndarray]:
+    """The interval of exact scores a specification allows: ± ``tolerance`` on what it knows, anything in
+    [0, SCORE_MAX] on the rest."""
+    lo = known * np.clip(scores - tolerance, 0.0, SCORE_MAX)
+    hi = known * np.clip(scores + tolerance, 0.0, SCORE_MAX) + (1.0 - known) * SCORE_MAX
+    return lo, hi
+
+
+def run_mask(scores: np.ndarray, known: np.ndarray, k: int,
+             tolerance: float = SCORE_TOLERANCE) -> tuple[np.ndarray, np.ndarray, float]:
+    """Which teachers run exact OT: the ``k`` best by score, and every teacher whose interval reaches below the
+    k-th smallest upper bound (it could be among the k best, so its specification cannot rule it out).
+    Returns (the mask, the lower bounds, that k-th upper bound)."""
+    keep = np.zeros(len(scores), bool)
+    if not len(scores):
+        return keep, np.zeros(0), 0.0
+    keep[np.argsort(scores, kind="stable")[:k]] = True
+    lo, hi = score_bounds(scores, known, tolerance)
+    j = min(max(k, 1), len(hi)) - 1
+    bar = float(np.partition(hi, j)[j])
+    return keep | (lo <= bar), lo, bar
+
+
 @dataclass
 class Shortlist:
-    teacher_ids: list[str]
+    teacher_ids: list[str]  # what runs exact OT: the k best by score, then those not ruled out, by score
     scores: dict[str, float]
     considered: int
     elapsed_s: float
     embed_s: float = 0.0
     method: str = DEFAULT_METHOD
+    best: list[str] = field(default_factory=list)  # the k best by score
+    coverage: dict[str, float] = field(default_factory=dict)  # of the kept teachers
+    skipped: list[dict] = field(default_factory=list)  # ruled out, best score first
+    bar: float = 0.0  # the k-th smallest upper bound
 
     def to_dict(self) -> dict:
         return {"method": f"specification:{self.method}", "reference": REFERENCE_NAME, "considered": self.considered,
                 "kept": len(self.teacher_ids), "teacher_ids": self.teacher_ids,
                 "scores": {k: round(float(v), 6) for k, v in self.scores.items()},
+                "coverage": {k: round(float(v), 4) for k, v in self.coverage.items()},
+                "uncertain_run": [t for t in self.teacher_ids if t not in set(self.best)],
+                "skipped": self.skipped, "bound": round(self.bar, 6),
                 "embed_target_s": round(self.embed_s, 4), "elapsed_s": round(self.elapsed_s, 4),
-                "how": ("every teacher scored from its stored specification (class prototypes, masses and "
-                        f"self-agreement in the shared {REFERENCE_NAME} embedding; score '{self.method}', lower is "
-                        "better) against the target embedded once; the best kept for exact OT")}
+                "how": ("every teacher scored from its stored specification (class prototypes, masses, confusion "
+                        f"and geometry in the shared {REFERENCE_NAME} embedding; score '{self.method}', lower is "
+                        "better) against the target embedded once, with an interval from what the specification "
+                        "knows about the target; the best kept for exact OT, and every teacher it cannot rule out")}
 
 
 def shortlist(specs: Sequence[Specification] | SpecIndex, target: TargetEmbedding, k: int = 10,
-              method: str = DEFAULT_METHOD) -> Shortlist:
-    """The ``k`` teachers whose specifications score best against the target. ``elapsed_s`` is the scoring
-    alone (stacking included when given a list); the target's embedding time is ``embed_s``."""
+              method: str = DEFAULT_METHOD, tolerance: float = SCORE_TOLERANCE) -> Shortlist:
+    """The ``k`` teachers whose specifications score best against the target, and every teacher whose
+    specification cannot rule it out (:func:`run_mask`). ``elapsed_s`` is the scoring alone (stacking included
+    when given a list); the target's embedding time is ``embed_s``."""
     t0 = time.perf_counter()
     index = specs if isinstance(specs, SpecIndex) else SpecIndex.build(list(specs))
     scores = index.scores(target, method)
-    order = np.argsort(scores, kind="stable")[:k]
-    ids = [index.teacher_ids[i] for i in order]
-    return Shortlist(ids, {index.teacher_ids[i]: float(scores[i]) for i in order}, len(index),
-                     time.perf_counter() - t0, target.embed_s, method)
+    known, cov = knowledge(index, target)
+    keep, lo, bar = run_mask(scores, known, k, tolerance)
+    order = np.argsort(scores, kind="stable")
+    best = order[:k]
+    ids = [index.teacher_ids[i] for i in best] + [index.teacher_ids[i] for i in order[k:] if keep[i]]
+    skipped = [{"teacher_id": index.teacher_ids[i], "spec_score": round(float(scores[i]), 6),
+                "coverage": round(float(cov[i]), 4), "lower_bound": round(float(lo[i]), 6)}
+               for i in order if not keep[i]]
+    at = {t: i for i, t in enumerate(index.teacher_ids)}
+    return Shortlist(ids, {t: float(scores[at[t]]) for t in ids}, len(index), time.perf_counter() - t0,
+                     target.embed_s, method, [index.teacher_ids[i] for i in best],
+                     {t: float(cov[at[t]]) for t in ids}, skipped, bar)
 
 
 SHORTLIST_RULE = ("every teacher with a current specification is scored from it against the target embedded once "
-                  "by the shared reference model (lower is better) and only the best k run exact OT; a teacher "
-                  "without a current specification (pending, failed or stale) always runs exact OT, since nothing "
-                  "rules it out")
+                  "by the shared reference model (lower is better), with an interval: ± the score tolerance where "
+                  "the specification knows the target, anything where it does not (a probe-described "
+                  "specification knows only the target classes its images cover). The best k run exact OT, and so "
+                  "does every teacher whose interval reaches the k-th best upper bound; a teacher without a "
+                  "current specification (pending, failed or stale) always runs, since nothing rules it out")
+SKIP_REASON = ("ruled out by its specification: it covers the target, and its score's lower bound lies above the "
+               "k-th best upper bound ('bound')")
 
 
 def plan(candidates: Sequence[str], index: SpecIndex, target: TargetEmbedding, k: int,
          method: str = DEFAULT_METHOD) -> tuple[list[str], dict]:
-    """Which of ``candidates`` run exact OT: the ``k`` best by specification (``index`` holds the candidates that
-    have one) plus every candidate without one. Returns (ids to run, in candidate order; the description a
-    ranking reports)."""
+    """Which of ``candidates`` run exact OT: what :func:`shortlist` keeps (``index`` holds the candidates that
+    have a specification) plus every candidate without one. Returns (ids to run, in candidate order; the
+    description a ranking reports: what ran and why, and every skipped teacher with its numbers)."""
     short = shortlist(index, target, k, method)
     specified = set(index.teacher_ids)
     unspecified = [t for t in candidates if t not in specified]
     run_set = set(short.teacher_ids) | set(unspecified)
     run = [t for t in candidates if t in run_set]
     not_run = [t for t in candidates if t not in run_set]
-    info = {**short.to_dict(), "k": k, "rule": SHORTLIST_RULE, "shortlisted": short.teacher_ids,
-            "unspecified_run": unspecified, "not_run_count": len(not_run), "not_run": not_run}
+    info = {**short.to_dict(), "mode": "shortlist", "k": k, "rule": SHORTLIST_RULE, "shortlisted": short.best,
+            "unspecified_run": unspecified, "not_run_count": len(not_run), "not_run": not_run,
+            "skip_reason": SKIP_REASON, "rank_all": {"shortlist": 0}}
     return run, info
+
+
+# Up to this many teachers a repository is ranked exhaustively: the shortlist's fixed cost (embedding the target
+# with the reference model, reading the specifications) is then about what it saves. Measured in
+# benchmarks/shortlist.py ("break-even"); docs/method.md §6.
+EXHAUSTIVE_MAX_TEACHERS = 32
+# The shortlist's k when a ranking does not say (the CLI; the service's HUBSCOUT_SHORTLIST_K).
+DEFAULT_SHORTLIST_K = 10
+
+
+def exhaustive_info(n: int, limit: int) -> dict:
+    """What a ranking reports when the repository is small enough to rank every teacher exactly."""
+    return {"mode": "exhaustive", "considered": n, "kept": n, "skipped": [], "not_run": [], "not_run_count": 0,
+            "exhaustive_max_teachers": limit,
+            "rule": f"{n} teachers, at most {limit}: every teacher is ranked exactly (a shortlist would save less "
+                    "than it costs)"}
 
 
 # ---------------------------------------------------------------------------------------------- repository files

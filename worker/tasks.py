@@ -286,12 +286,18 @@ def run_ranking(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: DatasetRo
     info = None
     k = params.get("shortlist")
     if k:
+        from hubscout.spec import exhaustive_info
+
         with ctx.db.session() as s:
             candidates = list(teacher_ids or s.scalars(select(TeacherRow.id).order_by(TeacherRow.id)))
-        if len(candidates) > k:
+        # Recorded with the job when it was created; older jobs: this worker's setting.
+        limit = params.get("exhaustive_max", ctx.settings.exhaustive_max_teachers)
+        if len(candidates) > max(k, limit):
             report(0.01, f"shortlisting {len(candidates)} teachers by specification")
             teacher_ids, info = shortlist_teachers(ctx, ds, candidates, k, job.owner)
             report(0.05, f"{len(teacher_ids)} of {len(candidates)} teachers to run")
+        else:
+            info = exhaustive_info(len(candidates), limit)
     outputs = DbOutputsCache(ctx.db, ctx.storage, owner=job.owner)
 
     waited = []
@@ -326,7 +332,7 @@ def run_ranking(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: DatasetRo
     _retry_db(ctx, record)
     log.info("ranking %s: %d teachers%s; scores stored for %d; outputs cached for %d, computed for %d", rid,
              len(ranking.entries), f" (shortlisted from {info['considered'] + len(info['unspecified_run'])})"
-             if info else "", n_scored, outputs.hits, outputs.computed)
+             if info and info["mode"] == "shortlist" else "", n_scored, outputs.hits, outputs.computed)
 
 
 def shortlist_teachers(ctx: Context, ds, candidates: list[str], k: int, owner: str) -> tuple[list[str], dict]:
