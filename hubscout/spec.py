@@ -25,6 +25,10 @@ target class becomes a mixture over the teacher's classes (the posterior of the 
 which tells what the teacher would predict on it (through its confusion) and how its classifier rows would meet
 it (through its geometry), hence the cost ``-log softmax_c(cos / 0.1) / log C`` of ``cost_prototype_softmax``.
 All teachers are stacked in one :class:`SpecIndex`, so 1,000 teachers cost a few matrix products.
+
+A specification also says how much it knows about a target (:meth:`SpecIndex.coverage`, :func:`knowledge`): the
+share of target classes its images cover. The shortlist (:func:`shortlist`, :func:`run_mask`) keeps the k best
+and every teacher whose specification cannot rule it out; docs/method.md §6 gives the rule and its reasons.
 """
 from __future__ import annotations
 
