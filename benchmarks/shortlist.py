@@ -483,6 +483,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--reuse-exact", action="store_true",
                     help="development only: reuse exact scores and timings cached by an earlier run")
     ap.add_argument("--targets", help="comma-separated target names (default: all, or 4 with --quick)")
+    ap.add_argument("--splits", help="dev,test (default: both, or test with --quick)")
     args = ap.parse_args(argv)
     limit_threads(1)
 
@@ -497,7 +498,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     repo = Repository(repo_dir)
     n_total = args.n_teachers or (300 if args.quick else 1000)
     targets = args.targets.split(",") if args.targets else QUICK_TARGETS if args.quick else list(TARGETS)
-    seeds = [TEST_SEED] if args.quick else [DEV_SEED, TEST_SEED]
+    split_seed = {"dev": DEV_SEED, "test": TEST_SEED}
+    seeds = ([split_seed[x] for x in args.splits.split(",")] if args.splits
+             else [TEST_SEED] if args.quick else [DEV_SEED, TEST_SEED])
     embedder = ReferenceEmbedder(device="cpu")
 
     bases = repo.list()

@@ -7,7 +7,7 @@ import pytest
 from hubscout.rank import rank
 from hubscout.spec import (COVERAGE_RATIO, EXHAUSTIVE_MAX_TEACHERS, PROBE_SOURCE, SCORE_METHODS, SPEC_FILE,
                            SPEC_VERSION, ReferenceEmbedder, Specification, SpecIndex, TargetEmbedding, TeacherView,
-                           build_specification, class_statistics, ensure_specifications, load_specification, plan,
+                           build_specification, class_statistics, ensure_specifications, knowledge, load_specification, plan,
                            run_mask, shortlist, spec_scores)
 
 
@@ -239,6 +239,18 @@ def test_a_probe_specification_that_does_not_cover_the_target_cannot_rule_its_te
             assert short.to_dict()["uncertain_run"] == ["far"] and short.coverage["far"] == 0.0
         else:
             assert [s["teacher_id"] for s in short.skipped] == ["far"] and short.skipped[0]["coverage"] == 0.0
+
+
+def test_where_no_teacher_s_training_data_covers_the_target_no_specification_rules_a_teacher_out():
+    rng = np.random.default_rng(7)
+    target = _unit(rng.normal(size=(3, 32)))
+    te = TargetEmbedding(target, list("abc"))
+    half = np.concatenate([target[:1] + 0.05 * rng.normal(size=(1, 32)), rng.normal(size=(2, 32))])
+    specs = [_spec("half", half)] + [_spec(f"far{i}", rng.normal(size=(4, 32))) for i in range(4)]
+    known, cov = knowledge(SpecIndex.build(specs), te)
+    # Class a lies in "half"'s training data, b and c in nobody's: every teacher is known on a alone.
+    assert cov.tolist() == [1 / 3, 0, 0, 0, 0] and np.allclose(known, 1 / 3)
+    assert shortlist(specs, te, k=1).teacher_ids and not shortlist(specs, te, k=1).skipped
 
 
 def test_run_mask_keeps_every_teacher_whose_interval_reaches_the_kth_best():
