@@ -533,6 +533,8 @@ class SpecIndex:
     labels: list[list[str]] = field(default_factory=list)
     spread: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per stacked class (Specification.spread)
     probe: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # per teacher: described by the probe set
+    # The last target's cosines: the score and the coverage share the one big matrix product.
+    _cos: tuple = field(default=(None, None), init=False, repr=False, compare=False)
 
     @classmethod
     def build(cls, specs: Sequence[Specification]) -> "SpecIndex":
@@ -628,7 +630,9 @@ def _cost(cos: np.ndarray) -> np.ndarray:
 
 
 def _cosines(index: SpecIndex, target: TargetEmbedding) -> np.ndarray:
-    return (index.prototypes @ target.prototypes.T.astype(np.float32)).astype(np.float64)
+    if index._cos[0] is not target:
+        index._cos = (target, (index.prototypes @ target.prototypes.T.astype(np.float32)).astype(np.float64))
+    return index._cos[1]
 
 
 def _posterior(index: SpecIndex, cos: np.ndarray, seg: np.ndarray, temperature: float) -> np.ndarray:
