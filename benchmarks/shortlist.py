@@ -717,7 +717,7 @@ def _markdown(p: dict[str, Any], methods: list[str]) -> str:
               ["embed the target with the reference model (mean)", f"{t['embed_target_s_mean']:.3f}"],
               [f"exhaustive exact OT, every teacher deployed separately (mean over targets)",
                f"{t['exhaustive_s_mean']:.1f}"],
-              [f"embed + shortlist step + exact OT on the {k} shortlisted (mean)", f"{t['two_stage_s_mean']:.2f}"],
+              [f"embed + shortlist step + exact OT on the teachers the rule runs (mean)", f"{t['two_stage_s_mean']:.2f}"],
               ["ratio (mean / worst)", f"{t['cost_ratio_mean']:.4f} / {t['cost_ratio_max']:.4f}"],
               ["one teacher's forward pass + OT on a target (median / mean over bases and targets)",
                f"{t['forward_s_median']:.3f} / {t['forward_s_mean']:.3f}"],
