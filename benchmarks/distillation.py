@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks._common import RESULTS, limit_threads, machine, machine_md, md_table, resolve_repo, write_results
-from benchmarks.ranking import FULL_TASKS, QUICK_TASKS, _load_gt, budget, cached_student, gt_key
+from benchmarks.ranking_v1 import FULL_TASKS, QUICK_TASKS, _load_gt, budget, cached_student, gt_key
 
 METHODS = ("ce", "ot-top1", "ot-top3", "proto-top1", "oracle-top1")
 

@@ -118,7 +118,7 @@ def score_teacher(outputs: TeacherOutputs, teacher: Teacher, dataset: Dataset, m
     entry = RankEntry(teacher.id, teacher.name, scores)
     for m in metrics:
         metric = METRICS[m]
-        result = metric.compute(**inputs, cost=cost)
+        result = metric.compute(**inputs, cost=cost, teacher=teacher)
         scores[m] = float(metric.value(result))
         if metric.readout is not None:
             for name, value in metric.readout(result, teacher_labels=teacher.labels, target_labels=dataset.classes,

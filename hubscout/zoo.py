@@ -93,6 +93,7 @@ class TeacherSpec:
     size: int = 32
     channels: int = 1
     batch_size: int = 64
+    label_noise: float = 0.0  # fraction of training labels replaced by another class (benchmark variants)
 
     @property
     def classes(self) -> list[str]:
@@ -153,6 +154,15 @@ QUICK_SPECS: list[TeacherSpec] = [
 ]
 
 
+def noisy_labels(labels: np.ndarray, n_classes: int, fraction: float, seed: int) -> np.ndarray:
+    """A copy of ``labels`` with ``round(fraction * N)`` of them (seeded) moved to a different class at random."""
+    rng = np.random.default_rng(seed + 7919)
+    out = labels.copy()
+    flip = rng.choice(len(out), int(round(fraction * len(out))), replace=False)
+    out[flip] = (out[flip] + rng.integers(1, n_classes, len(flip))) % n_classes
+    return out
+
+
 def _augment(images: np.ndarray, rng: np.random.Generator, flip: bool, shift: int = 2) -> np.ndarray:
     """Random translations by up to ``shift`` pixels (zero, i.e. black, fill) and optional horizontal flips."""
     n, h, w, _ = images.shape
@@ -202,6 +212,8 @@ def train_teacher(repo: Repository, spec: TeacherSpec, seed: int = 0, val_per_cl
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     train = sample_per_class(task_data(spec.parts, "train"), spec.per_class, seed=seed)
+    if spec.label_noise > 0:
+        train.labels = noisy_labels(train.labels, len(spec.classes), spec.label_noise, seed)
     val = sample_per_class(task_data(spec.parts, "test"), val_per_class, seed=seed)
     cfg = _input_config(spec, train)
     model = build_model(spec.arch, len(spec.classes), spec.channels, spec.arch_kwargs)
@@ -250,6 +262,7 @@ def train_teacher(repo: Repository, spec: TeacherSpec, seed: int = 0, val_per_cl
             "seed": seed,
             "epochs": spec.epochs,
             "augmentation": "random shifts of up to 2 px" + (", horizontal flips" if spec.flip else ""),
+            "label_noise": spec.label_noise,
             "trained_here": True,
         },
     )
