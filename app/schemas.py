@@ -150,8 +150,11 @@ class RankingCreate(BaseModel):
     shortlist: int | None = Field(
         None, ge=0, le=100_000,
         description="Score every teacher from its specification first and run exact OT only on the best this "
-                    "many (plus any teacher without a specification). Left out: the service default "
-                    "(HUBSCOUT_SHORTLIST_K, 10) when there are more teachers than that; null or 0: exhaustive.")
+                    "many, plus every teacher its specification cannot rule out and any teacher without one. Left "
+                    "out: the service default (HUBSCOUT_SHORTLIST_K, 10); null or 0: exhaustive. A repository of "
+                    "at most HUBSCOUT_EXHAUSTIVE_MAX_TEACHERS (32) candidates is always ranked exhaustively. The "
+                    "result's `shortlist` lists the skipped teachers and why; send `shortlist: 0` (or name them "
+                    "in `teacher_ids`) to rank them too.")
 
     _callback = field_validator("callback_url")(check_callback_url)
 
@@ -282,6 +285,40 @@ class RankedTeacher(BaseModel):
     cached: bool
 
 
+class SkippedTeacher(BaseModel):
+    teacher_id: str
+    spec_score: float = Field(description="Its specification score (lower is better).")
+    coverage: float = Field(description="Share of the target's classes its specification's images cover.")
+    lower_bound: float = Field(description="The lowest exact score its specification allows; above `bound`.")
+
+
+class ShortlistOut(BaseModel):
+    """How the teachers that ran were chosen (docs/method.md §6)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    mode: Literal["shortlist", "exhaustive"] = Field(
+        "shortlist", description="exhaustive: a repository of at most `exhaustive_max_teachers` candidates, every "
+                                 "teacher ranked exactly.")
+    considered: int = Field(description="Candidates scored from a specification (exhaustive: all candidates).")
+    kept: int
+    rule: str
+    k: int | None = None
+    shortlisted: list[str] = Field(default_factory=list, description="The k best by specification score.")
+    uncertain_run: list[str] = Field(default_factory=list,
+                                     description="Run too: their specifications cannot rule them out.")
+    unspecified_run: list[str] = Field(default_factory=list, description="Run too: no ready specification.")
+    scores: dict[str, float] = Field(default_factory=dict, description="Specification score of every kept teacher.")
+    coverage: dict[str, float] = Field(default_factory=dict, description="Coverage of every kept teacher.")
+    skipped: list[SkippedTeacher] = Field(default_factory=list, description="Every teacher not run, best first.")
+    skip_reason: str | None = None
+    bound: float | None = Field(None, description="The k-th best upper bound the skipped lie above.")
+    not_run: list[str] = Field(default_factory=list)
+    not_run_count: int = 0
+    rank_all: dict[str, Any] | None = Field(None, description="Send these fields with the same dataset to rank "
+                                                              "every teacher (`{\"shortlist\": 0}`).")
+
+
 class RankingOut(BaseModel):
     """``Ranking.to_dict()`` of the library (what ``hubscout rank --json`` prints), plus the ids around it."""
 
@@ -299,6 +336,7 @@ class RankingOut(BaseModel):
     classes: list[str]
     elapsed_s: float
     teachers: list[RankedTeacher]
+    shortlist: ShortlistOut | None = Field(None, description="Which teachers ran and why, which were skipped.")
 
 
 class StudentSize(BaseModel):

@@ -414,7 +414,7 @@ def create_ranking(svc: Services, body: RankingCreate, owner: str) -> JobRow:
     # candidates than k.
     k = body.shortlist if "shortlist" in body.model_fields_set else svc.settings.shortlist_k
     params = {"metrics": body.metrics, "teacher_ids": body.teacher_ids, "top_k": body.top_k,
-              "shortlist": k or None}
+              "shortlist": k or None, "exhaustive_max": svc.settings.exhaustive_max_teachers}
     return _create_job(svc, JobKind.RANKING, body.dataset_id, params, owner, body.callback_url)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shlex
 import sys
 
 # Before torch loads: busy-waiting OpenMP threads make training 10-20× slower when the cores are shared
@@ -272,7 +273,10 @@ def rank_cmd(
     cost: str = typer.Option(DEFAULT_COST, help="OT cost matrix: " + ", ".join(COSTS)),
     cache_dir: Optional[Path] = typer.Option(None, help="cache teacher outputs here"),
     shortlist: Optional[int] = typer.Option(None, help="score all teachers from their specifications first and "
-                                                       "run only the best K (large repositories)"),
+                                                       "run only the best K and those their specifications "
+                                                       "cannot rule out (default 10, or the server's; 0: every "
+                                                       "teacher; repositories of at most 32 are always ranked "
+                                                       "exhaustively)"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output, no progress bars"),
     plot: Optional[Path] = typer.Option(None, "--plot", file_okay=False,
                                         help="write ranking.png and the best teachers' transport plans "
@@ -283,22 +287,22 @@ def rank_cmd(
     """Rank the repository's teachers for DATASET (locally, or on a server with --server)."""
     teacher_ids = [t for t in teachers.split(",") if t] if teachers else None
     if server:
-        _local_only(server, **{"--cost": cost != DEFAULT_COST, "--cache-dir": cache_dir is not None,
-                               "--shortlist": shortlist is not None})
+        _local_only(server, **{"--cost": cost != DEFAULT_COST, "--cache-dir": cache_dir is not None})
         with _client(server, api_key) as c:
             ds = c.upload(dataset)
             job = c.wait(c.rank(ds["id"], metrics=[m for m in metric.split(",") if m], teachers=teacher_ids,
-                                top_k=top), progress=not as_json)
+                                top_k=top, shortlist=shortlist), progress=not as_json)
             result = c.ranking(job["result_id"])
     else:
         from hubscout.data import load_dataset
         from hubscout.extract import FileCache
         from hubscout.rank import rank
+        from hubscout.spec import DEFAULT_SHORTLIST_K
 
         ds = load_dataset(dataset)
         result = rank(ds, _repo(repo), metrics=metric, top_k=top, teacher_ids=teacher_ids,
                       cache=FileCache(cache_dir) if cache_dir else None, cost=cost, show_progress=not as_json,
-                      shortlist_k=shortlist).to_dict()
+                      shortlist_k=DEFAULT_SHORTLIST_K if shortlist is None else shortlist).to_dict()
     if plot is not None:
         from hubscout.plots import plot_ranking_dir
 
@@ -307,10 +311,12 @@ def rank_cmd(
     if as_json:
         _print_json(result)
         return
-    _print_ranking(result, where=f" on {server}" if server else "")
+    again = ["hubscout", "rank", str(dataset), "--shortlist", "0"] + (["--metric", metric] if metric != "ot" else []) \
+        + (["--teachers", teachers] if teachers else []) + (["--server", server] if server else ["--repo", repo])
+    _print_ranking(result, where=f" on {server}" if server else "", again=shlex.join(again))
 
 
-def _print_ranking(r: dict, where: str = "") -> None:
+def _print_ranking(r: dict, where: str = "", again: str = "") -> None:
     """The ranking table, from ``Ranking.to_dict()`` or the API's ranking (the same fields)."""
     metrics = r["metrics"]
     table = Table("rank", "teacher", *[f"{m} ({'↓' if r['directions'][m] == 'lower' else '↑'})" for m in metrics],
@@ -322,10 +328,18 @@ def _print_ranking(r: dict, where: str = "") -> None:
         table.add_row(str(e["rank"]), e["teacher_id"], *[_score(e["scores"][m]["value"]) for m in metrics], corr,
                       near, f"{e.get('forward_s', 0) + e.get('score_s', 0):.2f}")
     Console().print(table)
-    if r.get("shortlist"):
-        sl = r["shortlist"]
-        console.print(f"shortlist: {sl['kept']} of {sl['considered']} teachers by specification in "
-                      f"{sl['elapsed_s']:.2f} s")
+    sl = r.get("shortlist")
+    if sl and sl.get("mode", "shortlist") == "shortlist":
+        console.print(f"shortlist: {len(sl['shortlisted'])} best of {sl['considered']} teachers by specification, "
+                      f"{len(sl.get('uncertain_run', []))} more their specifications cannot rule out, "
+                      f"{len(sl['unspecified_run'])} without one, in {sl['elapsed_s']:.2f} s")
+        if sl["not_run_count"]:
+            names = ", ".join(sl["not_run"][:8]) + (", …" if sl["not_run_count"] > 8 else "")
+            console.print(f"skipped {sl['not_run_count']} teachers, {sl.get('skip_reason', 'ruled out')}: {names}")
+            if again:
+                console.print(f"rank them too: {again}")
+    elif sl:
+        console.print(f"exhaustive: {sl['rule']}")
     console.print(f"{r['n_samples']} samples, {len(r['classes'])} classes, ranked in {r['elapsed_s']:.1f} s{where}")
 
 

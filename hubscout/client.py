@@ -168,14 +168,17 @@ class Client:
 
     def rank(self, dataset: str | Mapping[str, Any], metrics: str | Iterable[str] = ("ot",), *,
              teachers: Iterable[str] | None = None, top_k: int | None = None,
-             callback_url: str | None = None) -> dict:
-        """Start ranking the teachers (all, or ``teachers``) for a dataset; returns the queued job."""
+             callback_url: str | None = None, shortlist: int | None = None) -> dict:
+        """Start ranking the teachers (all, or ``teachers``) for a dataset; returns the queued job.
+        ``shortlist``: as the API's field (None: the server's default; 0: exhaustive)."""
         body: dict[str, Any] = {"dataset_id": _dataset_id(dataset),
                                 "metrics": [metrics] if isinstance(metrics, str) else list(metrics)}
         if teachers is not None:
             body["teacher_ids"] = list(teachers)
         if top_k is not None:
             body["top_k"] = top_k
+        if shortlist is not None:
+            body["shortlist"] = shortlist
         if callback_url:
             body["callback_url"] = callback_url
         return self._json("POST", "/v1/rankings", json=body)

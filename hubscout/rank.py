@@ -195,13 +195,17 @@ def rank(dataset: Dataset, repo: Repository, *, metrics: str | Iterable[str] | N
          on_progress: ProgressFn | None = None, shortlist_k: int | None = None,
          specifications: Sequence[Any] | None = None, embedder: Any = None, scores: ScoreStore | None = None,
          shortlist: ShortlistStep | None = None,
-         compute_lock: Callable[[], ContextManager[Any]] | None = None) -> Ranking:
+         compute_lock: Callable[[], ContextManager[Any]] | None = None,
+         exhaustive_max: int | None = None) -> Ranking:
     """Rank ``repo``'s teachers (or ``teacher_ids``) for ``dataset`` by ``metrics`` (the first one orders).
 
     With ``shortlist_k``, teachers are first scored from their specifications (``shortlist``; by default
     :class:`SpecShortlist`: ``specifications`` given, or read from the repository, against the target embedded
-    once by ``embedder``) and only the best ``shortlist_k`` make a forward pass. Teachers without a specification
-    are kept, since nothing rules them out.
+    once by ``embedder``) and only the best ``shortlist_k`` make a forward pass, with every teacher its
+    specification cannot rule out (``hubscout.spec.shortlist``). Teachers without a specification are kept, since
+    nothing rules them out. At most ``exhaustive_max`` candidates (default ``hubscout.spec.EXHAUSTIVE_MAX_TEACHERS``)
+    are ranked exhaustively all the same: the shortlist would save less than it costs. ``shortlist_k`` 0 or None:
+    exhaustive.
 
     With ``scores``, the teachers whose scores are stored are not run again; the others are scored (their outputs
     through ``cache``) and recorded. ``compute_lock()``, held while computing, is one per dataset: of two identical
@@ -212,14 +216,19 @@ def rank(dataset: Dataset, repo: Repository, *, metrics: str | Iterable[str] | N
     progress = on_progress or (lambda frac, msg: None)
     shortlist_info = None
     lo = 0.0
-    if shortlist_k is not None:
+    if shortlist_k:
+        from hubscout.spec import EXHAUSTIVE_MAX_TEACHERS, exhaustive_info
+
+        limit = EXHAUSTIVE_MAX_TEACHERS if exhaustive_max is None else exhaustive_max
         step = shortlist or SpecShortlist(repo, specifications, embedder, device)
         candidates = step.candidates(teacher_ids)
-        if len(candidates) > shortlist_k:
+        if len(candidates) > max(shortlist_k, limit):
             progress(0.01, f"shortlisting {len(candidates)} teachers by specification")
             teacher_ids, shortlist_info = step(dataset, candidates, shortlist_k)
             progress(0.05, f"{len(teacher_ids)} of {len(candidates)} teachers to run")
             lo = 0.05
+        else:
+            shortlist_info = exhaustive_info(len(candidates), limit)
     teachers = select_teachers(repo, teacher_ids)
     if top_k is not None and top_k < 1:
         raise ValueError("top_k must be at least 1")

@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     shortlist_k: int = Field(10, ge=0, description="Rankings that do not say: score every teacher from its "
                                                    "specification and run exact OT only on the best this many "
                                                    "(when there are more teachers); 0 = always exhaustive.")
+    # = hubscout.spec.EXHAUSTIVE_MAX_TEACHERS (not imported: settings load without torch); a test keeps them equal.
+    exhaustive_max_teachers: int = Field(32, ge=0, description="Rankings of at most this many teachers run every "
+                                                               "teacher exactly, shortlist or not: the shortlist "
+                                                               "would save less than it costs (docs/method.md §6).")
     auto_migrate: bool = Field(True, description="Run Alembic migrations when the API starts.")
 
     # --- webhooks (a job's callback_url, called once when it ends)

@@ -116,3 +116,17 @@ def test_teachers_add_validates_weights(tmp_path):
     assert spec is not None and spec.source == "training-sample" and spec.n_samples == 9
     res = invoke("teachers", "add", "--weights", good, "--name", "No Spec", "--no-spec", *common)
     assert res.exit_code == 0 and load_specification(Repository(repo), "no-spec") is None
+
+
+def test_a_shortlisted_ranking_prints_the_skipped_teachers_and_how_to_rank_them(quick_repo, footwear_target, capsys):
+    from hubscout.cli import _print_ranking
+    from hubscout.rank import rank
+
+    # exhaustive_max=0: shortlist even the quick zoo (the CLI leaves repositories this small exhaustive).
+    result = rank(footwear_target, quick_repo, shortlist_k=1, exhaustive_max=0).to_dict()
+    _print_ranking(result, again="hubscout rank shoes.zip --shortlist 0 --repo zoo")
+    out = capsys.readouterr()
+    text = out.out + out.err
+    skipped = result["shortlist"]["not_run"]
+    assert skipped and f"skipped {len(skipped)} teachers" in text and all(t in text for t in skipped)
+    assert "rank them too: hubscout rank shoes.zip --shortlist 0 --repo zoo" in text

@@ -1,11 +1,14 @@
 """Teacher specifications and the shortlist: a large repository is searched without running its teachers."""
+from dataclasses import replace as dataclasses_replace
+
 import numpy as np
 import pytest
 
 from hubscout.rank import rank
-from hubscout.spec import (SCORE_METHODS, SPEC_FILE, SPEC_VERSION, ReferenceEmbedder, Specification, SpecIndex,
-                           TargetEmbedding, TeacherView, build_specification, ensure_specifications,
-                           load_specification, shortlist, shortlist_plan, spec_scores)
+from hubscout.spec import (COVERAGE_RATIO, EXHAUSTIVE_MAX_TEACHERS, PROBE_SOURCE, SCORE_METHODS, SPEC_FILE,
+                           SPEC_VERSION, ReferenceEmbedder, Specification, SpecIndex, TargetEmbedding, TeacherView,
+                           build_specification, class_statistics, ensure_specifications, knowledge,
+                           load_specification, run_mask, shortlist, shortlist_plan, spec_scores)
 
 
 def _unit(x):
@@ -76,7 +79,7 @@ def test_specification_round_trips_and_refuses_garbage():
     np.testing.assert_allclose(back.self_agreement, [0.9, 0.8, 0.7, 0.6, 0.5], atol=1e-3)
     np.testing.assert_array_equal(back.conf_idx, spec.conf_idx)
     assert back.is_current("sha-t") and not back.is_current("other weights")
-    for bad in [b"not a specification", data[:len(data) // 2], data.replace(b'"version": 2', b'"version": 1'),
+    for bad in [b"not a specification", data[:len(data) // 2], data.replace(f'"version": {SPEC_VERSION}'.encode(), b'"version": 1'),
                 data.replace(b'"float16"', b'"object"', 1)]:
         with pytest.raises(ValueError):
             Specification.from_bytes(bad)
@@ -146,11 +149,120 @@ def test_shortlist_keeps_the_right_teacher_without_running_the_others(quick_repo
     assert specs["imagenet-efficientnet-lite0"].source == "probe-predictions"
     assert specs["fashion-footwear"].source == "training-sample"
     assert specs["fashion-footwear"].labels == quick_repo.get("fashion-footwear").labels
-    ranking = rank(footwear_target, quick_repo, shortlist_k=1, embedder=embedder)
+    # exhaustive_max=0: shortlist even this small repository.
+    ranking = rank(footwear_target, quick_repo, shortlist_k=1, embedder=embedder, exhaustive_max=0)
     assert [e.teacher_id for e in ranking.entries] == ["fashion-footwear"]
     info = ranking.to_dict()["shortlist"]
-    assert info["considered"] == len(quick_repo) and info["kept"] == 1
+    assert info["mode"] == "shortlist" and info["considered"] == len(quick_repo) and info["kept"] == 1
     assert info["shortlisted"] == ["fashion-footwear"] and info["not_run_count"] == len(quick_repo) - 1
+    # Every skipped teacher is listed with its numbers; the ImageNet teacher is among them because its probe
+    # specification does cover these grey images (and scores them far worse).
+    skipped = {s["teacher_id"]: s for s in info["skipped"]}
+    assert set(skipped) == set(info["not_run"]) and info["skip_reason"] and info["rank_all"] == {"shortlist": 0}
+    assert skipped["imagenet-efficientnet-lite0"]["coverage"] == 1.0
+    assert all(s["lower_bound"] > info["bound"] for s in info["skipped"])
+    # A repository this small is ranked exhaustively by default, and says so.
+    default = rank(footwear_target, quick_repo, shortlist_k=10, embedder=embedder).to_dict()
+    assert len(quick_repo) <= EXHAUSTIVE_MAX_TEACHERS
+    assert default["shortlist"]["mode"] == "exhaustive" and len(default["teachers"]) == len(quick_repo)
+    assert default["shortlist"]["not_run"] == []
+
+
+@pytest.fixture(scope="module")
+def photos():
+    from hubscout.sources import photo_target
+
+    return photo_target(10, seed=0)
+
+
+def test_a_photo_target_gets_the_imagenet_teacher_first_even_from_a_shortlist(quick_repo, photos, embedder):
+    """The ImageNet teacher's specification comes from the grey probe set, which covers none of these photos: it
+    cannot rule the teacher out, so the teacher runs exactly however it scores, and comes first."""
+    ensure_specifications(quick_repo, embedder)
+    exhaustive = rank(photos, quick_repo)
+    assert exhaustive.entries[0].teacher_id == "imagenet-efficientnet-lite0"
+    for k in (1, 3):
+        r = rank(photos, quick_repo, shortlist_k=k, embedder=embedder, exhaustive_max=0)
+        assert [e.teacher_id for e in r.entries] == [e.teacher_id for e in exhaustive.entries
+                                                     if e.teacher_id in {x.teacher_id for x in r.entries}]
+        assert r.entries[0].teacher_id == "imagenet-efficientnet-lite0"
+        assert r.shortlist["coverage"]["imagenet-efficientnet-lite0"] == 0.0
+    # With the defaults (a repository this small: exhaustive) the same order as the exhaustive ranking.
+    default = rank(photos, quick_repo, shortlist_k=10, embedder=embedder)
+    assert [e.teacher_id for e in default.entries] == [e.teacher_id for e in exhaustive.entries]
+
+
+def test_coverage_compares_a_target_class_with_the_described_class_s_own_images():
+    rng = np.random.default_rng(5)
+    centres = _unit(rng.normal(size=(3, 64)))
+
+    def cloud(c, n, noise):
+        return _unit(c[None] + noise * rng.normal(size=(n, 64)))
+
+    own = np.concatenate([cloud(c, 50, 0.08) for c in centres])
+    onehot = np.repeat(np.eye(3), 50, axis=0)
+    protos, mass, spread = class_statistics(own, onehot)
+    assert np.all(spread < 1) and np.allclose(spread, (own * protos[np.repeat(np.arange(3), 50)]).sum(1)
+                                              .reshape(3, 50).mean(1), atol=1e-5)
+    spec = dataclasses_replace(_spec("t", protos), spread=spread)
+    index = SpecIndex.build([spec, dataclasses_replace(spec, teacher_id="p", source=PROBE_SOURCE)])
+
+    def target(clouds):
+        emb = np.concatenate(clouds)
+        labels = np.repeat(np.arange(len(clouds)), [len(c) for c in clouds])
+        p, _, sp = class_statistics(emb, np.eye(len(clouds))[labels])
+        return TargetEmbedding(p, [str(i) for i in range(len(clouds))], spread=sp)
+
+    same = target([cloud(centres[0], 10, 0.08), cloud(centres[2], 10, 0.08)])
+    half = target([cloud(centres[1], 10, 0.08), cloud(_unit(rng.normal(size=(1, 64)))[0], 10, 0.08)])
+    assert index.coverage(same).tolist() == [1.0, 1.0]
+    assert index.coverage(half).tolist() == [0.5, 0.5]
+    # A looser target class (more scattered images) near the prototypes is still covered by the ratio's
+    # calibration only as far as its images really are as close as the spec's own.
+    loose = target([cloud(centres[0], 10, 0.5)])
+    ratio = float(loose.spread[0] * (loose.prototypes[0] @ protos[0]) / spread[0])
+    assert index.coverage(loose)[0] == float(ratio >= COVERAGE_RATIO)
+
+
+def test_a_probe_specification_that_does_not_cover_the_target_cannot_rule_its_teacher_out():
+    rng = np.random.default_rng(6)
+    target = _unit(rng.normal(size=(3, 32)))
+    te = TargetEmbedding(target, list("abc"))
+    good = _spec("good", target + 0.05 * rng.normal(size=(3, 32)))
+    far = _spec("far", rng.normal(size=(5, 32)))
+    for source, kept in (("training-sample", ["good"]), (PROBE_SOURCE, ["good", "far"])):
+        index = SpecIndex.build([good, dataclasses_replace(far, source=source)])
+        short = shortlist(index, te, k=1)
+        assert short.teacher_ids == kept, source
+        assert short.coverage["good"] == 1.0
+        if source == PROBE_SOURCE:
+            assert short.to_dict()["uncertain_run"] == ["far"] and short.coverage["far"] == 0.0
+        else:
+            assert [s["teacher_id"] for s in short.skipped] == ["far"] and short.skipped[0]["coverage"] == 0.0
+
+
+def test_where_no_teacher_s_training_data_covers_the_target_no_specification_rules_a_teacher_out():
+    rng = np.random.default_rng(7)
+    target = _unit(rng.normal(size=(3, 32)))
+    te = TargetEmbedding(target, list("abc"))
+    half = np.concatenate([target[:1] + 0.05 * rng.normal(size=(1, 32)), rng.normal(size=(2, 32))])
+    specs = [_spec("half", half)] + [_spec(f"far{i}", rng.normal(size=(4, 32))) for i in range(4)]
+    known, cov = knowledge(SpecIndex.build(specs), te)
+    # Class a lies in "half"'s training data, b and c in nobody's: every teacher is known on a alone.
+    assert cov.tolist() == [1 / 3, 0, 0, 0, 0] and np.allclose(known, 1 / 3)
+    assert shortlist(specs, te, k=1).teacher_ids and not shortlist(specs, te, k=1).skipped
+
+
+def test_run_mask_keeps_every_teacher_whose_interval_reaches_the_kth_best():
+    scores = np.array([0.10, 0.12, 0.15, 0.30, 0.50])
+    known = np.array([1.0, 1.0, 1.0, 1.0, 0.0])
+    keep, lo, bar = run_mask(scores, known, k=1, tolerance=0.02)
+    assert bar == pytest.approx(0.12)  # the best's upper bound
+    assert keep.tolist() == [True, True, False, False, True]  # 0.12 - 0.02 ≤ 0.12; unknown: lower bound 0
+    keep, _, _ = run_mask(scores, known, k=2, tolerance=0.0)
+    assert keep.tolist() == [True, True, False, False, True]
+    keep, _, _ = run_mask(scores, np.ones(5), k=2, tolerance=0.0)
+    assert keep.tolist() == [True, True, False, False, False]
 
 
 def test_stale_specification_is_not_used(quick_repo, tmp_path):

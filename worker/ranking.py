@@ -43,7 +43,9 @@ def run_ranking(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: DatasetRo
                    top_k=params.get("top_k"), cache=outputs, scores=DbScoreStore(ctx.db, owner=job.owner),
                    device=device_for(ctx.settings), batch_size=ctx.settings.batch_size,
                    on_progress=report.scaled(0.0, 0.95), shortlist_k=params.get("shortlist") or None,
-                   shortlist=DbShortlist(ctx, job.owner), compute_lock=lock)
+                   shortlist=DbShortlist(ctx, job.owner), compute_lock=lock,
+                   # Recorded with the job when it was created; older jobs: this worker's setting.
+                   exhaustive_max=params.get("exhaustive_max", ctx.settings.exhaustive_max_teachers))
     info = ranking.shortlist
     result = json_safe(ranking.to_dict())
     rid = result_id_for(job.id)
@@ -59,7 +61,7 @@ def run_ranking(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: DatasetRo
     retry_db(ctx, record)
     log.info("ranking %s: %d teachers%s; scores stored for %d; outputs cached for %d, computed for %d", rid,
              len(ranking.entries), f" (shortlisted from {info['considered'] + len(info['unspecified_run'])})"
-             if info else "", ranking.n_stored, outputs.hits, outputs.computed)
+             if info and info["mode"] == "shortlist" else "", ranking.n_stored, outputs.hits, outputs.computed)
 
 
 class DbShortlist:

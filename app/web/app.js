@@ -152,17 +152,26 @@ function metricBoxes() {
   }
 }
 
-$("#rank-form").addEventListener("submit", (ev) => {
-  ev.preventDefault();
-  const metrics = [...document.querySelectorAll("#metrics input:checked")].map((b) => b.value);
-  busy($("#rank"), async () => {
+async function startRanking(button, metrics, extra = {}) {
+  await busy(button, async () => {
     if (!metrics.length) throw new Error("choose at least one metric");
     // OT first: it orders the table and gives the plans.
     metrics.sort((a, b) => (b === "ot") - (a === "ot"));
-    const job = await api("/v1/rankings", {method: "POST", json: {dataset_id: state.dataset.id, metrics}});
+    const job = await api("/v1/rankings", {method: "POST", json: {dataset_id: state.dataset.id, metrics, ...extra}});
     setHash({rank: job.id, distil: ""});
     await showRanking(job.id);
   });
+}
+
+$("#rank-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  startRanking($("#rank"), [...document.querySelectorAll("#metrics input:checked")].map((b) => b.value));
+});
+
+// The shortlist's skipped teachers, ranked too: the same request with the shortlist off (`rank_all`).
+$("#rank-all").addEventListener("click", () => {
+  const sl = state.ranking.shortlist;
+  startRanking($("#rank-all"), [...state.ranking.metrics], sl.rank_all || {shortlist: 0});
 });
 
 async function showRanking(jobId) {
@@ -252,6 +261,16 @@ function renderRanking(r) {
   note.hidden = false;
   note.textContent = `${r.teachers.length} teachers for ${r.n_samples} images, ordered by ${prim}; `
     + `ranked in ${r.elapsed_s.toFixed(2)} s` + (r.teachers.every((t) => t.cached) ? " (all from the cache)." : ".");
+  renderSkipped(r.shortlist);
+}
+
+function renderSkipped(sl) {
+  const box = $("#rank-skipped");
+  box.hidden = !(sl && sl.mode !== "exhaustive" && sl.not_run_count > 0);
+  if (box.hidden) return;
+  const names = sl.not_run.slice(0, 8).join(", ") + (sl.not_run_count > 8 ? ", …" : "");
+  box.querySelector(".msg").textContent = `${sl.not_run_count} of ${sl.considered + sl.unspecified_run.length} `
+    + `teachers were not ranked: ${sl.skip_reason || "ruled out by their specifications"}. Skipped: ${names}. `;
 }
 
 function syncSelection() {

@@ -26,25 +26,33 @@ which tells what the teacher would predict on it (through its confusion) and how
 it (through its geometry), hence the cost ``-log softmax_c(cos / 0.1) / log C`` of ``cost_prototype_softmax``.
 All teachers are stacked in one :class:`SpecIndex`, so 1,000 teachers cost a few matrix products.
 
+A specification also says how much it knows about a target (:meth:`SpecIndex.coverage`, :func:`knowledge`): the
+share of target classes its images cover. The shortlist (:func:`shortlist`, :func:`run_mask`) keeps the k best
+and every teacher whose specification cannot rule it out; docs/method.md §6 gives the rule and its reasons.
+
 Modules: ``_reference`` (the shared reference embedder), ``_format`` (what a specification holds, how it is built,
 its bytes; the embedded target), ``_images`` (where the images come from), ``_scores`` (:data:`SCORE_METHODS`,
 :class:`SpecIndex`), ``_shortlist`` (:func:`shortlist`, :func:`shortlist_plan`), ``_files`` (specifications
 beside the teachers of a repository).
 """
 from hubscout.spec._files import ensure_specifications, load_specification, repo_cache_dir, save_specification
-from hubscout.spec._format import (PROBE_MIN_IMAGES, PROBE_PER_CLASS, SPARSE_TOP, SPEC_FILE, SPEC_SAMPLES_PER_CLASS,
-                                   SPEC_SAMPLE_FILE, SPEC_VERSION, Specification, TargetEmbedding, TeacherView,
-                                   build_specification, class_prototypes, embed_target, pack_arrays, teacher_view,
-                                   unpack_arrays)
+from hubscout.spec._format import (PROBE_MIN_IMAGES, PROBE_PER_CLASS, PROBE_SOURCE, SPARSE_TOP, SPEC_FILE,
+                                   SPEC_SAMPLES_PER_CLASS, SPEC_SAMPLE_FILE, SPEC_VERSION, Specification,
+                                   TargetEmbedding, TeacherView, build_specification, class_prototypes,
+                                   class_statistics, embed_target, pack_arrays, teacher_view, unpack_arrays)
 from hubscout.spec._images import (EmbedCache, class_sample, probe_images, probe_set, read_spec_sample,
                                    specification_for, zoo_class_keys)
 from hubscout.spec._reference import REFERENCE_ARCH, REFERENCE_DIM, REFERENCE_NAME, REFERENCE_SIZE, ReferenceEmbedder
-from hubscout.spec._scores import (COST_TEMPERATURE, DEFAULT_METHOD, METHOD_FOR_COST, POSTERIOR_TEMPERATURE,
-                                   SCORE_METHODS, SpecIndex, spec_scores)
-from hubscout.spec._shortlist import SHORTLIST_RULE, Shortlist, shortlist, shortlist_plan
+from hubscout.spec._scores import (COST_TEMPERATURE, COVERAGE_RATIO, DEFAULT_METHOD, METHOD_FOR_COST,
+                                   POSTERIOR_TEMPERATURE, SCORE_METHODS, SpecIndex, spec_scores)
+from hubscout.spec._shortlist import (DEFAULT_SHORTLIST_K, EXHAUSTIVE_MAX_TEACHERS, SCORE_MAX, SCORE_TOLERANCE,
+                                      SHORTLIST_RULE, SKIP_REASON, Shortlist, exhaustive_info, knowledge,
+                                      run_mask, score_bounds, shortlist, shortlist_plan)
 
 __all__ = [
-    "COST_TEMPERATURE", "DEFAULT_METHOD", "EmbedCache", "METHOD_FOR_COST", "POSTERIOR_TEMPERATURE",
+    "COST_TEMPERATURE", "COVERAGE_RATIO", "DEFAULT_METHOD", "DEFAULT_SHORTLIST_K", "EXHAUSTIVE_MAX_TEACHERS",
+    "PROBE_SOURCE", "SCORE_MAX", "SCORE_TOLERANCE", "SKIP_REASON", "class_statistics", "exhaustive_info",
+    "knowledge", "run_mask", "score_bounds", "EmbedCache", "METHOD_FOR_COST", "POSTERIOR_TEMPERATURE",
     "PROBE_MIN_IMAGES", "PROBE_PER_CLASS", "REFERENCE_ARCH", "REFERENCE_DIM", "REFERENCE_NAME", "REFERENCE_SIZE",
     "ReferenceEmbedder", "SCORE_METHODS", "SHORTLIST_RULE", "SPARSE_TOP", "SPEC_FILE", "SPEC_SAMPLES_PER_CLASS",
     "SPEC_SAMPLE_FILE", "SPEC_VERSION", "Shortlist", "SpecIndex", "Specification", "TargetEmbedding", "TeacherView",

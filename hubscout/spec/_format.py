@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -14,13 +14,14 @@ from hubscout.spec._reference import REFERENCE_NAME, ReferenceEmbedder
 
 
 # Bumped whenever what a specification holds or how it is computed changes: older ones are recomputed.
-SPEC_VERSION = 2
+SPEC_VERSION = 3
 SPEC_FILE = "spec.npz"
 SPEC_SAMPLE_FILE = "spec-sample.npz"
 SPEC_SAMPLES_PER_CLASS = 50
 PROBE_PER_CLASS = 10
 
 
+PROBE_SOURCE = "probe-predictions"
 SPARSE_TOP = 32  # per class, the entries of its confusion and geometry rows kept (all of them up to 32 classes)
 PROBE_MIN_IMAGES = 1.0  # a probe-described class needs at least one probe image's worth of probability
 
@@ -49,6 +50,9 @@ class Specification:
     geo_idx: np.ndarray
     geo_val: np.ndarray
     geo_rest: np.ndarray
+    # Per described class, the mean cosine of its own images to its prototype: how tight the class is in the
+    # reference embedding, the yardstick against which a target's classes are judged covered (``coverage``).
+    spread: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     reference: str = REFERENCE_NAME
     n_samples: int = 0
     source: str = "training-sample"
@@ -56,9 +60,12 @@ class Specification:
 
     def __post_init__(self) -> None:
         R = len(self.rows)
+        if self.spread.size == 0 and R:
+            self.spread = np.ones(R, np.float32)  # unknown: as tight as a class can be (coverage is then strictest)
         ok = (self.prototypes.ndim == 2 and self.prototypes.shape[0] == R and self.class_mass.shape == (R,)
               and R >= 1 and self.conf_idx.shape == self.conf_val.shape == self.geo_idx.shape == self.geo_val.shape
               and self.conf_idx.ndim == 2 and self.conf_idx.shape[0] == R and self.geo_rest.shape == (R,)
+              and self.spread.shape == (R,)
               and (R == 0 or (0 <= int(np.min(self.rows)) and int(np.max(self.rows)) < len(self.labels)))
               and (self.conf_idx.size == 0 or (0 <= int(self.conf_idx.min()) and int(self.conf_idx.max()) < R
                                                and 0 <= int(self.geo_idx.min()) and int(self.geo_idx.max()) < R)))
@@ -91,7 +98,8 @@ class Specification:
             "rows": self.rows.astype(np.int32), "prototypes": self.prototypes.astype(np.float16),
             "class_mass": self.class_mass.astype(np.float32), "conf_idx": self.conf_idx.astype(idx),
             "conf_val": self.conf_val.astype(np.float16), "geo_idx": self.geo_idx.astype(idx),
-            "geo_val": self.geo_val.astype(np.float16), "geo_rest": self.geo_rest.astype(np.float16)})
+            "geo_val": self.geo_val.astype(np.float16), "geo_rest": self.geo_rest.astype(np.float16),
+            "spread": self.spread.astype(np.float16)})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Specification":
@@ -105,7 +113,7 @@ class Specification:
             return cls(teacher_id=str(meta["teacher_id"]), weights_sha256=str(meta["weights_sha256"]),
                        labels=[str(x) for x in meta["labels"]], rows=a["rows"], prototypes=a["prototypes"],
                        class_mass=a["class_mass"], conf_idx=a["conf_idx"], conf_val=a["conf_val"],
-                       geo_idx=a["geo_idx"], geo_val=a["geo_val"], geo_rest=a["geo_rest"],
+                       geo_idx=a["geo_idx"], geo_val=a["geo_val"], geo_rest=a["geo_rest"], spread=a["spread"],
                        reference=str(meta.get("reference", "")), n_samples=int(meta.get("n_samples", 0)),
                        source=str(meta.get("source", "")), version=version)
         except (KeyError, TypeError) as e:
@@ -163,9 +171,18 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 def class_prototypes(embeddings: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Weighted class means (K×d, unit rows) and class masses from N×d embeddings and N×K weights."""
+    protos, mass, _ = class_statistics(embeddings, weights)
+    return protos, mass
+
+
+def class_statistics(embeddings: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`class_prototypes` and each class's spread: the (weighted) mean cosine of its unit embeddings to its
+    prototype, which is the norm of their mean (1: all alike; small: scattered)."""
     mass = weights.sum(axis=0)
-    protos = weights.T @ embeddings / np.maximum(mass[:, None], 1e-12)
-    return _unit_rows(protos).astype(np.float32), (mass / max(mass.sum(), 1e-12)).astype(np.float32)
+    means = weights.T @ embeddings / np.maximum(mass[:, None], 1e-12)
+    spread = np.linalg.norm(means, axis=1)
+    return (_unit_rows(means).astype(np.float32), (mass / max(mass.sum(), 1e-12)).astype(np.float32),
+            spread.astype(np.float32))
 
 
 def _top_entries(m: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -221,7 +238,7 @@ def build_specification(teacher, images: np.ndarray | None, embedder: "Reference
         raise ValueError(f"teacher {teacher.id}: no class of it has an image in the specification sample")
     w = weights[:, rows]
     counts = w.sum(0)
-    protos, mass = class_prototypes(emb, w)
+    protos, mass, spread = class_statistics(emb, w)
     # Confusion over the described classes: mass sent elsewhere stays out (rows may sum to less than 1).
     conf = (w.T @ probs[:, rows]) / counts[:, None]
     feat_means = (w.T @ np.asarray(view.features, np.float64)) / counts[:, None]
@@ -232,8 +249,8 @@ def build_specification(teacher, images: np.ndarray | None, embedder: "Reference
                          (counts / counts.sum()).astype(np.float32) if labels is not None else
                          (counts / len(emb)).astype(np.float32),
                          c_idx, c_val.astype(np.float32), g_idx, g_val.astype(np.float32), g_rest.astype(np.float32),
-                         REFERENCE_NAME, len(emb),
-                         source or ("training-sample" if labels is not None else "probe-predictions"))
+                         spread, REFERENCE_NAME, len(emb),
+                         source or ("training-sample" if labels is not None else PROBE_SOURCE))
 
 
 @torch.inference_mode()
@@ -262,22 +279,30 @@ class TargetEmbedding:
     classes: list[str]
     embed_s: float = 0.0
     n_samples: int = 0
+    # Per class, the mean cosine of its images to its prototype (``class_statistics``); None: 1 (tight).
+    spread: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.spread is None:
+            self.spread = np.ones(len(self.prototypes), np.float32)
 
     def to_bytes(self) -> bytes:
         return pack_arrays({"classes": self.classes, "n_samples": self.n_samples, "reference": REFERENCE_NAME},
-                           {"prototypes": self.prototypes.astype(np.float32)})
+                           {"prototypes": self.prototypes.astype(np.float32), "spread": self.spread.astype(np.float32)})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "TargetEmbedding":
         meta, a = unpack_arrays(data)
         if meta.get("reference") != REFERENCE_NAME:
             raise ValueError("target embedding of another reference model")
-        return cls(a["prototypes"], [str(c) for c in meta["classes"]], 0.0, int(meta["n_samples"]))
+        if "spread" not in a:
+            raise ValueError("target embedding without class spreads (an older version)")
+        return cls(a["prototypes"], [str(c) for c in meta["classes"]], 0.0, int(meta["n_samples"]), a["spread"])
 
 
 def embed_target(dataset: Dataset, embedder: ReferenceEmbedder) -> TargetEmbedding:
     t0 = time.perf_counter()
     emb = embedder.embed(dataset.images)
     onehot = np.eye(dataset.num_classes, dtype=np.float32)[dataset.labels]
-    protos, _ = class_prototypes(emb, onehot)
-    return TargetEmbedding(protos, list(dataset.classes), time.perf_counter() - t0, len(dataset))
+    protos, _, spread = class_statistics(emb, onehot)
+    return TargetEmbedding(protos, list(dataset.classes), time.perf_counter() - t0, len(dataset), spread)

@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from hubscout.spec._format import (PROBE_PER_CLASS, SPEC_SAMPLES_PER_CLASS, SPEC_SAMPLE_FILE, SPEC_VERSION,
+from hubscout.spec._format import (PROBE_PER_CLASS, PROBE_SOURCE, SPEC_SAMPLES_PER_CLASS, SPEC_SAMPLE_FILE, SPEC_VERSION,
                                    Specification, TeacherView, build_specification, teacher_view)
 from hubscout.spec._reference import REFERENCE_DIM, REFERENCE_NAME, ReferenceEmbedder
 
@@ -136,4 +136,4 @@ def specification_for(teacher, embedder: "ReferenceEmbedder", per_class: int = S
                                    source="training-sample")
     images, emb = probe_set(embedder, probe_cache_dir)
     return build_specification(teacher, images, embedder, embeddings=emb, view=view_of(images),
-                               source="probe-predictions")
+                               source=PROBE_SOURCE)

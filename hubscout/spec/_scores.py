@@ -8,7 +8,7 @@ import numpy as np
 
 from hubscout.ot import DEFAULT_COST
 from hubscout.registry import Registry
-from hubscout.spec._format import Specification, TargetEmbedding
+from hubscout.spec._format import PROBE_SOURCE, Specification, TargetEmbedding
 from hubscout.spec._reference import REFERENCE_DIM
 
 
@@ -20,6 +20,10 @@ POSTERIOR_TEMPERATURE = 0.02
 # with the library's default cost, puts first.
 METHOD_FOR_COST = {"proto-softmax": "gmm-ot", "joint": "gmm-joint"}
 DEFAULT_METHOD = METHOD_FOR_COST[DEFAULT_COST]
+# A target class is covered by a described class when its images are on average at least this close to the
+# class's prototype, relative to the class's own images (SpecIndex.coverage). On the quick zoo same-domain target
+# classes measured 0.88-1.23, other domains 0.18-0.84 (docs/method.md §6).
+COVERAGE_RATIO = 0.85
 #: The specification scores (lower is better): ``fn(index, target, temperature) -> (teachers,)``.
 SCORE_METHODS = Registry("specification score", directions=("lower",))
 
@@ -39,6 +43,10 @@ class SpecIndex:
     geo_rest: np.ndarray
     agreement: np.ndarray
     labels: list[list[str]] = field(default_factory=list)
+    spread: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per stacked class (Specification.spread)
+    probe: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # per teacher: described by the probe set
+    # The last target's cosines: the score and the coverage share the one big matrix product.
+    _cos: tuple = field(default=(None, None), init=False, repr=False, compare=False)
 
     @classmethod
     def build(cls, specs: Sequence[Specification]) -> "SpecIndex":
@@ -75,7 +83,9 @@ class SpecIndex:
         r, c, v = stacked("geo_idx", "geo_val", minus=geo_rest)
         geo = sparse.csr_matrix((v, (r, c)), shape=(R, R))
         return cls([s.teacher_id for s in specs], protos, np.log(np.maximum(mass, 1e-8)), starts, conf_t, geo,
-                   geo_rest, np.clip(agreement, 0.0, 1.0), [list(s.labels) for s in specs])
+                   geo_rest, np.clip(agreement, 0.0, 1.0), [list(s.labels) for s in specs],
+                   np.concatenate([s.spread for s in specs]).astype(np.float64),
+                   np.array([s.source == PROBE_SOURCE for s in specs]))
 
     def __len__(self) -> int:
         return len(self.teacher_ids)
@@ -86,6 +96,23 @@ class SpecIndex:
         if not len(self):
             return np.zeros(0)
         return score.fn(self, target, temperature)
+
+    def coverage(self, target: TargetEmbedding) -> np.ndarray:
+        """Per teacher, the share of the target's classes its specification's images cover (:meth:`covered`)."""
+        return self.covered(target).mean(axis=1) if len(self) else np.zeros(0)
+
+    def covered(self, target: TargetEmbedding) -> np.ndarray:
+        """T×C: which target classes each specification's images cover (see :data:`COVERAGE_RATIO`): target
+        class c is covered by described class j when c's images are on average at
+        least ``COVERAGE_RATIO`` times as close to j's prototype as j's own images are,
+        ``spread_c · cos(μ_c, p_j) / spread_j ≥ COVERAGE_RATIO`` (the mean cosine of a class's unit embeddings
+        to a unit vector is its spread times the prototypes' cosine). A ratio of mean cosines to the same
+        prototype: comparable across teachers, whatever the dimension or how tight their classes are."""
+        if not len(self):
+            return np.zeros((0, len(target.classes)), bool)
+        ratio = _cosines(self, target) * np.asarray(target.spread, np.float64)[None, :] \
+            / np.maximum(self.spread, 1e-6)[:, None]
+        return _segment_max(ratio, self.starts) >= COVERAGE_RATIO
 
 
 def _segment_max(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -114,7 +141,9 @@ def _cost(cos: np.ndarray) -> np.ndarray:
 
 
 def _cosines(index: SpecIndex, target: TargetEmbedding) -> np.ndarray:
-    return (index.prototypes @ target.prototypes.T.astype(np.float32)).astype(np.float64)
+    if index._cos[0] is not target:
+        index._cos = (target, (index.prototypes @ target.prototypes.T.astype(np.float32)).astype(np.float64))
+    return index._cos[1]
 
 
 def _posterior(index: SpecIndex, cos: np.ndarray, seg: np.ndarray, temperature: float) -> np.ndarray:

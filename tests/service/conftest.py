@@ -164,11 +164,22 @@ def pg_client(pg_service):
 @pytest.fixture(scope="session")
 def embedded_service(quick_repo, tmp_path_factory):
     """`app.main.serve` with no configuration but its folders: SQLite, filesystem broker, local worker."""
+    yield from _embedded(quick_repo, tmp_path_factory.mktemp("embedded"))
+
+
+@pytest.fixture(scope="module")
+def shortlisting_service(quick_repo, tmp_path_factory):
+    """The embedded service told to shortlist even the quick zoo: k = 1, no repository small enough to be ranked
+    exhaustively."""
+    yield from _embedded(quick_repo, tmp_path_factory.mktemp("shortlisting"), HUBSCOUT_SHORTLIST_K="1",
+                         HUBSCOUT_EXHAUSTIVE_MAX_TEACHERS="0")
+
+
+def _embedded(quick_repo, tmp: Path, **extra: str):
     from svc_helpers import wait_healthy
 
-    tmp = tmp_path_factory.mktemp("embedded")
     env = base_env(HUBSCOUT_DATA_DIR=str(tmp / "var"), HUBSCOUT_REPOSITORY_DIR=str(copy_repo(quick_repo, tmp / "zoo")),
-                   HUBSCOUT_MAX_UPLOAD_BYTES=str(EMBEDDED_MAX_UPLOAD), **FAST_RECOVERY)
+                   HUBSCOUT_MAX_UPLOAD_BYTES=str(EMBEDDED_MAX_UPLOAD), **FAST_RECOVERY, **extra)
     port = free_port()
     proc = Proc("embedded", [sys.executable, "-c", f"from app.main import serve; serve('127.0.0.1', {port})"],
                 env, tmp)

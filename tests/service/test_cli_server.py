@@ -71,10 +71,39 @@ def test_teachers_list_on_the_server(embedded_service, quick_repo):
     assert sorted(t["id"] for t in json.loads(res.stdout)) == sorted(quick_repo.ids())
 
 
-def test_server_errors_are_one_line_messages(embedded_service, target_zip, tmp_path):
-    res = invoke("rank", target_zip, "--shortlist", 3, "--server", embedded_service.base_url)
-    assert res.exit_code == 2 and "--shortlist not available with --server" in res.output
+@pytest.fixture(scope="module")
+def photos_zip(tmp_path_factory):
+    """Real RGB photos (crops of scikit-image's sample photos), as a user's ImageFolder zip."""
+    from hubscout.data import write_image_folder_zip
+    from hubscout.sources import photo_target
 
+    return write_image_folder_zip(photo_target(10, seed=0), tmp_path_factory.mktemp("photos") / "photos.zip")
+
+
+def test_photos_get_the_imagenet_teacher_first_locally_and_on_the_server(embedded_service, quick_repo, photos_zip):
+    """The defaults, through both paths: the same order, an ImageNet teacher first; the small repository is ranked
+    exhaustively and says so. `--shortlist` goes to the server like any other option."""
+    local = invoke("rank", photos_zip, "--json", "--repo", quick_repo.root)
+    remote = invoke("rank", photos_zip, "--json", "--server", embedded_service.base_url)
+    assert local.exit_code == 0, local.output
+    assert remote.exit_code == 0, remote.output
+    lj, rj = json.loads(local.stdout), json.loads(remote.stdout)
+    order = [t["teacher_id"] for t in lj["teachers"]]
+    assert order == [t["teacher_id"] for t in rj["teachers"]] and len(order) == len(quick_repo)
+    assert order[0] == "imagenet-efficientnet-lite0"
+    assert lj["shortlist"]["mode"] == rj["shortlist"]["mode"] == "exhaustive"
+    for a, b in zip(lj["teachers"], rj["teachers"]):
+        assert a["scores"]["ot"]["value"] == pytest.approx(b["scores"]["ot"]["value"], rel=1e-4, abs=1e-5)
+
+    same = invoke("rank", photos_zip, "--shortlist", 2, "--json", "--server", embedded_service.base_url)
+    assert same.exit_code == 0, same.output
+    job = json.loads(same.stdout)
+    assert [t["teacher_id"] for t in job["teachers"]] == order  # 5 teachers: exhaustive whatever k
+    table = invoke("rank", photos_zip, "--repo", quick_repo.root)
+    assert table.exit_code == 0 and "exhaustive: 5 teachers, at most 32" in table.output
+
+
+def test_server_errors_are_one_line_messages(embedded_service, target_zip, tmp_path):
     res = invoke("rank", target_zip, "--teachers", "ghost", "--server", embedded_service.base_url)
     assert res.exit_code == 2 and "422" in res.output and "unknown teacher(s): ghost" in res.output
 

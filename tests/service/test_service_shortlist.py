@@ -165,13 +165,19 @@ def test_a_ranking_runs_exact_ot_only_on_the_shortlist(client, db, catalogue, fo
     assert job["params"]["shortlist"] == 10
     ranking = client.get(job["links"]["result"]).json()
     sl = ranking["shortlist"]
-    assert sl["k"] == 10 and sl["considered"] == n_ready and sl["kept"] == 10 and sl["rule"]
-    assert len(sl["shortlisted"]) == 10 and set(sl["scores"]) == set(sl["shortlisted"])
-    assert sorted(sl["scores"].values()) == [sl["scores"][t] for t in sl["shortlisted"]]  # best first
+    assert sl["mode"] == "shortlist" and sl["k"] == 10 and sl["considered"] == n_ready and sl["rule"]
+    # The 10 best, and the teachers whose score intervals reach the 10th best's (near-identical clones).
+    assert len(sl["shortlisted"]) == 10 and sl["kept"] == 10 + len(sl["uncertain_run"])
+    assert set(sl["scores"]) == set(sl["shortlisted"]) | set(sl["uncertain_run"])
+    best = [sl["scores"][t] for t in sl["shortlisted"]]
+    assert sorted(best) == best and all(sl["scores"][t] >= best[-1] for t in sl["uncertain_run"])
     assert sl["unspecified_run"] == catalogue["failed"]  # no specification: always run exactly
     ran = [t["teacher_id"] for t in ranking["teachers"]]
-    assert sorted(ran) == sorted(sl["shortlisted"] + catalogue["failed"])
+    assert sorted(ran) == sorted(sl["shortlisted"] + sl["uncertain_run"] + catalogue["failed"])
     assert sl["not_run_count"] == n_all - len(ran) and not set(sl["not_run"]) & set(ran)
+    # Every skipped teacher is listed with why, and the result says how to rank them too.
+    assert [s["teacher_id"] for s in sl["skipped"]] and {s["teacher_id"] for s in sl["skipped"]} == set(sl["not_run"])
+    assert all(s["lower_bound"] > sl["bound"] for s in sl["skipped"]) and sl["rank_all"] == {"shortlist": 0}
     # The teachers that know the footwear classes are found without running the others.
     assert all(t.startswith("fashion-footwear") for t in sl["shortlisted"][:3])
     assert ranking["teachers"][0]["teacher_id"].startswith("fashion-footwear")
@@ -179,8 +185,25 @@ def test_a_ranking_runs_exact_ot_only_on_the_shortlist(client, db, catalogue, fo
     again = client.post("/v1/rankings", json={"dataset_id": dataset_id, "shortlist": 5}).json()
     job = wait_job(client, again["id"], timeout=300, interval=0.2)
     second = client.get(job["links"]["result"]).json()["shortlist"]
-    assert second["embed_target_cached"] and second["kept"] == 5
+    assert second["embed_target_cached"] and second["kept"] == 5 + len(second["uncertain_run"])
     assert second["shortlisted"] == sl["shortlisted"][:5]
+
+
+def test_a_photo_ranking_keeps_the_imagenet_teacher_its_specification_cannot_rule_out(client, catalogue):
+    """1,000 grey-image teachers and an ImageNet one whose specification comes from the grey probe set: for real
+    photos that specification knows nothing, so the teacher runs exactly, and comes first."""
+    from hubscout.sources import photo_target
+
+    r = client.post("/v1/datasets", files={"file": ("photos.npz", npz_bytes(photo_target(10, seed=0)))})
+    assert r.status_code in (200, 201), r.text
+    r = client.post("/v1/rankings", json={"dataset_id": r.json()["id"]})  # the defaults
+    job = wait_job(client, r.json()["id"], timeout=300, interval=0.2)
+    assert job["status"] == "succeeded", job
+    ranking = client.get(job["links"]["result"]).json()
+    sl = ranking["shortlist"]
+    assert sl["mode"] == "shortlist" and sl["coverage"]["imagenet-efficientnet-lite0"] == 0.0
+    assert "imagenet-efficientnet-lite0" in sl["shortlisted"] + sl["uncertain_run"]
+    assert ranking["teachers"][0]["teacher_id"] == "imagenet-efficientnet-lite0"
 
 
 def test_a_worker_computes_the_specification_of_an_uploaded_teacher(client, db):
@@ -210,3 +233,11 @@ def test_a_worker_computes_the_specification_of_an_uploaded_teacher(client, db):
         assert stored.labels == ["a", "b", "c"] and stored.n_samples == 12 and list(stored.rows) == [0, 1, 2]
     finally:
         assert client.delete("/v1/teachers/specified-upload").status_code == 204
+
+
+def test_the_service_defaults_are_the_library_s():
+    from service.settings import Settings
+    from hubscout.spec import DEFAULT_SHORTLIST_K, EXHAUSTIVE_MAX_TEACHERS
+
+    settings = Settings()
+    assert settings.exhaustive_max_teachers == EXHAUSTIVE_MAX_TEACHERS and settings.shortlist_k == DEFAULT_SHORTLIST_K

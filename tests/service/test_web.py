@@ -155,3 +155,29 @@ def test_a_demo_target_and_the_api_key_header(page, embedded_service):
     page.wait_for_selector("#error:not([hidden])")
     assert "more than" in page.inner_text("#error-text") or "only" in page.inner_text("#error-text")
     assert not [e for e in page.errors if "422" not in e]
+
+
+def test_a_shortlisted_ranking_lists_the_skipped_teachers_and_ranks_them_on_request(page, shortlisting_service,
+                                                                                  footwear_target, quick_repo,
+                                                                                  tmp_path):
+    upload = footwear_target.save(tmp_path / "shoes.npz")
+    page.goto(shortlisting_service.base_url + "/")
+    page.set_input_files("#file", str(upload))
+    page.click("#upload")
+    page.wait_for_selector("#dataset-card:not([hidden])")
+    page.click("#rank")
+    page.wait_for_selector("#rank-progress[data-status=succeeded]", timeout=240_000)
+    ran = [r.get_attribute("data-teacher") for r in page.query_selector_all("#ranking-table tbody tr")]
+    assert ran[0] == "fashion-footwear" and len(ran) < len(quick_repo)
+    note = page.wait_for_selector("#rank-skipped:not([hidden])").inner_text()
+    skipped = [t for t in quick_repo.ids() if t not in ran]
+    assert f"{len(skipped)} of {len(quick_repo)} teachers were not ranked" in note
+    assert all(t in note for t in skipped) and "Rank them too" in note
+
+    page.click("#rank-all")
+    page.wait_for_function(f"document.querySelectorAll('#ranking-table tbody tr').length == {len(quick_repo)}",
+                           timeout=240_000)
+    assert page.is_hidden("#rank-skipped")
+    rows = [r.get_attribute("data-teacher") for r in page.query_selector_all("#ranking-table tbody tr")]
+    assert rows[0] == "fashion-footwear" and sorted(rows) == sorted(quick_repo.ids())
+    assert not page.errors, page.errors
