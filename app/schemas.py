@@ -6,6 +6,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from hubscout.options import LAM_RANGE, REG_RANGE, TAU_RANGE
 from hubscout.scores import METRICS, resolve_metrics
 
 T = TypeVar("T")
@@ -181,13 +182,25 @@ class DistillationCreate(BaseModel):
     teacher_ids: list[str] = Field(default_factory=list, max_length=64,
                                    description="One or more teachers; several are weighted by OT relatedness. "
                                                "May be empty with ce_only.")
-    student_arch: str | None = Field(None, min_length=1, max_length=128, description="timm architecture")
-    epochs: int | None = Field(None, ge=1)
-    min_steps: int | None = Field(None, ge=0, le=100_000,
-                                  description="Train at least this many optimiser steps (more epochs than asked on "
-                                              "tiny data); 0: exactly `epochs`.")
-    lam: float | None = Field(None, ge=0, allow_inf_nan=False)
-    tau: float | None = Field(None, gt=0, allow_inf_nan=False)
+    student_arch: str | None = Field(
+        None, min_length=1, max_length=128,
+        description="`auto` (the default: the largest student size with at most 5 M parameters and at most the "
+                    "smallest teacher's count), a size from /v1/info `student_sizes` (nano, micro, tiny, small, "
+                    "medium), or any timm architecture. One that cannot take the dataset's images is refused "
+                    "(422); one larger than its teachers is trained and flagged in `params.student`.")
+    epochs: int | None = Field(None, ge=1, description=(
+        "Epochs to train; named without `min_steps`: exactly this many. Not named: 40, or more on tiny data for "
+        "at least 300 optimiser steps. At most the server's `max_epochs` (/v1/info)."))
+    min_steps: int | None = Field(None, ge=0, le=100_000, description=(
+        "Train at least this many optimiser steps (more epochs than `epochs` on tiny data). Whatever the "
+        "combination, the epochs run stop at the server's `max_epochs`; the student's `metrics.schedule` says "
+        "what ran and why."))
+    lam: float | None = Field(None, ge=LAM_RANGE[0], le=LAM_RANGE[1], allow_inf_nan=False,
+                              description="λ, the weight of the distillation term (default 1)")
+    tau: float | None = Field(None, ge=TAU_RANGE[0], le=TAU_RANGE[1], allow_inf_nan=False,
+                              description="τ, the softening temperature (default 4)")
+    reg: float | None = Field(None, ge=REG_RANGE[0], le=REG_RANGE[1], allow_inf_nan=False,
+                              description="ε, Sinkhorn's entropic regularisation in cost units (default 0.05)")
     ce_only: bool = False
     seed: int = Field(0, ge=0, le=2**31 - 1)
     callback_url: str | None = CALLBACK_URL
@@ -326,6 +339,44 @@ class RankingOut(BaseModel):
     shortlist: ShortlistOut | None = Field(None, description="Which teachers ran and why, which were skipped.")
 
 
+class StudentSize(BaseModel):
+    name: str
+    arch: str
+    kwargs: dict[str, Any]
+    params: int = Field(description="Parameters at 10 classes and RGB input (a task's own count differs a little).")
+
+
+class StudentChoice(BaseModel):
+    """What student a distillation trains, and how it compares with its teachers (``hubscout.students``)."""
+
+    arch: str
+    kwargs: dict[str, Any]
+    size: str | None = Field(description="The size's name, when the student is one of /v1/info `student_sizes`.")
+    params: int = Field(description="The student's parameter count for this task.")
+    teacher_params: int | None = Field(description="The smallest teacher's parameter count; null without teachers.")
+    larger_than_teachers: bool
+    note: str
+
+
+class CeControl(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    val_accuracy: float | None = Field(description="The CE-only student's accuracy on the same validation split.")
+    train_accuracy: float | None = None
+    cached: bool = Field(description="Read from an earlier job on the same data, student, schedule and seed.")
+
+
+class Schedule(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    epochs: int = Field(description="Epochs run.")
+    steps: int = Field(description="Optimiser steps run.")
+    epochs_asked: int | None
+    min_steps: int
+    max_epochs: int | None
+    note: str = Field(description="What ran and why (extended for min_steps, capped at max_epochs).")
+
+
 class StudentOut(BaseModel):
     id: str
     job_id: str
@@ -334,6 +385,13 @@ class StudentOut(BaseModel):
     student_arch: str
     config: dict[str, Any]
     metrics: dict[str, Any]
+    val_accuracy: float | None = Field(None, description="The student's accuracy on its held-out validation split.")
+    ce_only: CeControl | None = Field(None, description=(
+        "The cross-entropy-only control: the same student, split, schedule and seed without teachers, trained in "
+        "the same job (or cached). null for students distilled before it existed."))
+    gain_vs_ce: float | None = Field(None, description="val_accuracy minus the CE-only control's.")
+    student: StudentChoice | None = None
+    schedule: Schedule | None = None
     archive_bytes: int
     archive_sha256: str
     created_at: dt.datetime
@@ -350,6 +408,8 @@ class Info(BaseModel):
     metrics: list[str]
     max_upload_bytes: int
     max_epochs: int
+    student_sizes: list[StudentSize] = Field(description="Students by size, smallest first (`student_arch` names).")
+    default_student: str = Field(description="The rule that picks the student when none is named.")
 
 
 class Health(BaseModel):

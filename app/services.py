@@ -37,12 +37,14 @@ def auth_required(settings: Settings) -> bool:
 
 
 def info(svc: Services) -> dict[str, Any]:
+    from hubscout.options import DEFAULT_STUDENT_RULE, size_listing
     from hubscout.scores import METRICS
 
     s = svc.settings
     return {"version": _version(), "auth_required": auth_required(s),
             "mode": "embedded" if s.embedded else "distributed", "metrics": list(METRICS),
-            "max_upload_bytes": s.max_upload_bytes, "max_epochs": s.max_epochs}
+            "max_upload_bytes": s.max_upload_bytes, "max_epochs": s.max_epochs,
+            "student_sizes": size_listing(), "default_student": DEFAULT_STUDENT_RULE}
 
 
 def _version() -> str:
@@ -419,7 +421,7 @@ def create_ranking(svc: Services, body: RankingCreate, owner: str) -> JobRow:
 def create_distillation(svc: Services, body: DistillationCreate, owner: str) -> JobRow:
     from hubscout.distill import DistillConfig
 
-    _require_dataset(svc, body.dataset_id, owner)
+    dataset = _require_dataset(svc, body.dataset_id, owner)
     _check_callback(svc, body.callback_url)
     if not body.teacher_ids and not body.ce_only:
         raise _invalid("teacher_ids: name at least one teacher (or set ce_only)")
@@ -427,19 +429,34 @@ def create_distillation(svc: Services, body: DistillationCreate, owner: str) -> 
         _check_teachers(svc, body.teacher_ids)
     if body.epochs is not None and body.epochs > svc.settings.max_epochs:
         raise _invalid(f"epochs: at most {svc.settings.max_epochs}")
-    overrides = {k: v for k, v in body.model_dump(include={"student_arch", "epochs", "min_steps", "lam", "tau"}).items()
-                 if v is not None}
+    overrides = {k: v for k, v in body.model_dump(include={"student_arch", "epochs", "min_steps", "lam", "tau",
+                                                           "reg"}).items() if v is not None}
     try:
+        # The service's epoch cap holds whatever epochs and min_steps ask (the result says when it cut).
         config = DistillConfig.from_dict({**DistillConfig().to_dict(), **overrides, "ce_only": body.ce_only,
-                                          "seed": body.seed})
+                                          "seed": body.seed, "max_epochs": svc.settings.max_epochs})
     except ValueError as e:
         raise _invalid(str(e)) from None
-    import timm
-
-    if not timm.is_model(config.student_arch):
-        raise _invalid(f"student_arch: unknown timm architecture {config.student_arch!r}")
-    params = {"teacher_ids": body.teacher_ids, "config": config.to_dict()}
+    student = _choose_student(svc, config, dataset, [] if body.ce_only else body.teacher_ids)
+    # The config keeps the student as asked ("auto", a size): the worker applies the same rule to the same
+    # teachers; ``student`` says now what it will be.
+    params = {"teacher_ids": body.teacher_ids, "config": config.to_dict(), "student": student}
     return _create_job(svc, JobKind.DISTILLATION, body.dataset_id, params, owner, body.callback_url)
+
+
+def _choose_student(svc: Services, config, dataset: DatasetRow, teacher_ids: list[str]) -> dict[str, Any]:
+    """The student a distillation gets, refused with a 422 when it cannot take the dataset's images."""
+    from hubscout.students import StudentError, fit_student
+
+    with svc.db.session() as s:
+        rows = s.execute(select(TeacherRow.id, TeacherRow.num_params).where(TeacherRow.id.in_(teacher_ids)))
+        sizes = {tid: n for tid, n in rows}
+    try:
+        choice = fit_student(config.student_arch, config.student_kwargs, dataset.num_classes, dataset.image_shape,
+                             config.input_size, [sizes[t] for t in teacher_ids if t in sizes])
+    except StudentError as e:
+        raise _invalid(f"student_arch: {e}") from None
+    return choice.to_dict()
 
 
 def get_job(svc: Services, job_id: str, owner: str, sweep: bool = True) -> JobRow:

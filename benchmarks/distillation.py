@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"\nRepository `{repo_dir}` ({len(tids)} teachers). {len(per_task)} tasks, training seeds {seeds} (the "
           f"few-shot training set is fixed). Student `{cfg_d['student_arch']}`, epochs={cfg_d['epochs']}, "
           f"min_steps={cfg_d['min_steps']}, teacher_views={cfg_d['teacher_views']}: the ranking benchmark's small "
-          f"budget, not the library's defaults (resnet18, 40 epochs, 300 steps, 10 views), so absolute accuracies "
+          f"budget, not the library's defaults (student auto: never larger than the teacher, at most 5 M parameters; "
+          f"40 epochs or ≥300 steps; 10 views), so absolute accuracies "
           f"are lower than a user gets. Test: ≤{per_class} held-out images a class.\n",
           "\n## Mean over tasks\n\n",
           md_table(["method", "mean accuracy", "mean gain over CE (points)", "tasks better than CE"],

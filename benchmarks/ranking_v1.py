@@ -97,7 +97,7 @@ def _save_gt(gt: dict[str, Any]) -> None:
 
 
 # Distillation options added after ground truth was first cached; at these defaults they leave the key unchanged.
-_LATER_OPTIONS = {"kd": "ot", "proto_temperature": 0.1}
+_LATER_OPTIONS = {"kd": "ot", "proto_temperature": 0.1, "max_epochs": None}
 
 
 def gt_key(task: str, shots: int, seed: int, teacher_sha: str, cfg, test_sha: str) -> str:

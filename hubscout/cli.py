@@ -356,11 +356,13 @@ def distill_cmd(
     teacher: str = typer.Option(..., "--teacher", help="teacher id, or several comma-separated"),
     out: Path = typer.Option(..., help="output folder for the student"),
     repo: str = RepoOpt,
-    student: Optional[str] = typer.Option(None, "--student", help="timm architecture of the student"),
-    epochs: Optional[int] = typer.Option(None),
+    student: Optional[str] = typer.Option(
+        None, "--student", help="SIZE|ARCH: auto (default: never larger than the teacher, at most 5 M parameters), "
+                                "a size from `hubscout students`, or a timm architecture"),
+    epochs: Optional[int] = typer.Option(None, help="exactly this many epochs (unless --min-steps asks for more)"),
     min_steps: Optional[int] = typer.Option(None, help="at least this many optimiser steps (tiny datasets)"),
-    lam: Optional[float] = typer.Option(None, help="weight of the OT term"),
-    tau: Optional[float] = typer.Option(None, help="softening temperature"),
+    lam: Optional[float] = typer.Option(None, help="weight of the distillation term, in [0, 100]"),
+    tau: Optional[float] = typer.Option(None, help="softening temperature, in [0.1, 20]"),
     ce_only: bool = typer.Option(False, "--ce-only", help="train with cross-entropy only, for comparison"),
     seed: int = typer.Option(0),
     as_json: bool = typer.Option(False, "--json"),
@@ -373,6 +375,8 @@ def distill_cmd(
     --server it trains there and is downloaded to --out."""
     ids = [t for t in teacher.split(",") if t]
     overrides = {"student_arch": student, "epochs": epochs, "min_steps": min_steps, "lam": lam, "tau": tau}
+    # The CE-only control is trained beside the student (or read from the repository's cache): the line below
+    # the result says what the teachers added.
     if server:
         with _client(server, api_key) as c:
             ds = c.upload(dataset)
@@ -381,8 +385,9 @@ def distill_cmd(
             c.download(job["result_id"], out)
     else:
         from hubscout.data import load_dataset
-        from hubscout.distill import DistillConfig, distill
+        from hubscout.distill import DirControlCache, DistillConfig, distill
         from hubscout.rank import weigh_teachers
+        from hubscout.spec import repo_cache_dir
 
         ds = load_dataset(dataset)
         r = _repo(repo)
@@ -390,7 +395,8 @@ def distill_cmd(
                                        **{k: v for k, v in overrides.items() if v is not None},
                                        "ce_only": ce_only, "seed": seed})
         mixture, relatedness = weigh_teachers(ds, r, ids, ce_only=cfg.ce_only)
-        result = distill(ds, r, ids, cfg, mixture=mixture, relatedness=relatedness, show_progress=not as_json)
+        result = distill(ds, r, ids, cfg, mixture=mixture, relatedness=relatedness, show_progress=not as_json,
+                         ce_control=True, control_cache=DirControlCache(repo_cache_dir(r) / "ce-controls"))
         result.save(out)
         metrics = result.metrics
     summary = {"out": str(out), **{k: v for k, v in metrics.items() if k != "curves"}}
@@ -408,6 +414,44 @@ def distill_cmd(
         val_text = "n/a (no validation split)" if val is None else f"{val:.3f}"
         console.print(f"student saved to {out}: train accuracy {metrics.get('train_accuracy', 0):.3f}, "
                       f"validation accuracy {val_text}")
+        console.print(_control_line(metrics))
+        chosen = metrics.get("student") or {}
+        if chosen:
+            console.print(f"student {chosen['arch']}" + (f" ({chosen['size']})" if chosen.get("size") else "")
+                          + f", {chosen['params']:,} parameters: {chosen['note']}")
+        if metrics.get("schedule"):
+            console.print(f"schedule: {metrics['schedule']['note']}")
+
+
+def _control_line(metrics: dict) -> str:
+    ctrl = metrics.get("ce_only") or {}
+    if ctrl.get("same_student"):
+        return "this is the CE-only student (no teachers)"
+    ce, gain = ctrl.get("val_accuracy"), metrics.get("gain_vs_ce")
+    if ce is None:
+        return "CE-only control: n/a (no validation split)"
+    return (f"CE-only control on the same validation split: {ce:.3f}"
+            + (" (cached)" if ctrl.get("cached") else "") + (f", gain {gain:+.3f}" if gain is not None else ""))
+
+
+@app.command("students")
+@_guard
+def students_cmd(classes: int = typer.Option(10, help="parameter counts for this many classes"),
+                 channels: int = typer.Option(3, help="1 (greyscale) or 3 (RGB)"),
+                 as_json: bool = typer.Option(False, "--json")) -> None:
+    """Students by size, smallest first, with their parameter counts (names for `distill --student`)."""
+    from hubscout.students import MAX_DEFAULT_PARAMS, size_table
+
+    rows = size_table(classes, channels)
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("size", "arch", "options", "parameters")
+    for r in rows:
+        table.add_row(r["name"], r["arch"], ", ".join(f"{k}={v}" for k, v in r["kwargs"].items()), f"{r['params']:,}")
+    Console().print(table)
+    console.print(f"auto (the default): the largest size with at most {MAX_DEFAULT_PARAMS:,} parameters and at most "
+                  "as many as the smallest teacher; any timm architecture may be named instead")
 
 
 @app.command("evaluate")

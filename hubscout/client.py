@@ -185,8 +185,8 @@ class Client:
 
     def distill(self, dataset: str | Mapping[str, Any], teachers: Iterable[str] = (), *,
                 callback_url: str | None = None, **config: Any) -> dict:
-        """Start distilling a student; ``config`` takes the API's options (student_arch, epochs, min_steps, lam,
-        tau, ce_only, seed). Returns the queued job."""
+        """Start distilling a student; ``config`` takes the API's options (student_arch: "auto", a size or a
+        timm name; epochs, min_steps, lam, tau, reg, ce_only, seed). Returns the queued job."""
         body = {"dataset_id": _dataset_id(dataset), "teacher_ids": list(teachers),
                 **{k: v for k, v in config.items() if v is not None}}
         if callback_url:

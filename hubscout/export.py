@@ -132,23 +132,45 @@ def model_card(config: Mapping[str, Any], metrics: Mapping[str, Any], *, created
         ]
         if len(teachers) == 1:
             lines += ["", "One teacher: it takes the whole weight, so its relatedness was not computed."]
+    student = metrics.get("student") or {}
+    schedule = metrics.get("schedule") or {}
+    control = metrics.get("ce_only") or {}
+    # What was asked (the config) and what ran (the metrics) under names that cannot be read as each other.
+    asked = {"epochs": "epochs (asked; null: the default)", "min_steps": "min_steps (asked; null: the default)"}
+    if student:  # students saved before sizes and schedules were recorded have neither
+        lines += [
+            "",
+            "## Student",
+            "",
+            f"- {_fmt(student.get('params'))} parameters"
+            + (f", size `{student['size']}`" if student.get("size") else "")
+            + f"; the smallest teacher has {_fmt(student.get('teacher_params'))}",
+            f"- {_fmt(student.get('note'))}",
+            *(["- **larger than its teacher(s)**, as asked"] if student.get("larger_than_teachers") else []),
+        ]
     lines += [
         "",
         "## Training",
         "",
+        *([f"Schedule: {schedule['note']}.", ""] if schedule.get("note") else []),
         "| hyper-parameter | value |",
         "|---|---|",
-        *[f"| {_cell(k)} | {_cell(v)} |" for k, v in hp.items()],
+        *[f"| {_cell(asked.get(k, k))} | {_cell(v)} |" for k, v in hp.items()],
         "",
         "## Metrics",
         "",
         "| metric | value |",
         "|---|---|",
-        *[f"| {_cell(k)} | {_cell(metrics.get(k))} |"
-          for k in ("train_accuracy", "val_accuracy", "epochs", "steps", "elapsed_s", "device") if k in metrics],
+        *[f"| {_cell(label)} | {_cell(metrics.get(k))} |"
+          for k, label in (("train_accuracy", "train_accuracy"), ("val_accuracy", "val_accuracy"),
+                           ("epochs", "epochs run"), ("steps", "optimiser steps run"), ("elapsed_s", "elapsed_s"),
+                           ("device", "device")) if k in metrics],
+        *([f"| CE-only val_accuracy (same student, split, schedule and seed) | {_cell(control.get('val_accuracy'))} |",
+           f"| gain over CE-only | {_cell(metrics.get('gain_vs_ce'))} |"] if control else []),
         "",
         "Validation accuracy is measured on the held-out part of the uploaded data, not on an independent test "
-        "set; with a few shots per class it is a rough estimate.",
+        "set; with a few shots per class it is a rough estimate. The CE-only control is the same student trained "
+        "on the labels alone: the gain over it is what the teachers added.",
         "",
         "## Input",
         "",

@@ -84,3 +84,24 @@ def footwear_test():
     from hubscout.sources import demo_target
 
     return demo_target("footwear", 10, seed=0, split="test", max_per_class=100)
+
+
+@pytest.fixture
+def poisoned_teacher():
+    """``add(repo)`` stores a teacher whose weights are finite (they pass the repository's checks) but whose logits
+    overflow to ±inf on any image, and returns its id: a distillation from it must fail, never succeed."""
+    import torch
+
+    from hubscout.teachers import InputConfig, build_model
+
+    def add(repo) -> str:
+        torch.manual_seed(0)
+        state = build_model("test_efficientnet", 4, 1).state_dict()
+        state["conv_head.weight"] *= 1e4
+        state["classifier.weight"][0] = 3e38
+        state["classifier.weight"][1] = -3e38
+        repo.add(arch="test_efficientnet", weights=state, labels=list("wxyz"), name="poisoned",
+                 input=InputConfig(32, 1, (0.5,), (0.5,)), teacher_id="poisoned", overwrite=True)
+        return "poisoned"
+
+    return add

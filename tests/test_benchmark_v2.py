@@ -80,7 +80,10 @@ def test_cell_key_depends_on_what_fixes_the_cell_only():
     with pytest.raises(ValueError):
         gtm.cell_key("nonsense", t, "sha-a", b, 0)
     # the distillation budget is the product's full default config, seed included
-    assert gtm.distill_budget(1)["seed"] == 1 and gtm.distill_budget(1)["student_arch"] == "resnet18"
+    from hubscout.distill import DistillConfig
+
+    assert gtm.distill_budget(1) == {**DistillConfig().to_dict(), "seed": 1}
+    assert gtm.distill_budget(1)["student_arch"] == "auto"  # the product's default student, sized by its rule
     assert gtm.distill_budget(0, gtm.QUICK_DISTILL) != gtm.distill_budget(0)
 
 

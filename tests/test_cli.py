@@ -41,6 +41,11 @@ def test_rank_distil_evaluate(quick_repo, tmp_path):
     res = invoke("distill", target, "--repo", quick_repo.root, "--teacher", "fashion-footwear", "--epochs", 3,
                  "--min-steps", 40, "--student", "resnet10t", "--out", out, "--json", "--plot", plots)
     assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    # 24 training images, one step an epoch: 3 epochs asked, 40 run for the 40 steps asked, and it says so.
+    assert summary["epochs"] == 40 == summary["schedule"]["epochs"] and "extended" in summary["schedule"]["note"]
+    assert summary["ce_only"]["val_accuracy"] is not None and summary["ce_only"]["n_val"] == summary["n_val"]
+    assert summary["student"]["arch"] == "resnet10t" and summary["student"]["larger_than_teachers"]
     assert {"model.safetensors", "config.json", "metrics.json"} <= {p.name for p in out.iterdir()}
     with Image.open(plots / "curves.png") as im:
         assert im.format == "PNG" and im.size == (1100, 374)
@@ -49,6 +54,18 @@ def test_rank_distil_evaluate(quick_repo, tmp_path):
     assert res.exit_code == 0, res.output
     acc = json.loads(res.stdout)["accuracy"]
     assert acc > 0.5, f"3-class student at {acc:.2f}, chance is 0.33"
+
+
+def test_students_listed_and_a_student_that_cannot_fit_refused(quick_repo, tmp_path):
+    res = invoke("students", "--classes", 3, "--channels", 1, "--json")
+    assert res.exit_code == 0, res.output
+    sizes = json.loads(res.stdout)
+    assert [z["name"] for z in sizes][:2] == ["nano", "micro"] and sizes[0]["params"] < sizes[-1]["params"] <= 5e6
+    target = tmp_path / "digits.npz"
+    assert invoke("data", "demo-target", "handwritten", "--shots", 5, "--out", target).exit_code == 0
+    res = invoke("distill", target, "--repo", quick_repo.root, "--teacher", "mnist-digits",
+                 "--student", "vit_tiny_patch16_224", "--out", tmp_path / "s")
+    assert res.exit_code == 2 and "cannot take this dataset" in res.output and not (tmp_path / "s").exists()
 
 
 def test_bad_inputs_exit_2_with_a_message(quick_repo, tmp_path):

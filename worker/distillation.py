@@ -9,7 +9,7 @@ from pathlib import Path
 from service import jobs
 from service.tables import DatasetRow, JobRow, StudentRow, json_safe, result_id_for
 from worker.runtime import Context, Reporter, device_for, load_dataset, retry_db
-from worker.stores import DbOutputsCache
+from worker.stores import DbOutputsCache, StorageControlCache
 
 
 def _zip_folder(folder: Path, dest: Path) -> None:
@@ -37,8 +37,10 @@ def run_distillation(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: Data
         report(0.0, "weighting teachers by relatedness")
     mixture, relatedness = weigh_teachers(ds, repo, ids, ce_only=cfg.ce_only, device=device,
                                           cache=DbOutputsCache(ctx.db, ctx.storage, owner=job.owner))
+    # The CE-only control beside every student, filed per owner like the other caches.
     student = distill(ds, repo, ids, cfg, mixture=mixture, relatedness=relatedness, device=device,
-                      on_progress=report.scaled(0.05, 0.95), on_epoch=report.curves)
+                      on_progress=report.scaled(0.05, 0.95), on_epoch=report.curves, ce_control=True,
+                      control_cache=StorageControlCache(ctx.storage, owner=job.owner))
     report(0.96, "saving the student")
     sid = result_id_for(job.id)
     key = f"students/{sid}.zip"
@@ -54,7 +56,7 @@ def run_distillation(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: Data
             shutil.copyfileobj(src, f)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    row = StudentRow(id=sid, job_id=job.id, dataset_id=dataset.id, teacher_ids=ids, student_arch=cfg.student_arch,
+    row = StudentRow(id=sid, job_id=job.id, dataset_id=dataset.id, teacher_ids=ids, student_arch=student.arch,
                      config=json_safe(student.config_dict()), metrics=json_safe(student.metrics), archive_key=key,
                      archive_bytes=size, archive_sha256=digest)
     def record() -> None:

@@ -11,6 +11,7 @@ tell one key that another had uploaded the same data. The embedded default's sin
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import time
@@ -95,6 +96,28 @@ class DbOutputsCache:
                 s.commit()
             except IntegrityError:
                 s.rollback()  # already cached by a concurrent job: same key, same bytes
+
+
+class StorageControlCache:
+    """``hubscout.distill.ControlCache`` in blob storage: the CE-only control's metrics, one small JSON per
+    (owner, control key)."""
+
+    def __init__(self, storage: LocalStorage, owner: str | None = None):
+        self.storage = storage
+        self.owner = owner
+
+    def _key(self, key: str) -> str:
+        return f"ce-controls/{owner_key(key, self.owner)}.json"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        try:
+            value = json.loads(self.storage.get_bytes(self._key(key)))
+        except (OSError, ValueError):
+            return None
+        return value if isinstance(value, dict) else None
+
+    def put(self, key: str, value) -> None:
+        self.storage.put_bytes(self._key(key), json.dumps(json_safe(dict(value))).encode())
 
 
 class DbScoreStore:

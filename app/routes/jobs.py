@@ -83,7 +83,10 @@ def get_student(student_id: str, owner: Owner, svc: ServicesDep) -> StudentOut:
     row = ops.get_student(svc, student_id, owner)
     return StudentOut(id=row.id, job_id=row.job_id, dataset_id=row.dataset_id, teacher_ids=row.teacher_ids,
                       student_arch=row.student_arch, config=row.config, metrics=row.metrics,
-                      archive_bytes=row.archive_bytes, archive_sha256=row.archive_sha256,
+                      val_accuracy=row.metrics.get("val_accuracy"), ce_only=row.metrics.get("ce_only"),
+                      gain_vs_ce=row.metrics.get("gain_vs_ce"), student=row.metrics.get("student"),
+                      schedule=row.metrics.get("schedule"), archive_bytes=row.archive_bytes,
+                      archive_sha256=row.archive_sha256,
                       created_at=row.created_at, download=f"/v1/students/{row.id}/download")
 
 

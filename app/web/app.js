@@ -382,6 +382,33 @@ async function showDistillation(jobId) {
 
 function pct(v) { return v === null || v === undefined ? "n/a" : `${(100 * v).toFixed(1)}%`; }
 
+function listStudentSizes(sizes) {
+  // The sizes by name with their parameter counts, as the API lists them (at 10 classes, RGB).
+  const list = $("#archs");
+  for (const z of sizes) {
+    const o = document.createElement("option");
+    o.value = z.name;
+    o.label = `${z.name}: ${z.params.toLocaleString("en")} parameters (${z.arch})`;
+    list.append(o);
+  }
+}
+
+function studentLines(s) {
+  // What the result says beside the accuracy: the CE-only control, the student's size, the schedule run.
+  const lines = [];
+  const ce = s.ce_only;
+  if (ce && ce.same_student) lines.push("This is the cross-entropy-only student.");
+  else if (ce) lines.push(`CE-only control (same student, split, schedule and seed${ce.cached ? ", cached" : ""}): `
+    + `validation accuracy ${pct(ce.val_accuracy)}; the teachers added `
+    + `${s.gain_vs_ce === null || s.gain_vs_ce === undefined ? "n/a" : `${(100 * s.gain_vs_ce).toFixed(1)} points`}.`);
+  if (s.student) lines.push(`${s.student.size ? `Size ${s.student.size}, ` : ""}`
+    + `${s.student.params.toLocaleString("en")} parameters`
+    + (s.student.teacher_params ? ` (smallest teacher ${s.student.teacher_params.toLocaleString("en")})` : "")
+    + `${s.student.larger_than_teachers ? ": larger than its teacher, as asked" : ""}.`);
+  if (s.schedule) lines.push(`Schedule: ${s.schedule.note}.`);
+  return lines;
+}
+
 function renderStudent(s) {
   const card = $("#student-card");
   card.hidden = false;
@@ -392,6 +419,12 @@ function renderStudent(s) {
   card.append(strong, ` from ${s.teacher_ids.join(", ") || "no teacher (cross-entropy only)"}: `
     + `train accuracy ${pct(m.train_accuracy)}, validation accuracy ${pct(m.val_accuracy)} `
     + `(${m.n_val} held-out images), ${m.epochs} epochs / ${m.steps} steps in ${m.elapsed_s.toFixed(1)} s. `);
+  for (const line of studentLines(s)) {
+    const p = document.createElement("p");
+    p.className = "student-line";
+    p.textContent = line;
+    card.append(p);
+  }
   const btn = document.createElement("button");
   btn.id = "download";
   btn.type = "button";
@@ -431,6 +464,7 @@ async function start() {
     if (!state.info) {
       state.info = await api("/v1/info");
       $("#version").textContent = state.info.version;
+      listStudentSizes(state.info.student_sizes || []);
       showAuth(state.info.auth_required);
       metricBoxes();
     }

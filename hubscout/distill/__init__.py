@@ -14,16 +14,18 @@ distillation term adds information beyond the labels. Augmented views are drawn 
 generator and the teachers' logits for a view are computed once and reused (``teacher_views``), so a large
 teacher costs ``min(epochs, teacher_views)`` passes over the training set, not one per epoch.
 
-Modules: ``_config`` (DistillConfig), ``_student`` (the Student, its folder format, evaluation), ``_losses`` (the
+Modules: ``_config`` (DistillConfig, the schedule), ``_controls`` (the CE-only control's cache), ``_student`` (the Student, its folder format, evaluation), ``_losses`` (the
 distillation terms, registered in :data:`KD_METHODS`), ``_augment`` (the views), ``_training`` (the loop).
 """
 from hubscout.distill._augment import augment_images
-from hubscout.distill._config import DistillConfig, StudentError
+from hubscout.distill._config import DEFAULT_EPOCHS, DEFAULT_MIN_STEPS, DistillConfig, StudentError, plan_schedule
+from hubscout.distill._controls import ControlCache, DirControlCache, control_key
 from hubscout.distill._losses import KD_METHODS, kl_loss, ot_loss
 from hubscout.distill._student import (CONFIG_FILE, FORMAT, FORMAT_VERSION, LABELS_FILE, METRICS_FILE, WEIGHTS_FILE,
                                        Student, evaluate, load_student)
-from hubscout.distill._training import distill
+from hubscout.distill._training import distill, resolve_student
 
 __all__ = ["DistillConfig", "Student", "StudentError", "distill", "evaluate", "load_student", "ot_loss", "kl_loss",
            "augment_images", "KD_METHODS", "WEIGHTS_FILE", "CONFIG_FILE", "METRICS_FILE", "LABELS_FILE", "FORMAT",
-           "FORMAT_VERSION"]
+           "FORMAT_VERSION", "plan_schedule", "resolve_student", "ControlCache", "DirControlCache", "control_key",
+           "DEFAULT_EPOCHS", "DEFAULT_MIN_STEPS"]

@@ -9,11 +9,15 @@ from typing import Any, Mapping
 import numpy as np
 
 from hubscout.distill._losses import KD_METHODS
+from hubscout.options import LAM_RANGE, REG_RANGE, TAU_RANGE
 from hubscout.ot import COSTS, DEFAULT_DISTILL_COST
+from hubscout.students import AUTO, StudentError
 
+__all__ = ["DEFAULT_EPOCHS", "DEFAULT_MIN_STEPS", "DistillConfig", "StudentError", "plan_schedule"]
 
-class StudentError(ValueError):
-    """A student folder that cannot be loaded, or a distillation request that cannot run; the message says why."""
+DEFAULT_EPOCHS = 40
+DEFAULT_MIN_STEPS = 300  # applies only when no epochs are named
+_OPTIONAL_INTS = ("input_size", "epochs", "min_steps", "max_epochs")
 
 
 # ------------------------------------------------------------------------------------------------- config
@@ -25,13 +29,22 @@ class DistillConfig:
     The defaults were chosen on a validation task (10-shot Fashion-MNIST, all 10 classes, few-shot sets and
     validation images both drawn from the *train* split), never on a test split: λ=1, τ=4, ε=0.05 and at least
     300 optimiser steps did best for the OT student; CE-only gained nothing from longer training.
+
+    ``student_arch``: ``"auto"`` (the rule of :mod:`hubscout.students`: never larger than the smallest teacher,
+    at most 5 M parameters), a size name (``nano`` … ``medium``) or any timm architecture with ``student_kwargs``.
+
+    The schedule (:func:`plan_schedule`): ``epochs`` named and ``min_steps`` not: exactly that many epochs.
+    Neither named: 40 epochs, or more on tiny data so that at least 300 optimiser steps run. ``min_steps`` named:
+    at least that many steps (more epochs than ``epochs``). Whatever the combination, at most ``max_epochs``
+    (``None``: no cap; the service sets its own, 200 by default).
     """
 
-    student_arch: str = "resnet18"
+    student_arch: str = AUTO
     student_kwargs: dict[str, Any] = field(default_factory=dict)
     input_size: int | None = None  # None: the dataset's image side, at least 32 and at most 224
-    epochs: int = 40
-    min_steps: int = 300  # more epochs than ``epochs`` when the data is too small for this many optimiser steps
+    epochs: int | None = None  # None: DEFAULT_EPOCHS, extended to DEFAULT_MIN_STEPS steps on tiny data
+    min_steps: int | None = None  # None: DEFAULT_MIN_STEPS when no epochs are named, else 0
+    max_epochs: int | None = None  # the cap on epochs run, whatever epochs and min_steps ask; None: none
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -60,14 +73,17 @@ class DistillConfig:
         need(isinstance(self.student_arch, str) and bool(self.student_arch), "student_arch must be a timm name")
         need(isinstance(self.student_kwargs, dict), "student_kwargs must be a mapping")
         need(self.input_size is None or 8 <= int(self.input_size) <= 1024, "input_size must be in [8, 1024]")
-        need(int(self.epochs) >= 1, "epochs must be >= 1")
-        need(int(self.min_steps) >= 0, "min_steps must be >= 0")
+        need(self.max_epochs is None or int(self.max_epochs) >= 1, "max_epochs must be >= 1")
+        need(self.epochs is None or int(self.epochs) >= 1, "epochs must be >= 1")
+        need(self.epochs is None or self.max_epochs is None or int(self.epochs) <= int(self.max_epochs),
+             f"epochs: at most {self.max_epochs} (max_epochs)")
+        need(self.min_steps is None or int(self.min_steps) >= 0, "min_steps must be >= 0")
         need(int(self.batch_size) >= 2, "batch_size must be >= 2")
         need(math.isfinite(self.lr) and self.lr > 0, "lr must be > 0")
         need(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay must be >= 0")
-        need(math.isfinite(self.lam) and self.lam >= 0, "lam must be >= 0")
-        need(math.isfinite(self.tau) and self.tau > 0, "tau must be > 0")
-        need(math.isfinite(self.reg) and self.reg > 0, "reg must be > 0")
+        for name, (lo, hi) in (("lam", LAM_RANGE), ("tau", TAU_RANGE), ("reg", REG_RANGE)):
+            v = getattr(self, name)
+            need(math.isfinite(v) and lo <= v <= hi, f"{name} must be in [{lo:g}, {hi:g}], got {v!r}")
         need(int(self.sinkhorn_iters) >= 1, "sinkhorn_iters must be >= 1")
         need(self.cost in COSTS, f"cost must be one of {sorted(COSTS)}, got {self.cost!r}")
         need(self.kd in KD_METHODS, f"kd must be one of {', '.join(KD_METHODS)}, got {self.kd!r}")
@@ -95,7 +111,7 @@ class DistillConfig:
                     if not isinstance(v, (bool, np.bool_)):
                         raise TypeError(f"{k} must be true or false")
                     kw[k] = bool(v)
-                elif isinstance(default, int) or k == "input_size":
+                elif isinstance(default, int) or k in _OPTIONAL_INTS:
                     if float(v) != int(v):
                         raise TypeError(f"{k} must be an integer")
                     kw[k] = int(v)
@@ -106,3 +122,21 @@ class DistillConfig:
         except (TypeError, ValueError) as e:
             raise ValueError(f"bad distillation config: {e}") from e
         return cls(**kw)
+
+
+def plan_schedule(cfg: DistillConfig, n_train: int) -> dict[str, Any]:
+    """Epochs and optimiser steps that ``cfg`` runs on ``n_train`` training images, and a sentence saying why
+    (the rule is in :class:`DistillConfig`'s docstring)."""
+    per_epoch = max(1, math.ceil(n_train / cfg.batch_size))
+    asked = int(cfg.epochs) if cfg.epochs is not None else DEFAULT_EPOCHS
+    min_steps = int(cfg.min_steps) if cfg.min_steps is not None else (DEFAULT_MIN_STEPS if cfg.epochs is None else 0)
+    wanted = max(asked, math.ceil(min_steps / per_epoch))
+    epochs = wanted if cfg.max_epochs is None else min(wanted, int(cfg.max_epochs))
+    why = [f"{asked} epochs {'(the default)' if cfg.epochs is None else 'asked'}"]
+    if wanted > asked:
+        why.append(f"extended to {wanted} for at least {min_steps} optimiser steps ({per_epoch} an epoch)")
+    if epochs < wanted:
+        why.append(f"capped at max_epochs={cfg.max_epochs}")
+    return {"epochs": epochs, "steps": epochs * per_epoch, "steps_per_epoch": per_epoch,
+            "epochs_asked": cfg.epochs, "min_steps": min_steps, "max_epochs": cfg.max_epochs,
+            "note": f"{'; '.join(why)}: ran {epochs} epochs, {epochs * per_epoch} steps"}

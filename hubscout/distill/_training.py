@@ -2,9 +2,10 @@
 optimiser, the epochs."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -12,10 +13,12 @@ import torch.nn.functional as F
 
 from hubscout.data import Dataset, iter_batches, to_tensor
 from hubscout.distill._augment import augment_images
-from hubscout.distill._config import DistillConfig, StudentError
+from hubscout.distill._config import DistillConfig, StudentError, plan_schedule
+from hubscout.distill._controls import CONTROL_METRICS, ControlCache, control_key
 from hubscout.distill._losses import KD_METHODS
 from hubscout.distill._student import Student
 from hubscout.extract import default_device, extract
+from hubscout.students import fit_student, student_side
 from hubscout.teachers import InputConfig, Repository, TeacherError, build_model
 
 ProgressFn = Callable[[float, str], None]
@@ -36,8 +39,7 @@ def _split_indices(labels: np.ndarray, n_classes: int, fraction: float, seed: in
 
 def _student_input(images: np.ndarray, size: int | None) -> InputConfig:
     """Input config from the training images: their side (clamped to [32, 224]) and per-channel statistics."""
-    side = max(images.shape[1], images.shape[2])
-    size = int(size) if size is not None else min(max(side, 32), 224)
+    size = student_side(max(images.shape[1], images.shape[2]), size)
     x = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
     mean = tuple(round(float(m), 4) for m in x.mean(axis=0))
     # A constant channel would give std 0; a floor keeps the normalisation finite.
@@ -51,11 +53,23 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
     return list(torch.tensor_split(perm, max(1, math.ceil(n / batch_size))))
 
 
+def resolve_student(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[str],
+                    cfg: DistillConfig) -> tuple[DistillConfig, dict[str, Any]]:
+    """``cfg`` with its student made concrete (``"auto"`` and size names resolved, see :mod:`hubscout.students`)
+    and checked to take the dataset's input, and the choice as a dict; raises :class:`StudentError` early."""
+    ids = [] if cfg.ce_only else list(teacher_ids)
+    t_params = [repo.get(t).num_params for t in ids] if ids and repo is not None else []
+    choice = fit_student(cfg.student_arch, cfg.student_kwargs, dataset.num_classes, dataset.images.shape[1:],
+                         cfg.input_size, t_params)
+    return dataclasses.replace(cfg, student_arch=choice.arch, student_kwargs=dict(choice.kwargs)), choice.to_dict()
+
+
 def distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[str],
             config: DistillConfig | None = None, *, mixture: Sequence[float] | None = None,
             relatedness: Mapping[str, float] | None = None, device: str | torch.device | None = None,
             show_progress: bool = False, on_progress: ProgressFn | None = None,
-            on_epoch: Callable[[dict[str, list]], None] | None = None) -> Student:
+            on_epoch: Callable[[dict[str, list]], None] | None = None, ce_control: bool = False,
+            control_cache: ControlCache | None = None) -> Student:
     """Train a student on ``dataset`` with CE plus the OT distillation term from ``teacher_ids``.
 
     Lu, Ye & Zhan, "Selective Cross-Task Distillation" (arXiv 2204.11526): each teacher's softened prediction is
@@ -67,16 +81,48 @@ def distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[str
     comparison, and needs no teacher. ``on_epoch`` gets the training curves so far (a copy of
     ``metrics["curves"]``) after every epoch.
 
+    ``ce_control``: also train the cross-entropy-only student with the same student, schedule, split and seed
+    (or read it from ``control_cache``, keyed by :func:`control_key`), reported as ``metrics["ce_only"]`` beside
+    the student's validation accuracy; a CE-only student fills the cache for later distillations on its data.
+    A non-finite loss or non-finite weights raise :class:`StudentError`: no broken student is returned.
+
     Deterministic on CPU for a given ``config.seed``.
     """
-    cfg = config or DistillConfig()
+    cfg, choice = resolve_student(dataset, repo, teacher_ids, config or DistillConfig())
+    key = control_key(dataset.sha256, cfg)
+    control = None
+    if ce_control and not cfg.ce_only and control_cache is not None:
+        control = control_cache.get(key)
+    train_control = ce_control and not cfg.ce_only and control is None
+    split = 0.6 if train_control else 1.0
+
+    def scaled(lo: float, hi: float) -> ProgressFn | None:
+        return None if on_progress is None else (lambda f, m: on_progress(lo + (hi - lo) * f, m))
+
     # Small weights and gradients turn denormal in training, which slows CPU kernels several-fold; flushing them
     # to zero changes nothing that matters. Back to torch's default (off) afterwards.
     torch.set_flush_denormal(True)
     try:
-        student = _distill(dataset, repo, teacher_ids, cfg, mixture, device, show_progress, on_progress, on_epoch)
+        student = _distill(dataset, repo, teacher_ids, cfg, mixture, device, show_progress, scaled(0, split),
+                           on_epoch)
+        if train_control:
+            ce = _distill(dataset, None, [], dataclasses.replace(cfg, ce_only=True), None, device, False,
+                          scaled(split, 1.0), None)
+            control = {k: ce.metrics[k] for k in CONTROL_METRICS}
     finally:
         torch.set_flush_denormal(False)
+    if cfg.ce_only:
+        control = {k: student.metrics[k] for k in CONTROL_METRICS}
+        if control_cache is not None:
+            control_cache.put(key, control)
+        student.metrics["ce_only"] = {**control, "cached": False, "same_student": True}
+    elif control is not None:
+        if train_control and control_cache is not None:
+            control_cache.put(key, control)
+        student.metrics["ce_only"] = {**control, "cached": not train_control, "same_student": False}
+    ce_val, val = (student.metrics.get("ce_only") or {}).get("val_accuracy"), student.metrics.get("val_accuracy")
+    student.metrics["gain_vs_ce"] = None if ce_val is None or val is None else val - ce_val
+    student.metrics["student"] = choice
     for t in student.teachers:
         t["ot_relatedness"] = float(relatedness[t["id"]]) if relatedness and t["id"] in relatedness else None
     return student
@@ -182,10 +228,9 @@ def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[st
         return images, view_cache[v]
 
     # 4. The optimiser, over optimiser steps rather than passes: ten shots of three classes make one batch an
-    # epoch, so small data gets more epochs to train enough.
-    steps_per_epoch = max(1, math.ceil(N / cfg.batch_size))
-    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
-    total = epochs * steps_per_epoch
+    # epoch, so by default small data gets more epochs to train enough (plan_schedule).
+    schedule = plan_schedule(cfg, N)
+    epochs, total, steps_per_epoch = schedule["epochs"], schedule["steps"], schedule["steps_per_epoch"]
     opt, sched = _optimiser(model, cfg, total, steps_per_epoch)
 
     # 5. Training: CE on the labels plus λτ² × the teachers' mixed distillation term.
@@ -213,12 +258,16 @@ def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[st
             for wt, tl, term in zip(w, t_logits, t_terms):
                 kd_term = kd_term + float(wt) * term.loss(tl[idx_d], logits)
             loss = ce + kd_scale * kd_term if ids else ce
+            if not math.isfinite(loss_v := loss.item()):
+                raise StudentError(
+                    f"training stopped: the loss became {loss_v} at epoch {epoch + 1} (cross-entropy {ce.item()}, "
+                    f"distillation term {kd_term.item()}); a teacher with non-finite outputs, or lam/lr too large")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             b = len(idx)
-            s_loss += loss.item() * b
+            s_loss += loss_v * b
             s_ce += ce.item() * b
             s_kd += kd_term.item() * b
             n_correct += int((logits.argmax(1) == y).sum())
@@ -241,6 +290,9 @@ def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[st
     if bar is not None:
         bar.close()
     del view_cache, t_models
+    bad = [n for n, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+    if bad:
+        raise StudentError(f"training stopped: the student's weights are not finite ({', '.join(bad[:3])})")
 
     # 6. The student and what it was made from.
     model.eval()
@@ -251,6 +303,7 @@ def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[st
         "n_val": int(len(val_y)),
         "epochs": epochs,
         "steps": total,
+        "schedule": schedule,
         "curves": curves,
         "elapsed_s": round(time.perf_counter() - t_start, 3),
         "device": str(dev),

@@ -511,6 +511,43 @@ def test_distillation_request_validation(client, dataset_id, settings):
         assert needle in assert_problem(client.post("/v1/distillations", json=body), 422)["detail"]
 
 
+def test_distillation_student_and_schedule_at_submission(client, dataset_id, settings):
+    jobs_before = count(client, JobRow)
+    # A fixed-size model on 16-px images: refused now with the reason, not failed in the worker.
+    r = client.post("/v1/distillations", json={"dataset_id": dataset_id, "teacher_ids": ["tiny-0"],
+                                               "student_arch": "vit_tiny_patch16_224"})
+    detail = assert_problem(r, 422)["detail"]
+    assert "cannot take this dataset's 1×32×32 input" in detail and "224" in detail
+    for body, needle in [({"lam": 1000}, "lam"), ({"tau": 0.01}, "tau"), ({"reg": 0}, "reg"), ({"reg": 50}, "reg"),
+                         ({"student_arch": "tiny", "epochs": 0}, "epochs")]:
+        r = client.post("/v1/distillations", json={"dataset_id": dataset_id, "teacher_ids": ["tiny-0"], **body})
+        assert needle in assert_problem(r, 422)["detail"]
+    assert count(client, JobRow) == jobs_before, "a refused request left a job behind"
+
+    teacher = client.get("/v1/teachers/tiny-0").json()
+    job = client.post("/v1/distillations", json={"dataset_id": dataset_id, "teacher_ids": ["tiny-0"]}).json()
+    chosen = job["params"]["student"]
+    assert job["params"]["config"]["student_arch"] == "auto"
+    assert chosen["params"] <= teacher["num_params"] and chosen["params"] <= 5_000_000
+    assert not chosen["larger_than_teachers"] and chosen["size"] in {z["name"] for z in client.get("/v1/info").json()["student_sizes"]}
+    bigger = client.post("/v1/distillations", json={"dataset_id": dataset_id, "teacher_ids": ["tiny-0"],
+                                                    "student_arch": "medium"}).json()
+    assert bigger["params"]["student"]["larger_than_teachers"]  # offered, and said
+    # Whatever epochs and min_steps ask, the server's epoch cap goes with the job.
+    odd = client.post("/v1/distillations", json={"dataset_id": dataset_id, "teacher_ids": ["tiny-0"], "epochs": 1,
+                                                 "min_steps": 100_000}).json()
+    assert odd["params"]["config"]["max_epochs"] == settings.max_epochs
+    for j in (job, bigger, odd):
+        assert client.delete(f"/v1/jobs/{j['id']}").status_code == 200
+
+
+def test_info_lists_students_by_size(client):
+    info = client.get("/v1/info").json()
+    params = [z["params"] for z in info["student_sizes"]]
+    assert len(params) >= 4 and params == sorted(params) and params[-1] <= 5_000_000
+    assert "auto" in info["default_student"]
+
+
 def test_callback_needs_a_webhook_secret_on_the_server(client, dataset_id, settings):
     assert settings.webhook_secret is None
     for path, extra in (("/v1/rankings", {}), ("/v1/distillations", {"teacher_ids": ["tiny-0"]})):

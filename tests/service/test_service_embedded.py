@@ -75,6 +75,17 @@ def test_upload_rank_distil_download(client, dataset, footwear_test, tmp_path):
     zipfile.ZipFile(io.BytesIO(z.content)).extractall(tmp_path / "student")
     accuracy = evaluate(load_student(tmp_path / "student"), footwear_test)["accuracy"]
     assert accuracy > 1.5 * CHANCE, f"student accuracy {accuracy:.3f}"
+    # The CE-only control beside it, on the same split; the epochs asked are the epochs run.
+    assert student["ce_only"]["val_accuracy"] is not None and not student["ce_only"]["cached"]
+    assert student["gain_vs_ce"] == pytest.approx(student["val_accuracy"] - student["ce_only"]["val_accuracy"])
+    assert student["schedule"]["epochs"] == 30 == len(student["metrics"]["curves"]["epoch"])
+    assert student["student"]["arch"] == "resnet10t" == student["student_arch"]
+    # Another distillation option on the same data, student, schedule and seed: the control is read, not trained.
+    r = client.post("/v1/distillations", json={"dataset_id": dataset["id"], "teacher_ids": [best], "lam": 2.0,
+                                               "student_arch": "resnet10t", "epochs": 30, "min_steps": 0})
+    job = wait_job(client, r.json()["id"], timeout=600, interval=0.5)
+    again = client.get(job["links"]["result"]).json()
+    assert again["ce_only"]["cached"] and again["ce_only"]["val_accuracy"] == student["ce_only"]["val_accuracy"]
 
 
 def _local_worker_pid(serve_pid: int) -> int:

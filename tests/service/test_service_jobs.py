@@ -170,6 +170,36 @@ def test_distillation_curves_go_out_with_progress_and_with_the_result(db, settin
     assert job(db, j).curves["epoch"] == [1, 1] and job(db, j).status == "succeeded"
 
 
+def test_a_distillation_whose_loss_turns_non_finite_fails_and_stores_no_student(db, settings, poisoned_teacher):
+    from svc_helpers import npz_bytes, toy_dataset
+
+    from hubscout.distill import DistillConfig
+    from service.storage import LocalStorage
+    from service.tables import StudentRow
+    from worker.execution import execute
+    from worker.runtime import Context
+
+    storage = LocalStorage(settings.storage_root)
+    ds = toy_dataset(n=12)
+    storage.put_bytes("datasets/toy.npz", npz_bytes(ds))
+    tid = poisoned_teacher(Repository(settings.repository_dir))
+    job_id = new_id()
+    cfg = DistillConfig(student_arch="test_resnet", epochs=2, batch_size=16, teacher_views=1)
+    with db.session() as s:
+        s.add(DatasetRow(id="toy", sha256=ds.sha256, name="toy", n_samples=len(ds), num_classes=3,
+                         classes=list(ds.classes), class_counts={}, image_shape=[16, 16, 1],
+                         storage_key="datasets/toy.npz", size_bytes=1, upload_bytes=1))
+        s.add(JobRow(id=job_id, kind="distillation", params={"teacher_ids": [tid], "config": cfg.to_dict()},
+                     dataset_id="toy", status=JobStatus.QUEUED, progress=0.0, message="queued", attempts=0))
+        s.commit()
+    assert execute(Context(settings, db, storage, None), job_id, "w1") == "failed"  # type: ignore[arg-type]
+    failed = job(db, job_id)
+    assert failed.status == "failed" and "the loss became nan" in failed.error
+    with db.session() as s:
+        assert s.get(StudentRow, result_id_for(job_id)) is None
+    assert not storage.exists(f"students/{result_id_for(job_id)}.zip")
+
+
 def test_stored_scores_carry_the_plan_and_older_ones_are_scored_again(db):
     from types import SimpleNamespace
 

@@ -91,16 +91,18 @@ def test_upload_rank_plan_distil_download(page, embedded_service, footwear_targe
     page.click("#plan-more")
     assert len(page.query_selector_all("#plan-svg rect.cell")) == 60 * 3
 
-    page.fill("#student-arch", "test_resnet")
-    page.fill("#epochs", "3")
-    page.fill("#min-steps", "0")
+    assert page.query_selector("#archs option[value=nano]") is not None  # sizes from /v1/info
+    page.fill("#student-arch", "nano")
+    page.fill("#epochs", "3")  # epochs mean epochs: no min steps to clear
     assert "fashion-footwear" in page.inner_text("#distil-teachers")  # the best teacher, ticked by default
     page.click("#distil")
     page.wait_for_selector("#distil-progress[data-status=succeeded]", timeout=180_000)
     page.wait_for_selector("#curves[data-epochs='3']")
     assert len(page.query_selector_all("#loss-svg polyline.series")) == 3  # total, CE, OT
     assert len(page.query_selector_all("#acc-svg polyline.series")) == 2  # train, validation
-    assert "validation accuracy" in page.inner_text("#student-card")
+    card = page.inner_text("#student-card")
+    assert "validation accuracy" in card and "CE-only control" in card and "the teachers added" in card
+    assert "Size nano" in card and "ran 3 epochs" in card
 
     shot = tmp_path / "page.png"
     page.screenshot(path=str(shot), full_page=True)
