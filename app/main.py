@@ -26,9 +26,17 @@ def configure_logging(settings: Settings) -> None:
 
 
 def prepare(settings: Settings) -> None:
-    """Everything before the first request: folders, schema, teacher repository and its table mirror."""
-    from app import repository
+    """Everything before the first request: folders, schema, teacher repository and its table mirror. A missing
+    demo repository is built in the background (``app.zoo_build``): the API answers meanwhile."""
+    from app import repository, zoo_build
     from hubscout.teachers import Repository
+
+    def mirror(root) -> None:
+        db = Database(settings)
+        try:
+            repository.sync(db, Repository(root))
+        finally:
+            db.dispose()
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.storage_root.mkdir(parents=True, exist_ok=True)
@@ -37,8 +45,9 @@ def prepare(settings: Settings) -> None:
     try:
         if settings.auto_migrate:
             migrate(settings, db.engine)
-        root = repository.ensure_repository(settings)
-        repository.sync(db, Repository(root))
+        root = repository.ensure_repository(settings, background=True, after=mirror)
+        if not zoo_build.is_building(settings):
+            repository.sync(db, Repository(root))
     finally:
         db.dispose()
 

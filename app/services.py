@@ -63,7 +63,15 @@ def info(svc: Services) -> dict[str, Any]:
     s = svc.settings
     return {"version": _version(), "auth_required": auth_required(s),
             "mode": "embedded" if s.embedded else "distributed", "metrics": list(METRIC_CHOICES),
-            "max_upload_bytes": s.max_upload_bytes, "max_epochs": s.max_epochs}
+            "max_upload_bytes": s.max_upload_bytes, "max_epochs": s.max_epochs,
+            "repository": repository_state(s)}
+
+
+def repository_state(settings) -> dict[str, Any]:
+    from app import zoo_build
+
+    p = zoo_build.progress(settings)
+    return p.to_dict() if p is not None else {"state": "ready"}
 
 
 def _version() -> str:

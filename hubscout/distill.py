@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from hubscout.data import Dataset, iter_batches, to_tensor
-from hubscout.extract import default_device, extract, features_and_logits
+from hubscout.device import autocast, prepare_model, resolve_device, to_device
+from hubscout.extract import extract, features_and_logits
 from hubscout.ot import DEFAULT_DISTILL_COST
 from hubscout.teachers import InputConfig, Repository, TeacherError, build_model, file_sha256, read_weights
 
@@ -459,7 +460,7 @@ def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[st
     from hubscout.ot import cost_matrix
 
     t_start = time.perf_counter()
-    dev = torch.device(device) if device is not None else default_device()
+    dev = resolve_device(device)
     C = dataset.num_classes
     ids = [] if cfg.ce_only else list(teacher_ids)
     if not cfg.ce_only and not ids:
@@ -516,7 +517,7 @@ def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[st
             model = build_model(cfg.student_arch, C, in_cfg.channels, cfg.student_kwargs)
         except TeacherError as e:
             raise StudentError(f"bad student: {e}") from e
-    model = model.to(dev)
+    model = prepare_model(model, dev)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
 
     n_views = cfg.teacher_views if cfg.augment else 1
@@ -534,11 +535,12 @@ def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[st
             logits = []
             with torch.inference_mode():
                 for i, (t, tm) in enumerate(zip(teachers, t_models)):
-                    if cfg.kd == "ot":
-                        z = [tm(x.to(dev)).float() for x in iter_batches(images, t.input, 64)]
-                    else:  # logits over the target classes: cosine to each class centre
-                        z = [F.normalize(features_and_logits(tm, x.to(dev))[0].float(), dim=1) @ t_centres[i].T
-                             / cfg.proto_temperature for x in iter_batches(images, t.input, 64)]
+                    with autocast(dev):  # bf16 on CUDA, nothing on the CPU
+                        if cfg.kd == "ot":
+                            z = [tm(to_device(x, dev)).float() for x in iter_batches(images, t.input, 64)]
+                        else:  # logits over the target classes: cosine to each class centre
+                            z = [F.normalize(features_and_logits(tm, to_device(x, dev))[0].float(), dim=1)
+                                 @ t_centres[i].T / cfg.proto_temperature for x in iter_batches(images, t.input, 64)]
                     logits.append(torch.cat(z).to(dev))
             view_cache[v] = logits
         return images, view_cache[v]
@@ -575,7 +577,9 @@ def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[st
         n_correct = 0
         for idx in _batches(N, cfg.batch_size, shuffle_gen):
             idx_d = idx.to(dev)
-            logits = model(to_tensor(images[idx.numpy()], in_cfg).to(dev))
+            with autocast(dev):
+                logits = model(to_device(to_tensor(images[idx.numpy()], in_cfg), dev))
+            logits = logits.float()  # the losses (Sinkhorn above all) in full precision
             y = y_all[idx_d]
             ce = F.cross_entropy(logits, y)
             otv = torch.zeros((), device=dev)

@@ -240,3 +240,21 @@ def test_build_is_deterministic(tmp_path, monkeypatch):
     b = build_demo_zoo(tmp_path / "b", quick=True).get(spec.id)
     assert a.weights_sha256 == b.weights_sha256
     assert isinstance(Repository(tmp_path / "a"), Repository) and len(Repository(tmp_path / "a")) == 1
+
+
+def test_parallel_build_gives_the_weights_of_a_one_thread_build(tmp_path, monkeypatch):
+    """Two worker processes (one torch thread each) train the very teachers a one-process, one-thread build
+    does, and report each teacher as it is stored."""
+    from hubscout import zoo
+
+    tiny = [zoo.TeacherSpec(s.id, s.task, s.parts, s.arch, per_class=12, epochs=1) for s in zoo.QUICK_SPECS[2:4]]
+    monkeypatch.setattr(zoo, "QUICK_SPECS", tiny)
+    monkeypatch.setattr(zoo, "add_imagenet_teacher", lambda repo, variant: None)
+    seen = []
+    par = build_demo_zoo(tmp_path / "par", quick=True, workers=2, on_teacher=lambda *a: seen.append(a))
+    one = build_demo_zoo(tmp_path / "one", quick=True, workers=1, num_threads=1)
+    assert sorted(par.ids()) == sorted(s.id for s in tiny) == sorted(one.ids())
+    for s in tiny:
+        assert par.get(s.id).weights_sha256 == one.get(s.id).weights_sha256
+    assert [a[1:3] for a in seen] == [(1, 3), (2, 3), (3, 3)]
+    assert {a[0] for a in seen} == {"imagenet-efficientnet-lite0", *(s.id for s in tiny)} and all(a[3] >= 0 for a in seen)

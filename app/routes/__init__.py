@@ -30,3 +30,10 @@ def require_json(request: Request) -> None:
     if ctype != "application/json" and not (ctype.startswith("application/") and ctype.endswith("+json")):
         raise Problem(415, f"expected an application/json body, got {ctype or 'no content type'}",
                       type_="unsupported-media-type", title="Unsupported media type")
+
+
+def teachers_ready(request: Request) -> None:
+    """503 with Retry-After while the demo teacher repository is still being built (first start)."""
+    from app.zoo_build import require_teachers
+
+    require_teachers(request.app.state.settings)

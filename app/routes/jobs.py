@@ -8,7 +8,7 @@ from fastapi.responses import FileResponse
 from app import services as ops
 from app.auth import Owner, authenticate
 from app.models import JobKind, JobRow, JobStatus
-from app.routes import MAX_INT, problems, require_json, services
+from app.routes import MAX_INT, problems, require_json, services, teachers_ready
 from app.schemas import (CallbackOut, DistillationCreate, JobLinks, JobOut, Page, RankingCreate, RankingOut,
                          StudentOut)
 from app.services import Services
@@ -36,7 +36,7 @@ def _accepted(row: JobRow, response: Response) -> JobOut:
 
 
 @router.post("/v1/rankings", status_code=202, response_model=JobOut, responses=problems(409, 415, 422, 429),
-             dependencies=[Depends(require_json)],
+             dependencies=[Depends(require_json), Depends(teachers_ready)],
              summary="Rank teachers for a dataset (asynchronous: poll the job)")
 def create_ranking(body: RankingCreate, response: Response, owner: Owner,
                    svc: Services = Depends(services)) -> JobOut:
@@ -44,7 +44,7 @@ def create_ranking(body: RankingCreate, response: Response, owner: Owner,
 
 
 @router.post("/v1/distillations", status_code=202, response_model=JobOut, responses=problems(415, 422, 429),
-             dependencies=[Depends(require_json)],
+             dependencies=[Depends(require_json), Depends(teachers_ready)],
              summary="Distil a student from teachers (asynchronous: poll the job)")
 def create_distillation(body: DistillationCreate, response: Response, owner: Owner,
                         svc: Services = Depends(services)) -> JobOut:
