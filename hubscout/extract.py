@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from hubscout.data import Dataset, iter_batches
-from hubscout.device import autocast, prepare_model, resolve_device, to_device
+from hubscout.device import autocast, batch_size_for, prepare_model, resolve_device, to_device
 from hubscout.teachers import Teacher
 
 ProgressFn = Callable[[float, str], None]
@@ -102,6 +102,7 @@ def extract_group(teachers: list[Teacher], dataset: Dataset, *, batch_size: int 
     if any(t.input != cfg for t in teachers):
         raise ValueError("extract_group: the teachers' input configs differ")
     dev = resolve_device(device)
+    batch_size = batch_size_for(dev, (cfg.channels, cfg.size, cfg.size), batch_size)  # the given size on the CPU
     models = [prepare_model(m if m is not None else t.load_model(dev), dev)
               for t, m in zip(teachers, models or [None] * len(teachers))]
     heads = [classifier_of(m) for m in models]

@@ -76,3 +76,30 @@ def test_serve_answers_while_the_demo_repository_builds(tmp_path, footwear_targe
         print(f"first ranking answered {time.monotonic() - t0:.1f} s after start")
     finally:
         proc.stop()
+
+
+def test_a_failed_build_is_reported_and_the_api_stays_up(tmp_path, monkeypatch):
+    import hubscout.zoo
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    def broken(out, quick=False, on_teacher=None, **kw):
+        on_teacher("first", 1, 3, 0.1)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(hubscout.zoo, "build_demo_zoo", broken)
+    s = Settings(data_dir=tmp_path / "var", repository_dir=tmp_path / "zoo", demo_zoo_quick=True)
+    with TestClient(create_app(s), raise_server_exceptions=False) as c:
+        deadline = time.monotonic() + 30
+        while c.get("/v1/info").json()["repository"]["state"] == "building" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        repo = c.get("/v1/info").json()["repository"]
+        assert repo["state"] == "failed" and "disk full" in repo["error"] and repo["built"] == 1
+        h = c.get("/healthz")
+        assert h.status_code == 503 and "repository" in h.json()["failed"]
+        r = c.post("/v1/rankings", json={"dataset_id": "ds_x"})
+        assert r.status_code == 503 and r.json()["type"].endswith("repository-build-failed")
+        assert "disk full" in r.json()["detail"]
+    assert not (tmp_path / "zoo").exists() and not list(tmp_path.glob(".zoo.building-*"))
