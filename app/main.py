@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -14,6 +15,7 @@ from app.settings import Settings, get_settings
 log = logging.getLogger("hubscout")
 
 _prepared: set[str] = set()  # data dirs `serve` already prepared in this process
+_serving = threading.Event()  # set once the app has started: a first-start build waits for it (app.zoo_build)
 
 
 def configure_logging(settings: Settings) -> None:
@@ -45,7 +47,7 @@ def prepare(settings: Settings) -> None:
     try:
         if settings.auto_migrate:
             migrate(settings, db.engine)
-        root = repository.ensure_repository(settings, background=True, after=mirror)
+        root = repository.ensure_repository(settings, background=True, after=mirror, wait_for=_serving)
         if not zoo_build.is_building(settings):
             repository.sync(db, Repository(root))
     finally:
@@ -94,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                  svc.db.engine.url.render_as_string(hide_password=True), settings.storage_root,
                  settings.repository_dir,
                  f"{len(settings.api_keys)} API key(s)" if settings.auth_enabled else "no API keys (loopback only)")
+        _serving.set()
         try:
             yield
         finally:

@@ -86,7 +86,7 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def ensure_repository(settings: Settings, background: bool = False, after=None) -> Path:
+def ensure_repository(settings: Settings, background: bool = False, after=None, wait_for=None) -> Path:
     """Build the demo zoo when the repository folder is missing (and the setting allows it): in a background
     thread with ``background`` (``app.zoo_build``; ``after(root)`` runs when it is in place), else before
     returning.
@@ -102,5 +102,5 @@ def ensure_repository(settings: Settings, background: bool = False, after=None) 
         log.warning("teacher repository %s does not exist; starting with no teachers "
                     "(HUBSCOUT_BUILD_DEMO_ZOO is off)", root)
         return root
-    zoo_build.start(settings, join=not background, after=after)
+    zoo_build.start(settings, join=not background, after=after, wait_for=wait_for)
     return root

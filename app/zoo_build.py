@@ -62,17 +62,20 @@ def is_building(settings: Settings) -> bool:
     return p is not None and p.state == "building"
 
 
-def start(settings: Settings, build_fn=None, join: bool = False, after=None) -> BuildProgress:
+def start(settings: Settings, build_fn=None, join: bool = False, after=None,
+          wait_for: threading.Event | None = None) -> BuildProgress:
     """Build the missing repository in a background thread and return its progress (the one under way if
     there is one). ``build_fn(tmp_dir, on_teacher)`` builds the teachers (default: the settings' demo zoo);
-    ``after(root)`` runs once the repository is in place (the API mirrors it into its table), still "building"."""
+    ``after(root)`` runs once the repository is in place (the API mirrors it into its table), still "building".
+    ``wait_for``: the build starts when it is set (at most 30 s later): importing torch in this thread competes
+    with the server's own start-up for the interpreter, so it waits until the server answers."""
     root = str(settings.repository_dir.resolve())
     with _lock:
         p = _builds.get(root)
         if p is not None and p.state == "building":
             return p
         p = _builds[root] = BuildProgress(started=time.monotonic())
-    thread = threading.Thread(target=_run, args=(settings, p, build_fn or _demo_zoo(settings), after),
+    thread = threading.Thread(target=_run, args=(settings, p, build_fn or _demo_zoo(settings), after, wait_for),
                               name="demo-zoo-build", daemon=True)
     thread.start()
     if join:
@@ -89,7 +92,9 @@ def _demo_zoo(settings: Settings):
     return build
 
 
-def _run(settings: Settings, p: BuildProgress, build_fn, after) -> None:
+def _run(settings: Settings, p: BuildProgress, build_fn, after, wait_for) -> None:
+    if wait_for is not None:
+        wait_for.wait(30)
     from app import repository
 
     root = settings.repository_dir.resolve()

@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
         log.close()
         built = [ln for ln in (tmp / "serve.log").read_text(errors="replace").splitlines() if "built teacher" in ln]
         out["log_built_lines"] = built
+        shutil.copy(tmp / "serve.log", Path(tempfile.gettempdir()) / "hubscout-first-start-last.log")  # post-mortem
         shutil.rmtree(tmp, ignore_errors=True)
     print(out, flush=True)
     save_cell("first_start_quick" if args.quick else "first_start", out)

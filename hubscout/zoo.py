@@ -11,7 +11,9 @@
 
 Each teacher's ``teacher.json`` metadata records its task, source, classes, training samples, accuracy on the
 held-out test split of its classes, licence and seed. The build is seeded: the same machine with the same
-number of torch threads gives the same weights (a different thread count changes float rounding).
+number of torch threads gives the same weights (a different thread count changes float rounding). The small
+teachers train side by side in up to two child processes (``python -m hubscout.zoo train``), one torch thread
+each, so a two-process build gives the weights of a one-process, one-thread build.
 """
 from __future__ import annotations
 
@@ -412,7 +414,7 @@ def _train_in_processes(out_dir: Path, trained, workers: int, variants, repo: Re
     # Plain child processes running this module, not multiprocessing: nothing of the caller's __main__ is
     # re-imported (a script without a main guard, a server) and nothing of its threads is forked.
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
-    procs = [subprocess.Popen([sys.executable, "-m", "hubscout.zoo", str(out_dir)], stdin=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-m", "hubscout.zoo", "train", str(out_dir)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, env=env, preexec_fn=_die_with_parent)
              for _ in loads]
     lock = threading.Lock()
@@ -476,5 +478,5 @@ def _worker_main(out_dir: str) -> None:
         print(f"built {spec.id} {time.perf_counter() - t0:.3f}", flush=True)
 
 
-if __name__ == "__main__":
-    _worker_main(sys.argv[1])
+if __name__ == "__main__" and sys.argv[1:2] == ["train"]:
+    _worker_main(sys.argv[2])
