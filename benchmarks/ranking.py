@@ -121,7 +121,7 @@ def cached_student(gt: dict, task: str, shots: int, seed: int, train, test, repo
     if key not in gt:
         label = label or "+".join(ids) or "__ce_only__"
         t0 = time.perf_counter()
-        student = distill(train, repo, ids, cfg, weights=weights if len(ids) > 1 else None, device="cpu")
+        student = distill(train, repo, ids, cfg, mixture=weights if len(ids) > 1 else None, device="cpu")
         t1 = time.perf_counter()
         acc = evaluate(student, test)["accuracy"]
         gt[key] = {"task": task, "shots": shots, "seed": seed, "teacher": label, "accuracy": acc,

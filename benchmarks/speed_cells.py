@@ -57,7 +57,8 @@ def imagenet_repo(variants: list[str]):
     import importlib.util
 
     from hubscout.teachers import Repository
-    from hubscout.zoo import EFFICIENTNET_LITE, add_imagenet_teacher
+    from hubscout.pretrained import EFFICIENTNET_LITE
+    from hubscout.zoo import add_imagenet_teacher
 
     repo = Repository(CACHE / "imagenet")
     have = []

@@ -8,16 +8,48 @@ Values follow the reference implementations in thuml/LogME and thuml/Transfer-Le
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import scipy.linalg
 
-from hubscout.ot import (DEFAULT_COST, _as_labels, _as_matrix, _as_probs, _class_counts, _class_sums, cost_matrix,
-                         ot_relatedness)
+from hubscout.ot import (BRIDGE_COST, DEFAULT_COST, OTResult, cost_matrix, nearest_classes, ot_relatedness,
+                         plan_summary, top_correspondences)
+from hubscout.ot._validation import _as_labels, _as_matrix, _as_probs, _class_counts, _class_sums
+from hubscout.registry import Entry, Registry
 
-__all__ = ["leep", "nce", "hscore", "logme", "Metric", "METRICS"]
+__all__ = ["ot_score", "leep", "nce", "hscore", "logme", "Metric", "METRICS", "resolve_metrics"]
+
+#: The teacher-ranking scores, in the order "all" lists them (the first, OT, orders by default). A score is
+#: ``@METRICS.register(name, direction="higher"|"lower", needs="probs"|"features"|"both")`` on a function of the
+#: teacher's outputs on the target (``probs``, ``features``, ``classifier_weight``), ``labels`` and ``n_classes``.
+METRICS = Registry("metric")
+#: A registered score: name, direction ("higher" or "lower" is better), needs (which teacher outputs it reads),
+#: fn (called as ``fn(*, probs, features, classifier_weight, labels, n_classes, **kw)``, ignoring what it does not
+#: use).
+Metric = Entry
+
+
+def _ot_readout(result: OTResult, *, teacher_labels: Sequence[str], target_labels: Sequence[str], classifier_weight,
+                features, labels, n_classes: int, cost: str, k: int = 3, **_) -> dict[str, Any]:
+    """What a ranking shows beside the OT score: the plan, its top correspondences and summary, and the nearest
+    classes under the bridge cost (hubscout.ot.BRIDGE_COST), whatever cost scored."""
+    bridge = result.cost_matrix if cost == BRIDGE_COST else cost_matrix(
+        BRIDGE_COST, classifier_weight=classifier_weight, features=features, labels=labels, n_classes=n_classes)
+    return {"plan": result.plan,
+            "correspondences": top_correspondences(result.plan, teacher_labels, target_labels, k=k),
+            "matches": nearest_classes(bridge, teacher_labels, target_labels, k=k),
+            "plan_summary": plan_summary(result.plan, teacher_labels, target_labels)}
+
+
+@METRICS.register("ot", direction="lower", needs="both", value=lambda r: float(r.score), readout=_ot_readout)
+def ot_score(probs, labels, n_classes: int, classifier_weight=None, features=None, cost: str = DEFAULT_COST,
+             **options) -> OTResult:
+    """OT relatedness (ours, :func:`hubscout.ot.ot_relatedness`) under the ground cost ``cost``; ``temperature``
+    and ``alpha`` among ``options`` go to the cost."""
+    M = cost_matrix(cost, classifier_weight=classifier_weight, features=features, probs=probs, labels=labels,
+                    n_classes=n_classes, **{k: v for k, v in options.items() if k in ("temperature", "alpha")})
+    return ot_relatedness(probs, labels, n_classes, M)
 
 
 def _probs_and_labels(probs, labels, n_classes):
@@ -33,6 +65,7 @@ def _features_and_labels(features, labels, n_classes):
     return f, y
 
 
+@METRICS.register("leep", direction="higher", needs="probs")
 def leep(probs, labels, n_classes: int) -> float:
     r"""LEEP, Nguyen et al., "LEEP: A New Measure to Evaluate Transferability of Learned Representations",
     ICML 2020.
@@ -57,6 +90,7 @@ def leep(probs, labels, n_classes: int) -> float:
     return float(np.mean(np.log(eep)))
 
 
+@METRICS.register("nce", direction="higher", needs="probs")
 def nce(probs, labels, n_classes: int) -> float:
     r"""NCE, Tran et al., "Transferability and Hardness of Supervised Classification Tasks", ICCV 2019.
 
@@ -93,6 +127,7 @@ def _ledoit_wolf_shrinkage(fc: np.ndarray, S: np.ndarray) -> float:
     return 0.0 if b2 <= 0 else float(b2 / d2)
 
 
+@METRICS.register("hscore", direction="higher", needs="features")
 def hscore(features, labels, n_classes: int, shrinkage: bool = True) -> float:
     r"""H-score, Bao et al., "An Information-Theoretic Approach to Transferability in Task Transfer Learning",
     ICIP 2019: :math:`\mathrm{tr}(\mathrm{cov}(f)^{-1} \mathrm{cov}(\mathbb{E}[f|y]))` (higher is better).
@@ -214,6 +249,7 @@ def _spectrum(f: np.ndarray, y: np.ndarray, n_classes: int):
     return sigma, x, present, counts[present]
 
 
+@METRICS.register("logme", direction="higher", needs="features")
 def logme(features, labels, n_classes: int, *, max_iter: int = 11, tol: float = 1e-3,
           thuml_compat: bool = False) -> float:
     r"""LogME, You et al., "LogME: Practical Assessment of Pre-trained Models for Transfer Learning", ICML 2021,
@@ -253,68 +289,20 @@ def logme(features, labels, n_classes: int, *, max_iter: int = 11, tol: float = 
     return float(np.mean(evidences))
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Registry
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A teacher-ranking score.
-
-    direction: "higher" or "lower" is better; needs: which teacher outputs it reads ("probs", "features" or
-    "both"); fn: called as ``fn(*, probs, features, classifier_weight, labels, n_classes, **kw)``.
-    """
-
-    name: str
-    direction: str
-    needs: str
-    fn: Callable[..., float]
-
-
-def _need(metric: str, **inputs) -> None:
-    missing = [k for k, v in inputs.items() if v is None]
-    if missing:
-        raise ValueError(f"metric {metric!r} needs {', '.join(missing)}")
-
-
-# The wrappers take every input by keyword and ignore what they do not use (unknown **kw included), so a caller
-# can loop over METRICS with one set of arguments.
-
-
-def _leep_fn(*, probs=None, features=None, classifier_weight=None, labels, n_classes, **kw) -> float:
-    _need("leep", probs=probs)
-    return leep(probs, labels, n_classes)
-
-
-def _nce_fn(*, probs=None, features=None, classifier_weight=None, labels, n_classes, **kw) -> float:
-    _need("nce", probs=probs)
-    return nce(probs, labels, n_classes)
-
-
-def _hscore_fn(*, probs=None, features=None, classifier_weight=None, labels, n_classes, shrinkage: bool = True,
-               **kw) -> float:
-    _need("hscore", features=features)
-    return hscore(features, labels, n_classes, shrinkage=shrinkage)
-
-
-def _logme_fn(*, probs=None, features=None, classifier_weight=None, labels, n_classes, **kw) -> float:
-    _need("logme", features=features)
-    return logme(features, labels, n_classes)
-
-
-def _ot_fn(*, probs=None, features=None, classifier_weight=None, labels, n_classes, cost: str = DEFAULT_COST,
-           **kw) -> float:
-    _need("ot", probs=probs)
-    M = cost_matrix(cost, classifier_weight=classifier_weight, features=features, probs=probs, labels=labels,
-                    n_classes=n_classes, **{k: v for k, v in kw.items() if k in ("temperature", "alpha")})
-    return ot_relatedness(probs, labels, n_classes, M).score
-
-
-METRICS: dict[str, Metric] = {
-    "leep": Metric("leep", "higher", "probs", _leep_fn),
-    "nce": Metric("nce", "higher", "probs", _nce_fn),
-    "hscore": Metric("hscore", "higher", "features", _hscore_fn),
-    "logme": Metric("logme", "higher", "features", _logme_fn),
-    "ot": Metric("ot", "lower", "both", _ot_fn),
-}
+def resolve_metrics(metrics: str | Iterable[str] | None) -> list[str]:
+    """``"all"``, a comma list or an iterable of names → validated list, order kept (first is primary)."""
+    if metrics is None:
+        return ["ot"]
+    if isinstance(metrics, str):
+        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
+    out: list[str] = []
+    for m in metrics:
+        names = list(METRICS) if m == "all" else [m]
+        for n in names:
+            if n not in METRICS:
+                raise ValueError(f"unknown metric {n!r}; choose from {', '.join(METRICS)} or 'all'")
+            if n not in out:
+                out.append(n)
+    if not out:
+        raise ValueError("no metric given")
+    return out

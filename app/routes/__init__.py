@@ -1,10 +1,12 @@
 """HTTP routes: parse the request, call app.services, shape the response. Nothing else."""
 from __future__ import annotations
 
-from fastapi import Request
+from typing import Annotated
+
+from fastapi import Depends, Request
 
 from app.problems import PROBLEM_JSON, Problem
-from app.services import Services
+from service.container import Services
 
 # Bound on integer query parameters: anything larger is an error of the client's, not an overflow in the database.
 MAX_INT = 2**31 - 1
@@ -24,6 +26,10 @@ def services(request: Request) -> Services:
     return request.app.state.services
 
 
+#: What a route declares to get the process's services: ``svc: ServicesDep``.
+ServicesDep = Annotated[Services, Depends(services)]
+
+
 def require_json(request: Request) -> None:
     """JSON bodies only: anything else is a 415, not a confusing validation error."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -33,7 +39,17 @@ def require_json(request: Request) -> None:
 
 
 def teachers_ready(request: Request) -> None:
-    """503 with Retry-After while the demo teacher repository is still being built (first start)."""
-    from app.zoo_build import require_teachers
+    """503 with Retry-After while the demo teacher repository is still being built (first start) or after its
+    build failed."""
+    from service import zoo_build
 
-    require_teachers(request.app.state.settings)
+    p = zoo_build.progress(request.app.state.settings)
+    if p is None or p.state == "ready":
+        return
+    if p.state == "failed":
+        raise Problem(503, f"building the demo teacher repository failed ({p.error}); see the server log",
+                      type_="repository-build-failed", title="No teachers", build=p.to_dict())
+    raise Problem(503, f"the demo teacher repository is still being built ({p.built}/{p.total or '?'} teachers); "
+                       "try again shortly (GET /healthz shows the progress)",
+                  type_="repository-building", title="Teachers not ready yet",
+                  headers={"Retry-After": str(p.retry_after_s())}, build=p.to_dict())

@@ -83,7 +83,7 @@ def test_a_failed_build_is_reported_and_the_api_stays_up(tmp_path, monkeypatch):
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from app.settings import Settings
+    from service.settings import Settings
 
     def broken(out, quick=False, on_teacher=None, **kw):
         on_teacher("first", 1, 3, 0.1)

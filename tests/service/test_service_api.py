@@ -14,10 +14,10 @@ from fastapi.testclient import TestClient
 from svc_helpers import assert_problem, make_tiny_repo, npz_bytes, tiny_weights, toy_dataset, zip_bytes
 
 from app.main import create_app
-from app.models import DatasetRow, JobRow, TeacherRow
-from app.settings import Settings
 from hubscout.data import Dataset, write_image_folder_zip
 from hubscout.teachers import Repository, build_model
+from service.settings import Settings
+from service.tables import DatasetRow, JobRow, TeacherRow
 
 MAX_UPLOAD = 400_000
 
@@ -100,7 +100,7 @@ def test_the_web_page_and_its_files_are_served(client):
         f = client.get(f"/static/{name}")
         assert f.status_code == 200 and ctype in f.headers["content-type"], name
     assert client.get("/static/nothing.js").status_code == 404
-    assert client.get("/static/../app/settings.py").status_code == 404
+    assert client.get("/static/../app/main.py").status_code == 404
 
 
 def test_info_is_public_and_tells_the_page_what_it_needs(client):
@@ -304,7 +304,7 @@ def test_streamed_upload_stops_at_the_limit(tmp_path):
     from starlette.requests import Request
 
     from app.problems import Problem
-    from app.storage import LocalStorage
+    from service.storage import LocalStorage
     from app.uploads import read_multipart
 
     boundary, chunk, limit = "b0undary", 16384, 100_000

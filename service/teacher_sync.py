@@ -13,9 +13,10 @@ from typing import Iterator
 
 from sqlalchemy import delete, func, select
 
-from app.db import Database, utcnow
-from app.models import SpecStatus, TeacherRow
-from app.settings import Settings
+from service import specs
+from service.db import Database, utcnow
+from service.settings import Settings
+from service.tables import SpecStatus, TeacherRow
 
 log = logging.getLogger("hubscout.repository")
 
@@ -36,9 +37,7 @@ def row_from_teacher(teacher, row: TeacherRow | None = None) -> TeacherRow:
 
 def sync(db: Database, repo) -> dict[str, int]:
     """Make the table mirror the folder: add new teachers, refresh changed ones, drop vanished ones; bring each
-    row's specification in step (``app.specs.sync_row``)."""
-    from app import specs
-
+    row's specification in step (``service.specs.sync_row``)."""
     teachers = {}
     for tid in repo.ids():
         try:
@@ -88,12 +87,12 @@ def file_lock(path: Path) -> Iterator[None]:
 
 def ensure_repository(settings: Settings, background: bool = False, after=None, wait_for=None) -> Path:
     """Build the demo zoo when the repository folder is missing (and the setting allows it): in a background
-    thread with ``background`` (``app.zoo_build``; ``after(root)`` runs when it is in place), else before
+    thread with ``background`` (``service.zoo_build``; ``after(root)`` runs when it is in place), else before
     returning.
 
     Built beside the target and renamed into place, under a lock: an interrupted build leaves no half zoo that a
     later start would mistake for a complete one, and two processes starting together build it once."""
-    from app import zoo_build
+    from service import zoo_build
 
     root = settings.repository_dir.resolve()
     if root.exists():

@@ -3,7 +3,8 @@
 ``hubscout serve`` on a fresh checkout used to answer nothing for minutes while it trained the demo teachers. Now
 ``start`` runs the build in a thread of the API process (the teachers train in worker processes, see
 ``hubscout.zoo``), this module keeps its progress, ``/healthz`` and ``/v1/info`` report it, and the routes that need
-teachers answer 503 with Retry-After until it is done (``require_teachers``).
+teachers answer 503 with Retry-After until it is done (``app.routes.teachers_ready``). It lives in ``service/``
+because ``service.teacher_sync.ensure_repository`` starts it.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.settings import Settings
+from service.settings import Settings
 
 log = logging.getLogger("hubscout.repository")
 
@@ -95,7 +96,7 @@ def _demo_zoo(settings: Settings):
 def _run(settings: Settings, p: BuildProgress, build_fn, after, wait_for) -> None:
     if wait_for is not None:
         wait_for.wait(30)
-    from app import repository
+    from service import teacher_sync
 
     root = settings.repository_dir.resolve()
 
@@ -105,7 +106,7 @@ def _run(settings: Settings, p: BuildProgress, build_fn, after, wait_for) -> Non
         log.info("demo zoo: built teacher %s (%d/%d) in %.1f s", teacher_id, built, total, seconds)
 
     try:
-        with repository.file_lock(settings.data_dir.resolve() / "repository.lock"):
+        with teacher_sync.file_lock(settings.data_dir.resolve() / "repository.lock"):
             if not root.exists():
                 _remove_stale_builds(root)
                 tmp = root.parent / f".{root.name}.building-{uuid.uuid4().hex[:8]}"
@@ -138,18 +139,3 @@ def _remove_stale_builds(root: Path) -> None:
     for stale in root.parent.glob(f".{root.name}.building-*"):
         shutil.rmtree(stale, ignore_errors=True)
 
-
-def require_teachers(settings: Settings) -> None:
-    """Refuse (503, Retry-After) what needs teachers while the demo repository is being built or failed to."""
-    from app.problems import Problem
-
-    p = progress(settings)
-    if p is None or p.state == "ready":
-        return
-    if p.state == "failed":
-        raise Problem(503, f"building the demo teacher repository failed ({p.error}); see the server log",
-                      type_="repository-build-failed", title="No teachers", build=p.to_dict())
-    raise Problem(503, f"the demo teacher repository is still being built ({p.built}/{p.total or '?'} teachers); "
-                       "try again shortly (GET /healthz shows the progress)",
-                  type_="repository-building", title="Teachers not ready yet",
-                  headers={"Retry-After": str(p.retry_after_s())}, build=p.to_dict())
