@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -17,6 +18,7 @@ from service.settings import ConfigError, Settings, get_settings
 log = logging.getLogger("hubscout")
 
 _prepared: set[str] = set()  # data dirs `serve` already prepared in this process
+_serving = threading.Event()  # set once the app has started: a first-start build waits for it (service.zoo_build)
 
 
 def configure_logging(settings: Settings) -> None:
@@ -29,8 +31,17 @@ def configure_logging(settings: Settings) -> None:
 
 
 def prepare(settings: Settings) -> None:
-    """Everything before the first request: folders, schema, teacher repository and its table mirror."""
+    """Everything before the first request: folders, schema, teacher repository and its table mirror. A missing
+    demo repository is built in the background (``service.zoo_build``): the API answers meanwhile."""
     from hubscout.teachers import Repository  # torch: loaded when the service starts, not on import
+    from service import zoo_build
+
+    def mirror(root) -> None:
+        db = Database(settings)
+        try:
+            teacher_sync.sync(db, Repository(root))
+        finally:
+            db.dispose()
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.storage_root.mkdir(parents=True, exist_ok=True)
@@ -39,8 +50,9 @@ def prepare(settings: Settings) -> None:
     try:
         if settings.auto_migrate:
             migrate(settings, db.engine)
-        root = teacher_sync.ensure_repository(settings)
-        teacher_sync.sync(db, Repository(root))
+        root = teacher_sync.ensure_repository(settings, background=True, after=mirror, wait_for=_serving)
+        if not zoo_build.is_building(settings):
+            teacher_sync.sync(db, Repository(root))
     finally:
         db.dispose()
 
@@ -82,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                  svc.db.engine.url.render_as_string(hide_password=True), settings.storage_root,
                  settings.repository_dir,
                  f"{len(settings.api_keys)} API key(s)" if settings.auth_enabled else "no API keys (loopback only)")
+        _serving.set()
         try:
             yield
         finally:

@@ -398,6 +398,17 @@ class StudentOut(BaseModel):
     download: str
 
 
+class RepositoryBuild(BaseModel):
+    """The teacher repository: ``ready``, or the demo repository still ``building`` on first start (or ``failed``)."""
+
+    state: Literal["ready", "building", "failed"]
+    built: int = Field(0, description="Teachers built so far (building).")
+    total: int = Field(0, description="Teachers the build makes (0 until it knows).")
+    current: str | None = Field(None, description="The last teacher built, or the step under way.")
+    error: str | None = None
+    elapsed_s: float | None = None
+
+
 class Info(BaseModel):
     """What a client (the web page) needs to know before its first call; public."""
 
@@ -410,9 +421,12 @@ class Info(BaseModel):
     max_epochs: int
     student_sizes: list[StudentSize] = Field(description="Students by size, smallest first (`student_arch` names).")
     default_student: str = Field(description="The rule that picks the student when none is named.")
+    repository: RepositoryBuild
 
 
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "building"] = Field(description="building: the API answers, but the demo teacher "
+                                                          "repository is still being built (first start).")
     checks: dict[str, str]
     mode: Literal["embedded", "distributed"]
+    repository: RepositoryBuild

@@ -44,7 +44,15 @@ def info(svc: Services) -> dict[str, Any]:
     return {"version": _version(), "auth_required": auth_required(s),
             "mode": "embedded" if s.embedded else "distributed", "metrics": list(METRICS),
             "max_upload_bytes": s.max_upload_bytes, "max_epochs": s.max_epochs,
-            "student_sizes": size_listing(), "default_student": DEFAULT_STUDENT_RULE}
+            "student_sizes": size_listing(), "default_student": DEFAULT_STUDENT_RULE,
+            "repository": repository_state(s)}
+
+
+def repository_state(settings) -> dict[str, Any]:
+    from service import zoo_build
+
+    p = zoo_build.progress(settings)
+    return p.to_dict() if p is not None else {"state": "ready"}
 
 
 def _version() -> str:

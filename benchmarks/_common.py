@@ -32,6 +32,8 @@ def machine() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        # Other work on the machine: what a shared machine's figures must be read with.
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }
 
 

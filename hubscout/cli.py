@@ -50,20 +50,23 @@ def _guard(fn):
     """Turn the library's user-facing errors into a one-line message and exit code 2, not a traceback."""
     import functools
 
-    from hubscout.client import ClientError
-    from hubscout.data import DatasetError
-    from hubscout.teachers import TeacherError, TeacherNotFound
-
     @functools.wraps(fn)
     def wrapper(*a, **kw):
         try:
             return fn(*a, **kw)
-        except ClientError as e:
-            _fail(f"server: {e}")
-        except TeacherNotFound as e:
-            _fail(f"unknown teacher: {e.args[0]}")
-        except (DatasetError, TeacherError, ValueError, FileNotFoundError) as e:
-            _fail(str(e))
+        except Exception as e:
+            # Imported here, not when the module loads: `hubscout serve` must answer before torch is imported.
+            from hubscout.client import ClientError
+            from hubscout.data import DatasetError
+            from hubscout.teachers import TeacherError, TeacherNotFound
+
+            if isinstance(e, ClientError):
+                _fail(f"server: {e}")
+            if isinstance(e, TeacherNotFound):
+                _fail(f"unknown teacher: {e.args[0]}")
+            if isinstance(e, (DatasetError, TeacherError, ValueError, FileNotFoundError)):
+                _fail(str(e))
+            raise
     return wrapper
 
 

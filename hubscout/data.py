@@ -332,6 +332,8 @@ def to_tensor(images: np.ndarray, cfg: "InputConfig") -> "torch.Tensor":
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
     if x.shape[1] != cfg.channels:
         if cfg.channels == 3:
+            # Copied to three channels before resizing, not after: resizing one channel is 4× faster on the CPU
+            # but rounds differently in the last bit, and the ranking's numbers must not change.
             x = x.expand(-1, 3, -1, -1)
         else:
             # ITU-R BT.601 luma, what PIL's convert("L") uses.
@@ -341,7 +343,7 @@ def to_tensor(images: np.ndarray, cfg: "InputConfig") -> "torch.Tensor":
                           antialias=x.shape[-1] > cfg.size)
     mean = torch.tensor(cfg.mean).view(1, -1, 1, 1)
     std = torch.tensor(cfg.std).view(1, -1, 1, 1)
-    return (x - mean) / std
+    return (x - mean).div_(std)  # in place: one 224-px batch allocation less
 
 
 def iter_batches(images: np.ndarray, cfg: "InputConfig", batch_size: int = 64) -> Iterator["torch.Tensor"]:

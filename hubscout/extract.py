@@ -2,21 +2,24 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
 
 from hubscout.data import Dataset, iter_batches
+from hubscout.device import autocast, batch_size_for, prepare_model, resolve_device, to_device
 from hubscout.teachers import Teacher
 
 ProgressFn = Callable[[float, str], None]
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``$HUBSCOUT_DEVICE`` (auto, cpu, cuda; see :mod:`hubscout.device`)."""
+    return resolve_device()
 
 
 @dataclass
@@ -64,37 +67,93 @@ def features_and_logits(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.
     return feats, classifier_of(model)(feats)
 
 
-@torch.inference_mode()
 def extract(teacher: Teacher, dataset: Dataset, *, batch_size: int = 64, device: str | torch.device | None = None,
             model: torch.nn.Module | None = None, show_progress: bool = False,
             on_progress: ProgressFn | None = None) -> TeacherOutputs:
     """Run ``teacher`` over ``dataset`` once. Only one batch of model inputs is in memory at a time."""
-    device = torch.device(device) if device is not None else default_device()
-    model = model if model is not None else teacher.load_model(device)
-    head = classifier_of(model)
-    feats, logits = [], []
-    n_batches = max(1, -(-len(dataset) // batch_size))
+    return extract_group([teacher], dataset, batch_size=batch_size, device=device,
+                         models=None if model is None else [model], show_progress=show_progress,
+                         on_progress=on_progress).outputs[0]
+
+
+@dataclass
+class GroupOutputs:
+    """:func:`extract_group`'s result: each teacher's outputs, its forward seconds, and the seconds spent making
+    the model inputs (shared by the group)."""
+
+    outputs: list[TeacherOutputs]
+    forward_s: list[float]
+    input_s: float
+
+
+@torch.inference_mode()
+def extract_group(teachers: list[Teacher], dataset: Dataset, *, batch_size: int = 64,
+                  device: str | torch.device | None = None, models: list[torch.nn.Module] | None = None,
+                  show_progress: bool = False, on_progress: Callable[[int, float, str], None] | None = None
+                  ) -> GroupOutputs:
+    """Run teachers that share one input config over ``dataset``: each batch is converted (resized, normalised)
+    once and fed to every model in turn, so the conversion is paid once per dataset and input config, not once
+    per teacher, and still only one batch of inputs is in memory. ``on_progress(i, fraction, message)``: teacher
+    ``i`` of the group is ``fraction`` done. Outputs are written into arrays allocated once (no concatenation,
+    which would double the peak)."""
+    if not teachers:
+        return GroupOutputs([], [], 0.0)
+    cfg = teachers[0].input
+    if any(t.input != cfg for t in teachers):
+        raise ValueError("extract_group: the teachers' input configs differ")
+    dev = resolve_device(device)
+    batch_size = batch_size_for(dev, (cfg.channels, cfg.size, cfg.size), batch_size)  # the given size on the CPU
+    models = [prepare_model(m if m is not None else t.load_model(dev), dev)
+              for t, m in zip(teachers, models or [None] * len(teachers))]
+    heads = [classifier_of(m) for m in models]
+    n = len(dataset)
+    feats = [np.empty((n, h.in_features), np.float32) for h in heads]
+    logits = [np.empty((n, h.out_features), np.float32) for h in heads]
+    forward_s = [0.0] * len(models)
+    input_s = 0.0
+    n_batches = max(1, -(-n // batch_size))
     bar = None
     if show_progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(dataset), desc=f"forward {teacher.id}", unit="img", leave=False)
-    for i, x in enumerate(iter_batches(dataset.images, teacher.input, batch_size)):
-        f, z = features_and_logits(model, x.to(device))
-        feats.append(f.float().cpu().numpy())
-        logits.append(z.float().cpu().numpy())
-        if bar is not None:
-            bar.update(len(x))
-        if on_progress is not None:
-            on_progress((i + 1) / n_batches, f"forward {teacher.id}")
+        bar = tqdm(total=n * len(models), desc=f"forward {', '.join(t.id for t in teachers)}"[:60], unit="img",
+                   leave=False)
+    batches = iter_batches(dataset.images, cfg, batch_size)
+    start = 0
+    for b in range(n_batches if n else 0):
+        t0 = time.perf_counter()
+        x = to_device(next(batches), dev)
+        input_s += time.perf_counter() - t0
+        stop = start + len(x)
+        for j, model in enumerate(models):
+            t1 = time.perf_counter()
+            with autocast(dev):
+                f, z = features_and_logits(model, x)
+            feats[j][start:stop] = f.float().cpu().numpy()
+            logits[j][start:stop] = z.float().cpu().numpy()
+            forward_s[j] += time.perf_counter() - t1
+            if bar is not None:
+                bar.update(len(x))
+            if on_progress is not None:
+                on_progress(j, (b + 1) / n_batches, f"forward {teachers[j].id}")
+        start = stop
     if bar is not None:
         bar.close()
-    return TeacherOutputs(
-        features=np.concatenate(feats), logits=np.concatenate(logits),
-        classifier_weight=head.weight.detach().float().cpu().numpy(),
-        classifier_bias=(head.bias.detach().float().cpu().numpy() if head.bias is not None
-                         else np.zeros(head.out_features, np.float32)),
-    )
+    outs = [TeacherOutputs(
+        features=f, logits=z, classifier_weight=h.weight.detach().float().cpu().numpy(),
+        classifier_bias=(h.bias.detach().float().cpu().numpy() if h.bias is not None
+                         else np.zeros(h.out_features, np.float32)),
+    ) for f, z, h in zip(feats, logits, heads)]
+    return GroupOutputs(outs, forward_s, input_s)
+
+
+def input_groups(teachers: list[Teacher], max_group: int = 4) -> list[list[Teacher]]:
+    """Teachers with the same input config together (first-seen order), at most ``max_group`` a group: the
+    group's models and outputs are in memory at once."""
+    by_cfg: dict[Any, list[Teacher]] = {}
+    for t in teachers:
+        by_cfg.setdefault(t.input, []).append(t)
+    return [g[i:i + max_group] for g in by_cfg.values() for i in range(0, len(g), max_group)]
 
 
 class OutputsCache(Protocol):

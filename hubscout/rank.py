@@ -15,7 +15,7 @@ from typing import Any, Callable, ContextManager, Iterable, Protocol, Sequence
 import numpy as np
 
 from hubscout.data import Dataset
-from hubscout.extract import OutputsCache, TeacherOutputs, outputs_for
+from hubscout.extract import OutputsCache, TeacherOutputs, extract_group, input_groups
 from hubscout.ot import DEFAULT_COST
 from hubscout.scores import METRICS, resolve_metrics
 from hubscout.teachers import Repository, Teacher, TeacherNotFound
@@ -41,7 +41,8 @@ class RankEntry:
     # ``hubscout.ot.plan_summary`` of the plan: what a heatmap shows, and what the JSON form carries.
     plan_summary: dict[str, Any] | None = None
     cached: bool = False
-    forward_s: float = 0.0
+    forward_s: float = 0.0  # outputs: the forward pass, its share of the input conversion, or the cache read
+    input_s: float = 0.0  # of which converting images to model inputs (resize, normalise)
     score_s: float = 0.0
     rank: int = 0
 
@@ -89,6 +90,7 @@ class Ranking:
                     "plan": e.plan_summary,
                     "cached": e.cached,
                     "forward_s": round(e.forward_s, 4),
+                    "input_s": round(e.input_s, 4),
                     "score_s": round(e.score_s, 4),
                 }
                 for e in self.entries
@@ -257,31 +259,55 @@ def rank(dataset: Dataset, repo: Repository, *, metrics: str | Iterable[str] | N
 def score_teachers(teachers: Sequence[Teacher], dataset: Dataset, metrics: Sequence[str], *,
                    cache: OutputsCache | None = None, cost: str = DEFAULT_COST, device=None, batch_size: int = 64,
                    show_progress: bool = False, on_progress: ProgressFn | None = None) -> list[RankEntry]:
-    """One forward pass (or cached outputs) per teacher, then every metric on them: the unordered entries."""
-    entries = []
+    """One forward pass (or cached outputs) per teacher, then every metric on them: the entries, in the order of
+    ``teachers``, not ranked."""
+    scored: dict[str, RankEntry] = {}
     bar = None
     if show_progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(teachers), desc="teachers", unit="teacher")
-    for i, teacher in enumerate(teachers):
-        def sub(frac: float, msg: str, i: int = i) -> None:
-            if on_progress is not None:
-                on_progress((i + frac) / len(teachers), msg)
 
-        t1 = time.perf_counter()
-        outputs, cached = outputs_for(teacher, dataset, cache, device=device, batch_size=batch_size,
-                                      show_progress=show_progress, on_progress=sub)
+    def progress(done: float, msg: str) -> None:
+        if on_progress is not None:
+            on_progress(done / len(teachers), msg)
+
+    def score(teacher: Teacher, outputs: TeacherOutputs, cached: bool, forward_s: float, input_s: float) -> None:
         t2 = time.perf_counter()
         entry = score_teacher(outputs, teacher, dataset, metrics, cost=cost)
-        entry.cached, entry.forward_s, entry.score_s = cached, t2 - t1, time.perf_counter() - t2
-        entries.append(entry)
-        sub(1.0, f"scored {teacher.id}")
+        entry.cached, entry.forward_s, entry.input_s = cached, forward_s, input_s
+        entry.score_s = time.perf_counter() - t2
+        scored[teacher.id] = entry
+        progress(len(scored), f"scored {teacher.id}")
         if bar is not None:
             bar.update(1)
+
+    # Teachers that share an input config run side by side over the data: each batch is resized and normalised
+    # once for all of them (hubscout.extract.extract_group).
+    for group in input_groups(teachers):
+        todo = []
+        for teacher in group:
+            t1 = time.perf_counter()
+            hit = cache.get(teacher.outputs_key, dataset.sha256) if cache is not None else None
+            if hit is not None:
+                score(teacher, hit, True, time.perf_counter() - t1, 0.0)
+            else:
+                todo.append(teacher)
+        if not todo:
+            continue
+        before = len(scored)
+        res = extract_group(todo, dataset, device=device, batch_size=batch_size, show_progress=show_progress,
+                            on_progress=lambda j, frac, msg: progress(before + frac * len(todo), msg))
+        for teacher, outputs, fwd in zip(todo, res.outputs, res.forward_s):
+            if cache is not None:
+                cache.put(teacher.outputs_key, dataset.sha256, outputs)
+            # The shared input conversion is split evenly between the group's teachers.
+            share = res.input_s / len(todo)
+            score(teacher, outputs, False, fwd + share, share)
+        del res
     if bar is not None:
         bar.close()
-    return entries
+    return [scored[t.id] for t in teachers]
 
 
 def weights_from_scores(scores: Sequence[float], temperature: float = 0.05) -> list[float]:

@@ -11,14 +11,20 @@
 
 Each teacher's ``teacher.json`` metadata records its task, source, classes, training samples, accuracy on the
 held-out test split of its classes, licence and seed. The build is seeded: the same machine with the same
-number of torch threads gives the same weights (a different thread count changes float rounding).
+number of torch threads gives the same weights (a different thread count changes float rounding). The small
+teachers train side by side in up to two child processes (``python -m hubscout.zoo train``), one torch thread
+each, so a two-process build gives the weights of a one-process, one-thread build.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -279,15 +285,23 @@ def teacher_task_data(teacher: Teacher, split: str = "test") -> Dataset:
     return ds
 
 
-def build_demo_zoo(out_dir: str | Path, quick: bool = False, seed: int = 0, show_progress: bool = False,
-                   num_threads: int | None = None) -> Repository:
-    """Build the demo repository in ``out_dir``: EfficientNet-Lite ImageNet teachers plus small teachers trained
-    here. ``quick``: lite0 and four small, briefly trained teachers (well under two minutes on two CPU cores);
-    otherwise lite0, lite1 and twelve teachers (under fifteen minutes). Teachers already there are replaced.
+TeacherBuilt = Callable[[str, int, int, float], None]  # (teacher id, built so far, total, seconds it took)
 
-    ``num_threads``: torch's intra-op threads during the build (restored after); ``None`` leaves torch's default.
-    On a machine whose cores are busy with other work, 1 thread can train several times faster than 2.
+
+def build_demo_zoo(out_dir: str | Path, quick: bool = False, seed: int = 0, show_progress: bool = False,
+                   num_threads: int | None = None, workers: int | None = None,
+                   on_teacher: TeacherBuilt | None = None) -> Repository:
+    """Build the demo repository in ``out_dir``: EfficientNet-Lite ImageNet teachers plus small teachers trained
+    here. ``quick``: lite0 and four small, briefly trained teachers; otherwise lite0, lite1 and twelve teachers.
+    Teachers already there are replaced. ``on_teacher`` is called as each teacher is stored.
+
+    ``workers``: processes that train the small teachers side by side, one torch thread each (default: up to 2,
+    one per core); independent small models keep two cores busier this way than two threads on one model do.
+    ``workers=1`` trains them in this process with ``num_threads`` torch threads (``None``: torch's default).
+    A teacher's weights depend on its seed and the thread count it trained with, not on which process trained
+    it: ``workers=2`` gives the very weights of ``workers=1, num_threads=1``.
     """
+    workers = default_workers() if workers is None else max(1, int(workers))
     # Tiny weights and gradients become denormal floats during training, which slows CPU kernels ten-fold;
     # flushing them to zero changes nothing that matters here. Switched back off (torch's default) at the end.
     threads = torch.get_num_threads()
@@ -295,32 +309,142 @@ def build_demo_zoo(out_dir: str | Path, quick: bool = False, seed: int = 0, show
     if num_threads is not None:
         torch.set_num_threads(int(num_threads))
     try:
-        return _build(Path(out_dir), quick, seed, show_progress)
+        return _build(Path(out_dir), quick, seed, show_progress, workers, on_teacher)
     finally:
         torch.set_flush_denormal(False)
         torch.set_num_threads(threads)
 
 
-def _build(out_dir: Path, quick: bool, seed: int, show_progress: bool) -> Repository:
+def default_workers() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(2, cores))
+
+
+def _build(out_dir: Path, quick: bool, seed: int, show_progress: bool, workers: int,
+           on_teacher: TeacherBuilt | None) -> Repository:
     repo = Repository(out_dir)
     variants = ["lite0"] if quick else ["lite0", "lite1"]
     specs = QUICK_SPECS if quick else FULL_SPECS
-    jobs: list[tuple[str, Any]] = [("imagenet", v) for v in variants] + [("train", s) for s in specs]
+    # Each teacher gets its own seed, so one teacher's result does not depend on the others' or on the order.
+    trained = [(s, seed * 1000 + len(variants) + i) for i, s in enumerate(specs)]
+    total = len(variants) + len(specs)
     outer = None
     if show_progress:
         from tqdm.auto import tqdm
 
-        outer = tqdm(total=len(jobs), desc="demo zoo" + (" (quick)" if quick else ""), unit="teacher")
-    for i, (kind, job) in enumerate(jobs):
+        outer = tqdm(total=total, desc="demo zoo" + (" (quick)" if quick else ""), unit="teacher")
+    done = 0
+
+    def built(teacher_id: str, seconds: float) -> None:
+        nonlocal done
+        done += 1
         if outer is not None:
-            outer.set_postfix_str(job if kind == "imagenet" else job.id)
-        if kind == "imagenet":
-            add_imagenet_teacher(repo, job)
-        else:
-            # Each teacher gets its own seed, so one teacher's result does not depend on the others'.
-            train_teacher(repo, job, seed=seed * 1000 + i, show_progress=show_progress)
-        if outer is not None:
+            outer.set_postfix_str(teacher_id)
             outer.update(1)
+        if on_teacher is not None:
+            on_teacher(teacher_id, done, total, seconds)
+
+    if workers > 1 and len(trained) > 1:
+        _train_in_processes(out_dir, trained, workers, variants, repo, built)
+    else:
+        for v in variants:
+            t0 = time.perf_counter()
+            add_imagenet_teacher(repo, v)
+            built(f"imagenet-efficientnet-{v}", time.perf_counter() - t0)
+        for spec, s in trained:
+            t0 = time.perf_counter()
+            train_teacher(repo, spec, seed=s, show_progress=show_progress)
+            built(spec.id, time.perf_counter() - t0)
     if outer is not None:
         outer.close()
     return repo
+
+
+def _cost(spec: TeacherSpec) -> float:
+    """A rough training cost, to hand the longest teachers out first (the pool then ends together)."""
+    return spec.epochs * min(spec.per_class * len(spec.classes), 10 ** 6) * spec.size ** 2
+
+
+def _train_in_processes(out_dir: Path, trained, workers: int, variants, repo: Repository, built) -> None:
+    """Train ``trained`` in ``workers`` child processes, the longest first on the least loaded one."""
+    import json
+    import subprocess
+    import threading
+
+    loads = [[0.0, []] for _ in range(min(workers, len(trained)))]
+    for spec, s in sorted(trained, key=lambda x: -_cost(x[0])):
+        slot = min(loads, key=lambda x: x[0])
+        slot[0] += _cost(spec)
+        slot[1].append({"spec": dataclasses.asdict(spec), "seed": s})
+    # Plain child processes running this module, not multiprocessing: nothing of the caller's __main__ is
+    # re-imported (a script without a main guard, a server) and nothing of its threads is forked.
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    procs = [subprocess.Popen([sys.executable, "-m", "hubscout.zoo", "train", str(out_dir)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env, preexec_fn=_die_with_parent)
+             for _ in loads]
+    lock = threading.Lock()
+    errors: list[str] = []
+
+    def read(proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            if line.startswith("built "):
+                _, tid, seconds = line.split()
+                with lock:
+                    built(tid, float(seconds))
+
+    readers = []
+    for proc, (_, jobs) in zip(procs, loads):
+        proc.stdin.write(json.dumps(jobs))
+        proc.stdin.close()
+        readers.append(threading.Thread(target=read, args=(proc,), daemon=True))
+        readers[-1].start()
+    try:
+        # The ImageNet teachers are mostly file work: done here while the workers start and train.
+        for v in variants:
+            t0 = time.perf_counter()
+            add_imagenet_teacher(repo, v)
+            with lock:
+                built(f"imagenet-efficientnet-{v}", time.perf_counter() - t0)
+        for proc, reader in zip(procs, readers):
+            if proc.wait() != 0:
+                errors.append(f"a teacher-training process exited with {proc.returncode}")
+            reader.join()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if errors:
+        raise RuntimeError("; ".join(errors) + " (its traceback is on stderr)")
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):  # a worker must not outlive a killed parent (a server, a test)
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+        except OSError:
+            pass
+
+
+def _worker_main(out_dir: str) -> None:
+    """A training process of :func:`_train_in_processes`: its teachers as JSON on stdin, one line out each."""
+    import json
+
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    repo = Repository(out_dir)
+    for job in json.loads(sys.stdin.read()):
+        d = job["spec"]
+        spec = TeacherSpec(**{**d, "parts": tuple((src, tuple(c)) for src, c in d["parts"])})
+        t0 = time.perf_counter()
+        train_teacher(repo, spec, seed=int(job["seed"]))
+        print(f"built {spec.id} {time.perf_counter() - t0:.3f}", flush=True)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["train"]:
+    _worker_main(sys.argv[2])

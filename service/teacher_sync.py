@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import shutil
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -77,7 +75,7 @@ def sync(db: Database, repo) -> dict[str, int]:
 
 
 @contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -87,11 +85,15 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def ensure_repository(settings: Settings) -> Path:
-    """Build the demo zoo when the repository folder is missing (and the setting allows it).
+def ensure_repository(settings: Settings, background: bool = False, after=None, wait_for=None) -> Path:
+    """Build the demo zoo when the repository folder is missing (and the setting allows it): in a background
+    thread with ``background`` (``service.zoo_build``; ``after(root)`` runs when it is in place), else before
+    returning.
 
     Built beside the target and renamed into place, under a lock: an interrupted build leaves no half zoo that a
     later start would mistake for a complete one, and two processes starting together build it once."""
+    from service import zoo_build
+
     root = settings.repository_dir.resolve()
     if root.exists():
         return root
@@ -99,22 +101,5 @@ def ensure_repository(settings: Settings) -> Path:
         log.warning("teacher repository %s does not exist; starting with no teachers "
                     "(HUBSCOUT_BUILD_DEMO_ZOO is off)", root)
         return root
-    with _file_lock(settings.data_dir.resolve() / "repository.lock"):
-        if root.exists():
-            return root
-        from hubscout.zoo import build_demo_zoo
-
-        tmp = root.parent / f".{root.name}.building-{uuid.uuid4().hex[:8]}"
-        log.info("teacher repository %s is missing: building the %sdemo zoo there (first start; this takes a "
-                 "while)", root, "quick " if settings.demo_zoo_quick else "")
-        try:
-            from hubscout.spec import ensure_specifications
-
-            repo = build_demo_zoo(tmp, quick=settings.demo_zoo_quick)
-            # Specifications with the zoo, as `hubscout zoo demo` does: the workers need not compute them later.
-            ensure_specifications(repo, device=settings.device)
-            tmp.rename(root)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        log.info("demo zoo ready at %s", root)
+    zoo_build.start(settings, join=not background, after=after, wait_for=wait_for)
     return root

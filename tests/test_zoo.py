@@ -265,3 +265,21 @@ def test_label_noise_moves_the_asked_fraction_to_other_classes():
     z = noisy_labels(y, 4, 0.4, seed=3)
     assert np.sum(z != y) == 80 and z.min() >= 0 and z.max() <= 3
     assert np.array_equal(z, noisy_labels(y, 4, 0.4, seed=3)) and np.array_equal(y, np.repeat(np.arange(4), 50))
+
+
+def test_parallel_build_gives_the_weights_of_a_one_thread_build(tmp_path, monkeypatch):
+    """Two worker processes (one torch thread each) train the very teachers a one-process, one-thread build
+    does, and report each teacher as it is stored."""
+    from hubscout import zoo
+
+    tiny = [zoo.TeacherSpec(s.id, s.task, s.parts, s.arch, per_class=12, epochs=1) for s in zoo.QUICK_SPECS[2:4]]
+    monkeypatch.setattr(zoo, "QUICK_SPECS", tiny)
+    monkeypatch.setattr(zoo, "add_imagenet_teacher", lambda repo, variant: None)
+    seen = []
+    par = build_demo_zoo(tmp_path / "par", quick=True, workers=2, on_teacher=lambda *a: seen.append(a))
+    one = build_demo_zoo(tmp_path / "one", quick=True, workers=1, num_threads=1)
+    assert sorted(par.ids()) == sorted(s.id for s in tiny) == sorted(one.ids())
+    for s in tiny:
+        assert par.get(s.id).weights_sha256 == one.get(s.id).weights_sha256
+    assert [a[1:3] for a in seen] == [(1, 3), (2, 3), (3, 3)]
+    assert {a[0] for a in seen} == {"imagenet-efficientnet-lite0", *(s.id for s in tiny)} and all(a[3] >= 0 for a in seen)

@@ -36,3 +36,20 @@ def require_json(request: Request) -> None:
     if ctype != "application/json" and not (ctype.startswith("application/") and ctype.endswith("+json")):
         raise Problem(415, f"expected an application/json body, got {ctype or 'no content type'}",
                       type_="unsupported-media-type", title="Unsupported media type")
+
+
+def teachers_ready(request: Request) -> None:
+    """503 with Retry-After while the demo teacher repository is still being built (first start) or after its
+    build failed."""
+    from service import zoo_build
+
+    p = zoo_build.progress(request.app.state.settings)
+    if p is None or p.state == "ready":
+        return
+    if p.state == "failed":
+        raise Problem(503, f"building the demo teacher repository failed ({p.error}); see the server log",
+                      type_="repository-build-failed", title="No teachers", build=p.to_dict())
+    raise Problem(503, f"the demo teacher repository is still being built ({p.built}/{p.total or '?'} teachers); "
+                       "try again shortly (GET /healthz shows the progress)",
+                  type_="repository-building", title="Teachers not ready yet",
+                  headers={"Retry-After": str(p.retry_after_s())}, build=p.to_dict())

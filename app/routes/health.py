@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from app import services as ops
 from app.problems import problem_response
 from app.routes import ServicesDep, problems
 from app.schemas import Health
@@ -31,8 +32,14 @@ def _checks(svc: Services) -> dict[str, str]:
 async def healthz(request: Request, svc: ServicesDep):
     checks = await run_in_threadpool(_checks, svc)
     failed = [k for k, v in checks.items() if v != "ok"]
+    repo = ops.repository_state(svc.settings)
+    if repo["state"] == "failed":
+        failed.append("repository")
+        checks["repository"] = f"failed: {repo['error']}"
     if failed:
         return problem_response(request, 503, f"unhealthy: {', '.join(failed)}", type_="unhealthy",
-                                title="Service unavailable", checks=checks, failed=failed)
-    return JSONResponse(Health(status="ok", checks=checks,
-                               mode="embedded" if svc.settings.embedded else "distributed").model_dump())
+                                title="Service unavailable", checks=checks, failed=failed, repository=repo)
+    # Building is healthy: the API answers; what needs teachers says 503 with Retry-After until it is done.
+    return JSONResponse(Health(status="building" if repo["state"] == "building" else "ok", checks=checks,
+                               mode="embedded" if svc.settings.embedded else "distributed",
+                               repository=repo).model_dump())

@@ -7,7 +7,7 @@ from fastapi.responses import FileResponse
 
 from app import services as ops
 from app.auth import Owner, authenticate
-from app.routes import MAX_INT, ServicesDep, problems, require_json
+from app.routes import MAX_INT, ServicesDep, problems, require_json, teachers_ready
 from app.schemas import CallbackOut, DistillationCreate, JobLinks, JobOut, Page, RankingCreate, RankingOut, StudentOut
 from service.tables import JobKind, JobRow, JobStatus
 
@@ -34,7 +34,7 @@ def _accepted(row: JobRow, response: Response) -> JobOut:
 
 
 @router.post("/v1/rankings", status_code=202, response_model=JobOut, responses=problems(409, 415, 422, 429),
-             dependencies=[Depends(require_json)],
+             dependencies=[Depends(require_json), Depends(teachers_ready)],
              summary="Rank teachers for a dataset (asynchronous: poll the job)")
 def create_ranking(body: RankingCreate, response: Response, owner: Owner,
                    svc: ServicesDep) -> JobOut:
@@ -42,7 +42,7 @@ def create_ranking(body: RankingCreate, response: Response, owner: Owner,
 
 
 @router.post("/v1/distillations", status_code=202, response_model=JobOut, responses=problems(415, 422, 429),
-             dependencies=[Depends(require_json)],
+             dependencies=[Depends(require_json), Depends(teachers_ready)],
              summary="Distil a student from teachers (asynchronous: poll the job)")
 def create_distillation(body: DistillationCreate, response: Response, owner: Owner,
                         svc: ServicesDep) -> JobOut:

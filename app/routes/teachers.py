@@ -7,13 +7,14 @@ from starlette.concurrency import run_in_threadpool
 
 from app import services as ops
 from app.auth import authenticate
-from app.routes import MAX_INT, ServicesDep, problems
+from app.routes import MAX_INT, ServicesDep, problems, teachers_ready
 from app.schemas import SpecInfo, TeacherOut, TeacherPage, TeacherSummary
 from app.uploads import read_multipart
 from service.tables import TeacherRow
 
 # Teachers are one catalogue shared by every key; a key is still needed to see or change it.
-router = APIRouter(prefix="/v1/teachers", tags=["teachers"], dependencies=[Depends(authenticate)],
+router = APIRouter(prefix="/v1/teachers", tags=["teachers"],
+                   dependencies=[Depends(authenticate), Depends(teachers_ready)],
                    responses=problems(401, 503))
 
 TEXT_FIELDS = {"arch", "name", "labels", "input", "arch_kwargs", "metadata", "id"}

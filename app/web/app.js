@@ -48,7 +48,31 @@ function showAuth(needed) {
 async function busy(button, fn) {
   clearError();
   button.disabled = true;
-  try { return await fn(); } catch (e) { showError(e); } finally { button.disabled = false; }
+  try { return await fn(); } catch (e) { showError(e); } finally { button.disabled = waitsForTeachers(button); }
+}
+
+// On a first start the server builds its demo teachers while it already answers: ranking and distilling wait.
+const NEEDS_TEACHERS = new Set(["rank", "distil"]);
+function teachersPending() { return (state.info?.repository?.state ?? "ready") !== "ready"; }
+function waitsForTeachers(button) { return NEEDS_TEACHERS.has(button.id) && teachersPending(); }
+
+async function watchBuild() {
+  const box = $("#build-progress");
+  for (;;) {
+    const r = state.info.repository ?? {state: "ready"};
+    for (const id of NEEDS_TEACHERS) $(`#${id}`).disabled = r.state !== "ready";
+    box.hidden = r.state === "ready";
+    box.dataset.state = r.state;
+    if (r.state === "ready") return;
+    box.querySelector(".bar").style.width = `${r.total ? Math.round(100 * r.built / r.total) : 0}%`;
+    box.querySelector(".msg").textContent = r.state === "failed"
+      ? `Building the demo teacher repository failed: ${r.error}`
+      : `Building the demo teacher repository (first start): ${r.built}/${r.total || "?"} teachers`
+        + (r.current ? ` · ${r.current}` : "") + " · ranking opens when they are ready";
+    if (r.state === "failed") { box.classList.add("failed"); return; }
+    await sleep(2000);
+    try { state.info.repository = (await api("/v1/info")).repository; } catch (e) { /* retry on the next tick */ }
+  }
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -467,6 +491,7 @@ async function start() {
       listStudentSizes(state.info.student_sizes || []);
       showAuth(state.info.auth_required);
       metricBoxes();
+      watchBuild();
     }
     if (state.info.auth_required && !localStorage.getItem(KEY_STORE)) return;  // wait for a key
     if (started) return;

@@ -17,7 +17,8 @@ from hubscout.distill._config import DistillConfig, StudentError, plan_schedule
 from hubscout.distill._controls import CONTROL_METRICS, ControlCache, control_key
 from hubscout.distill._losses import KD_METHODS
 from hubscout.distill._student import Student
-from hubscout.extract import default_device, extract
+from hubscout.device import autocast, prepare_model, resolve_device, to_device
+from hubscout.extract import extract
 from hubscout.students import fit_student, student_side
 from hubscout.teachers import InputConfig, Repository, TeacherError, build_model
 
@@ -161,7 +162,7 @@ def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[st
              mixture: Sequence[float] | None, device: str | torch.device | None, show_progress: bool,
              on_progress: ProgressFn | None, on_epoch: Callable[[dict[str, list]], None] | None) -> Student:
     t_start = time.perf_counter()
-    dev = torch.device(device) if device is not None else default_device()
+    dev = resolve_device(device)
     C = dataset.num_classes
     ids = [] if cfg.ce_only else list(teacher_ids)
     if not cfg.ce_only and not ids:
@@ -203,7 +204,7 @@ def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[st
             model = build_model(cfg.student_arch, C, in_cfg.channels, cfg.student_kwargs)
         except TeacherError as e:
             raise StudentError(f"bad student: {e}") from e
-    model = model.to(dev)
+    model = prepare_model(model, dev)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
 
     # 3. The views: epoch e trains on augmented view e % n_views, whose teacher logits are computed once.
@@ -222,7 +223,8 @@ def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[st
             logits = []
             with torch.inference_mode():
                 for t, tm, term in zip(teachers, t_models, t_terms):
-                    z = [term.logits(tm, x.to(dev)) for x in iter_batches(images, t.input, 64)]
+                    with autocast(dev):  # bf16 on CUDA, nothing on the CPU
+                        z = [term.logits(tm, to_device(x, dev)).float() for x in iter_batches(images, t.input, 64)]
                     logits.append(torch.cat(z).to(dev))
             view_cache[v] = logits
         return images, view_cache[v]
@@ -251,7 +253,9 @@ def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[st
         n_correct = 0
         for idx in _batches(N, cfg.batch_size, shuffle_gen):
             idx_d = idx.to(dev)
-            logits = model(to_tensor(images[idx.numpy()], in_cfg).to(dev))
+            with autocast(dev):
+                logits = model(to_device(to_tensor(images[idx.numpy()], in_cfg), dev))
+            logits = logits.float()  # the losses (Sinkhorn above all) in full precision
             y = y_all[idx_d]
             ce = F.cross_entropy(logits, y)
             kd_term = torch.zeros((), device=dev)  # the mixed distillation term (OT, or KL under kd="proto")

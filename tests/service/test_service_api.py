@@ -108,6 +108,7 @@ def test_info_is_public_and_tells_the_page_what_it_needs(client):
     assert info["auth_required"] is False  # no API key configured
     assert info["mode"] == "embedded" and info["max_upload_bytes"] == MAX_UPLOAD
     assert info["metrics"] == ["ot", "leep", "nce", "hscore", "logme"]
+    assert info["repository"]["state"] == "ready"  # the folder was there: nothing to build
 
 
 # ------------------------------------------------------------------------------------------------- datasets

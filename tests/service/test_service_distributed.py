@@ -61,7 +61,8 @@ def rank(client, dataset_id: str, **body) -> tuple[dict, dict, float]:
 def test_health_reports_the_distributed_mode(client):
     body = client.get("/healthz").json()
     assert body == {"status": "ok", "checks": {"database": "ok", "broker": "ok", "storage": "ok"},
-                    "mode": "distributed"}
+                    "mode": "distributed", "repository": {"state": "ready", "built": 0, "total": 0, "current": None,
+                                                          "error": None, "elapsed_s": None}}
 
 
 def test_upload_is_deduplicated(client, dataset, footwear_target):
