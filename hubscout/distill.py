@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 LABELS_FILE = "labels.json"
+PREDICT_FILE = "predict.py"
 FORMAT = "hubscout-student"
 FORMAT_VERSION = 1
 
@@ -224,13 +226,19 @@ class Student:
             "weights_sha256": cfg["weights_sha256"], "dataset_sha256": self.dataset_sha256})
         (out / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
         (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-        (out / LABELS_FILE).write_text(json.dumps({str(i): c for i, c in enumerate(self.classes)}, indent=2))
+        (out / LABELS_FILE).write_text(json.dumps(list(self.classes), indent=2))
         files = {WEIGHTS_FILE: "the weights (safetensors), loaded with `config.json` by hubscout",
                  CONFIG_FILE: "architecture, classes, input, teachers, hyper-parameters, hashes",
                  METRICS_FILE: "accuracies and per-epoch training curves",
-                 LABELS_FILE: "output index → class name",
-                 ONNX_FILE: f"the same network as ONNX (opset {ONNX_OPSET}, dynamic batch), for onnxruntime"}
+                 LABELS_FILE: "class names as a list, in output index order",
+                 ONNX_FILE: f"the same network as ONNX (opset {ONNX_OPSET}, dynamic batch), for onnxruntime",
+                 PREDICT_FILE: "`python predict.py image.png`: runs model.onnx with onnxruntime, numpy and Pillow "
+                               "alone, preparing the image as in training"}
+        shutil.copyfile(Path(__file__).with_name("predict.py"), out / PREDICT_FILE)
         (out / CARD_FILE).write_text(model_card(cfg, metrics, files=files))
+        # Owner-only: a student is learned from the user's data and may give it away.
+        for name in (*files, CARD_FILE):
+            (out / name).chmod(0o600)
         return out
 
 
@@ -261,7 +269,8 @@ def load_student(path: str | Path, device: str | torch.device | None = None) -> 
             labels = json.loads((root / LABELS_FILE).read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise StudentError(f"{LABELS_FILE} is not readable JSON: {e}") from e
-        if labels != {str(i): c for i, c in enumerate(classes)}:
+        # A list in output-index order; students saved before 0.x wrote {"0": name, ...}.
+        if labels != classes and labels != {str(i): c for i, c in enumerate(classes)}:
             raise StudentError(f"{LABELS_FILE} does not match the classes in {CONFIG_FILE}")
     try:
         config = DistillConfig.from_dict(cfg["hyperparameters"])
@@ -564,9 +573,9 @@ def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[st
     kd_scale = cfg.lam * cfg.tau ** 2
     bar = None
     if show_progress:
-        from tqdm.auto import tqdm
+        from hubscout.progress import progress_bar
 
-        bar = tqdm(total=epochs, desc="distil" if ids else "train (CE only)", unit="epoch")
+        bar = progress_bar(total=epochs, desc="distil" if ids else "train (CE only)", unit="epoch")
     report(0.0, "training")
     for epoch in range(epochs):
         images, t_logits = view(epoch)

@@ -76,9 +76,9 @@ def extract(teacher: Teacher, dataset: Dataset, *, batch_size: int = 64, device:
     n_batches = max(1, -(-len(dataset) // batch_size))
     bar = None
     if show_progress:
-        from tqdm.auto import tqdm
+        from hubscout.progress import progress_bar
 
-        bar = tqdm(total=len(dataset), desc=f"forward {teacher.id}", unit="img", leave=False)
+        bar = progress_bar(total=len(dataset), desc=f"forward {teacher.id}", unit="img", leave=False)
     for i, x in enumerate(iter_batches(dataset.images, teacher.input, batch_size)):
         f, z = features_and_logits(model, x.to(device))
         feats.append(f.float().cpu().numpy())

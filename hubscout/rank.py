@@ -180,9 +180,9 @@ def rank(dataset: Dataset, repo: Repository, *, metrics: str | Iterable[str] | N
     entries = []
     bar = None
     if show_progress:
-        from tqdm.auto import tqdm
+        from hubscout.progress import progress_bar
 
-        bar = tqdm(total=len(teachers), desc="teachers", unit="teacher")
+        bar = progress_bar(total=len(teachers), desc="teachers", unit="teacher")
     for i, teacher in enumerate(teachers):
         def sub(frac: float, msg: str, i: int = i) -> None:
             if on_progress is not None:

@@ -254,9 +254,9 @@ def train_teacher(repo: Repository, spec: TeacherSpec, seed: int = 0, val_per_cl
     loss_fn = torch.nn.CrossEntropyLoss()
     bar = None
     if show_progress:
-        from tqdm.auto import tqdm
+        from hubscout.progress import progress_bar
 
-        bar = tqdm(total=spec.epochs * steps_per_epoch, desc=f"train {spec.id}", unit="batch", leave=False)
+        bar = progress_bar(total=spec.epochs * steps_per_epoch, desc=f"train {spec.id}", unit="batch", leave=False)
     for _ in range(spec.epochs):
         model.train()
         order = rng.permutation(len(train))
@@ -338,9 +338,9 @@ def _build(out_dir: Path, quick: bool, seed: int, show_progress: bool) -> Reposi
     jobs: list[tuple[str, Any]] = [("imagenet", v) for v in variants] + [("train", s) for s in specs]
     outer = None
     if show_progress:
-        from tqdm.auto import tqdm
+        from hubscout.progress import progress_bar
 
-        outer = tqdm(total=len(jobs), desc="demo zoo" + (" (quick)" if quick else ""), unit="teacher")
+        outer = progress_bar(total=len(jobs), desc="demo zoo" + (" (quick)" if quick else ""), unit="teacher")
     for i, (kind, job) in enumerate(jobs):
         if outer is not None:
             outer.set_postfix_str(job if kind == "imagenet" else job.id)

@@ -38,7 +38,8 @@ def uploaded(hs, target, tmp_path_factory) -> dict:
 def test_upload_a_file_or_a_dataset(hs, uploaded, target):
     assert uploaded["sha256"] == target.sha256 and uploaded["n_samples"] == 24 and uploaded["name"] == "footwear"
     again = hs.upload(target, name="in memory")
-    assert again["id"] == uploaded["id"]  # same content, same dataset
+    assert again["sha256"] == uploaded["sha256"] and again["name"] == "in memory"  # same content, the request's name
+    assert hs.upload(target, name="footwear")["id"] == uploaded["id"]  # same content and name: same dataset
     assert hs.dataset(uploaded["id"]) == uploaded
 
 

@@ -129,11 +129,15 @@ def test_demo_targets_make_datasets_like_uploads(client, settings):
     assert r.headers["location"] == f"/v1/datasets/{body['id']}"
     stored = load_dataset(settings.storage_root / "datasets" / f"{body['id']}.npz")
     assert np.array_equal(stored.images, expected.images) and np.array_equal(stored.labels, expected.labels)
-    # The same content, asked for again or uploaded as a file, is the same dataset.
+    # The same content asked for again is the same dataset; uploaded as a file it keeps the file's name (the
+    # request's), sharing the stored content.
     again = client.post("/v1/datasets/demo", json={"name": "footwear", "shots": 4, "seed": 7})
     assert again.status_code == 200 and again.json()["id"] == body["id"]
+    files = stored_files(settings)
     upload = client.post("/v1/datasets", files={"file": ("f.npz", npz_bytes(expected))})
-    assert upload.status_code == 200 and upload.json()["id"] == body["id"]
+    assert upload.status_code == 201 and upload.json()["name"] == "f" and upload.json()["sha256"] == body["sha256"]
+    assert upload.json()["id"] != body["id"] and stored_files(settings) == files
+    assert client.get(f"/v1/datasets/{body['id']}").json()["name"] == "footwear-4shot-s7"
 
 
 @pytest.mark.parametrize("body, status, needle", [
@@ -172,14 +176,19 @@ def test_same_content_is_stored_once(client, settings, tmp_path):
     first = client.post("/v1/datasets", files={"file": ("a.zip", zipped)}, data={"name": "first"})
     assert first.status_code == 201, first.text
     files = stored_files(settings)
-    # The same images zipped again, entries in another order, under another name: same content, same dataset.
+    # The same images zipped again, entries in another order, under another name: the content is stored once,
+    # the name is the request's (a dataset row of its own).
     with zipfile.ZipFile(io.BytesIO(zipped)) as zf:
         members = {n: zf.read(n) for n in reversed(zf.namelist())}
     again = client.post("/v1/datasets", files={"file": ("b.zip", zip_bytes(members))})
-    assert again.status_code == 200, again.text
-    assert again.json()["id"] == first.json()["id"]
-    assert again.json()["name"] == "first"
+    assert again.status_code == 201, again.text
+    assert again.json()["id"] != first.json()["id"] and again.json()["sha256"] == first.json()["sha256"]
+    assert again.json()["name"] == "b"
+    assert client.get(f"/v1/datasets/{first.json()['id']}").json()["name"] == "first"
     assert stored_files(settings) == files
+    # The same content under the same name again: that dataset.
+    third = client.post("/v1/datasets", files={"file": ("c.zip", zipped)}, data={"name": "first"})
+    assert third.status_code == 200 and third.json()["id"] == first.json()["id"]
 
 
 def _png(side: int = 8, mode: str = "L", value: int = 128, size: tuple[int, int] | None = None) -> bytes:
