@@ -515,11 +515,12 @@ def evaluate_cmd(student_dir: Path = typer.Argument(..., callback=_existing, fil
 def _print_jobs(rows: list[dict]) -> None:
     from hubscout.client import job_line
 
-    table = _table("job", "kind", "status", "progress", "created", "state")
+    table = _table("job", "kind", "status", "state", whole={"job": max([len(j["id"]) for j in rows] + [3])})
     for j in rows:
-        table.add_row(j["id"], j["kind"], j["status"], f"{j['progress']:.0%}", j["created_at"][:19].replace("T", " "),
-                      job_line(j).split(" ", 2)[-1] if j.get("queue") or j["status"] in ("succeeded", "failed")
-                      else j.get("message", ""))
+        state = job_line(j).split(" ", 2)[2] if len(job_line(j).split(" ", 2)) > 2 else ""
+        table.add_row(j["id"], j["kind"], j["status"],
+                      f"{j['progress']:.0%} · created {j['created_at'][:19].replace('T', ' ')}" +
+                      (f" · {state.lstrip(': ')}" if state else ""))
     _out().print(table)
 
 

@@ -132,7 +132,8 @@ class Client:
 
     def upload(self, data: str | os.PathLike | Any, name: str | None = None) -> dict:
         """Upload a dataset: a ``.zip`` (ImageFolder) or ``.npz`` file, or a :class:`hubscout.data.Dataset`.
-        The same content uploaded twice returns the same dataset."""
+        The same content under the same name returns the same dataset; under another name, a dataset of that name
+        sharing the stored content."""
         fields = {"name": name} if name else {}
         if all(hasattr(data, a) for a in ("images", "labels", "classes")):
             import numpy as np

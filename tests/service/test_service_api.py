@@ -581,3 +581,88 @@ def test_no_client_supplied_name_becomes_a_path(client, settings):
     for url in ("/v1/students/..%2F..%2Fhubscout.db/download", "/v1/students/%2Fetc%2Fpasswd/download",
                 "/v1/datasets/..%2Fhubscout.db"):
         assert client.get(url).status_code == 404, url
+
+
+def test_a_queued_job_says_what_runs_and_waits_ahead_and_jobs_report_real_time(client, dataset_id):
+    import datetime as dt
+
+    from sqlalchemy import update
+
+    first = client.post("/v1/rankings", json={"dataset_id": dataset_id}).json()
+    second = client.post("/v1/rankings", json={"dataset_id": dataset_id}).json()
+    running = client.post("/v1/distillations", json={"dataset_id": dataset_id, "teacher_ids": ["tiny-1"]}).json()
+    started = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=30)
+    with client.app_state.services.db.session() as s:  # as a worker's claim leaves it, 40 % done
+        s.execute(update(JobRow).where(JobRow.id == running["id"])
+                  .values(status="running", progress=0.4, started_at=started, attempts=1, worker="test-worker:1",
+                          heartbeat_at=dt.datetime.now(dt.timezone.utc)))
+        s.commit()
+    try:
+        q1, q2 = (client.get(f"/v1/jobs/{j['id']}").json() for j in (first, second))
+        assert q2["queue"]["position"] == q1["queue"]["position"] + 1
+        assert q2["queue"]["queued_ahead"] == q1["queue"]["queued_ahead"] + 1
+        assert first["id"] in [a["id"] for a in q2["queue"]["ahead"]]
+        assert {"kind": "distillation", "status": "running", "progress": 0.4, "id": running["id"]} \
+            in q1["queue"]["running"]
+        assert q1["computing_s"] is None and q1["queued_s"] >= 0
+        listed = {j["id"]: j for j in client.get("/v1/jobs", params={"status": "queued"}).json()["items"]}
+        assert listed[second["id"]]["queue"]["position"] == q2["queue"]["position"]
+        r = client.get(f"/v1/jobs/{running['id']}").json()
+        assert r["queue"] is None and 29 <= r["computing_s"] < 120
+        assert r["progress"] == 0.4
+    finally:
+        for j in (first, second, running):
+            client.delete(f"/v1/jobs/{j['id']}")
+    done = client.get(f"/v1/jobs/{first['id']}").json()
+    assert done["status"] == "cancelled" and done["queue"] is None and done["computing_s"] is None
+    assert done["queued_s"] == client.get(f"/v1/jobs/{first['id']}").json()["queued_s"]  # stopped counting
+
+
+def test_progress_is_stored_rounded(client, dataset_id, settings):
+    from app import jobs
+
+    job = client.post("/v1/rankings", json={"dataset_id": dataset_id}).json()
+    db = client.app_state.services.db
+    claim = jobs.claim(db, settings, job["id"], "test-worker:1")
+    try:
+        jobs.progress(db, claim, 0.1 + 0.2 + 0.059, "scoring")  # 0.35899999999999993 in floats
+        assert client.get(f"/v1/jobs/{job['id']}").json()["progress"] == 0.359
+    finally:
+        client.delete(f"/v1/jobs/{job['id']}")
+
+
+def test_docs_load_their_assets_from_the_service_not_a_cdn(client):
+    import re
+
+    for page, assets in (("/docs", ("swagger-ui-bundle.js", "swagger-ui.css")), ("/redoc", ("redoc.standalone.js",))):
+        html = client.get(page).text
+        urls = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html)
+        assert urls and not [u for u in urls if u.startswith(("http:", "https:", "//"))], urls
+        for name in assets:
+            url = next(u for u in urls if u.endswith(name))
+            r = client.get(url)
+            assert r.status_code == 200 and len(r.content) > 10_000, url
+
+
+def test_openapi_schemas_are_typed_described_and_have_examples(client):
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    teacher = schemas["RankedTeacher"]
+    assert "additionalProperties" not in teacher
+    assert {"forward_s", "score_s", "cached", "correspondences", "matches"} <= set(teacher["properties"])
+    pair = teacher["properties"]["correspondences"]["additionalProperties"]["items"]
+    assert [p["type"] for p in pair["prefixItems"]] == ["string", "number"]
+    ranking = schemas["RankingOut"]
+    assert "additionalProperties" not in ranking
+    assert {"cost", "shortlist"} <= set(ranking["properties"])
+    assert "Shortlist" in json.dumps(ranking["properties"]["shortlist"])
+    metric_items = json.dumps(schemas["RankingCreate"]["properties"]["metrics"])
+    for m in ("ot", "leep", "nce", "hscore", "logme", "all"):
+        assert f'"{m}"' in metric_items
+    props = {**schemas["RankingCreate"]["properties"], **schemas["DistillationCreate"]["properties"]}
+    for field in ("lam", "tau", "epochs", "top_k"):
+        assert props[field].get("description"), field
+    for name in ("RankingCreate", "DistillationCreate", "DatasetOut"):
+        assert schemas[name].get("examples"), name
+    assert "position" in schemas["QueueInfo"]["properties"]
+    assert {"queued_s", "computing_s", "queue"} <= set(schemas["JobOut"]["properties"])
