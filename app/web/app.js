@@ -378,30 +378,24 @@ function showPlan(teacherId) {
         ? `, for the first ${p.target_classes.length} of your ${p.target_num_classes} classes.` : ".");
   }
   drawPlan(p, false);
-  fillClassList($("#correspondences"), t.correspondences, (li, pairs) => {
-    li.append(" ← ");
-    pairs.forEach(([name, share], i) => {
+  fillClassList($("#correspondences"), t.correspondences, pairLine(" ← ", "share", (v) => `${Math.round(100 * v)}%`));
+  fillClassList($("#matches"), t.matches, pairLine(" ≈ ", "cost", (v) => `(cost ${v.toFixed(3)})`));
+}
+
+// A class list's line: the teacher classes of [name, number] pairs after `sep`, each number in a span of `cls`.
+function pairLine(sep, cls, show) {
+  return (li, pairs) => {
+    li.append(sep);
+    pairs.forEach(([name, v], i) => {
       if (i) li.append(", ");
       li.append(name + " ");
       const s = document.createElement("span");
-      s.className = "share";
-      s.textContent = `${Math.round(100 * share)}%`;
+      s.className = cls;
+      s.textContent = show(v);
       li.append(s);
     });
     if (!pairs.length) li.append("—");
-  });
-  fillClassList($("#matches"), t.matches, (li, pairs) => {
-    li.append(" ≈ ");
-    pairs.forEach(([name, cost], i) => {
-      if (i) li.append(", ");
-      li.append(name + " ");
-      const s = document.createElement("span");
-      s.className = "cost";
-      s.textContent = `(cost ${cost.toFixed(3)})`;
-      li.append(s);
-    });
-    if (!pairs.length) li.append("—");
-  });
+  };
 }
 
 // One list item per target class: its name in bold, then what ``line`` appends (names only ever as text).
