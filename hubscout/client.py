@@ -238,8 +238,8 @@ class Client:
                         continue
                     raise
                 if bar is not None:
+                    bar.update(round(100 * current["progress"], 1) - bar.n)  # before a new state is reported
                     bar.set_description_str(job_line(current)[:100], refresh=False)
-                    bar.update(round(100 * current["progress"], 1) - bar.n)
                 if current["status"] in FINAL:
                     break
                 if deadline is not None and time.monotonic() >= deadline:

@@ -44,7 +44,8 @@ class LineProgress:
         self._closed = False
         self._start = time.monotonic()
         self._last_write = -float("inf")
-        self.min_interval = 2.0
+        self._written: tuple | None = None
+        self.min_interval = 10.0
 
     def __iter__(self):
         for item in self.iterable or ():
@@ -59,10 +60,12 @@ class LineProgress:
         self.close()
 
     def set_description_str(self, desc: str, refresh: bool = True) -> None:
-        # A new state (a job's status and message) is news: reported, at most once per min_interval seconds.
+        # A new state ("ranking running", the part before ":") is reported at once; a new message within it
+        # ("epoch 4/300 ...") at most once per min_interval seconds, so a long job writes a few lines a minute.
+        new_state = desc.split(":")[0] != self.desc.split(":")[0]
         changed = desc != self.desc
         self.desc = desc
-        if changed and self.leave and time.monotonic() - self._last_write >= self.min_interval:
+        if self.leave and (new_state or (changed and time.monotonic() - self._last_write >= self.min_interval)):
             self._write()
 
     set_description = set_description_str
@@ -84,7 +87,8 @@ class LineProgress:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._write(done=True)
+            if self._written != (self.n, self.desc, self.postfix):  # the last line said it all already
+                self._write(done=True)
 
     def line(self, done: bool = False) -> str:
         count = f"{self.n:g}/{self.total:g} {self.unit}" if self.total else f"{self.n:g} {self.unit}"
@@ -94,6 +98,7 @@ class LineProgress:
 
     def _write(self, done: bool = False) -> None:
         self._last_write = time.monotonic()
+        self._written = (self.n, self.desc, self.postfix)
         stream = self.stream or sys.stderr
         stream.write(self.line(done) + "\n")
         stream.flush()

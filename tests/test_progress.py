@@ -53,3 +53,12 @@ def test_on_a_terminal_it_is_tqdm():
     bar = progress_bar(total=3, desc="x", stream=Tty())
     assert isinstance(bar, tqdm)
     bar.close()
+
+
+def test_the_last_state_is_not_repeated_on_close():
+    out = io.StringIO()
+    bar = LineProgress(total=100, desc="ranking running", unit="%", stream=out)
+    bar.update(100)
+    bar.set_description_str("ranking succeeded: done")
+    bar.close()
+    assert out.getvalue().splitlines() == ["ranking succeeded: done: 100/100 % (100%)"]
