@@ -36,7 +36,7 @@ EXIT_USAGE = 2  # a bad command line or option value (also click's own usage err
 EXIT_INPUT = 3  # a local file or folder missing or unreadable: dataset, weights, labels, student, repository
 EXIT_REJECTED = 4  # the request was refused: a 4xx answer of the server, an unknown teacher
 EXIT_JOB_FAILED = 5  # the job ran and failed, or was cancelled
-EXIT_UNREACHABLE = 6  # no answer from the server, or it is unavailable (5xx)
+EXIT_UNREACHABLE = 6  # no answer from the server (or the model hub), or it is unavailable (5xx)
 EXIT_TIMEOUT = 7  # `jobs wait --timeout` ran out with the job still queued or running
 
 console = Console(stderr=True)
@@ -64,6 +64,7 @@ def _guard(fn):
     from hubscout.client import ClientError, JobFailed
     from hubscout.data import DatasetError
     from hubscout.distill import StudentError
+    from hubscout.hub import HubUnavailable
     from hubscout.teachers import TeacherError, TeacherNotFound
 
     @functools.wraps(fn)
@@ -78,6 +79,8 @@ def _guard(fn):
             _fail(f"server: {e}", EXIT_UNREACHABLE if unreachable else EXIT_REJECTED)
         except TeacherNotFound as e:
             _fail(f"unknown teacher: {e.args[0]}", EXIT_REJECTED)
+        except HubUnavailable as e:
+            _fail(str(e), EXIT_UNREACHABLE)
         except (DatasetError, TeacherError, StudentError, FileNotFoundError) as e:
             _fail(str(e), EXIT_INPUT)
         except ValueError as e:
