@@ -6,8 +6,10 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-METRIC_CHOICES = ("ot", "leep", "nce", "hscore", "logme")
-Metric = Literal["ot", "leep", "nce", "hscore", "logme"]
+from hubscout.scores import METRICS, resolve_metrics
+
+# The enum in the OpenAPI schema is the registry's names: registering a metric is the whole change.
+Metric = Literal[tuple(METRICS)]  # type: ignore[valid-type]
 Direction = Literal["lower", "higher"]
 T = TypeVar("T")
 
@@ -154,8 +156,8 @@ class RankingCreate(BaseModel):
     dataset_id: str = Field(min_length=1, max_length=64)
     metrics: list[Metric | Literal["all"]] = Field(
         default_factory=lambda: ["ot"], min_length=1,
-        description="Any of ot (OT relatedness, lower is better), leep, nce, hscore, logme (higher is better), "
-                    "or \"all\"; the first orders the ranking. A comma-separated string is accepted too.")
+        description=f"Any of {', '.join(f'{n} ({e.direction} is better)' for n, e in METRICS.items())}, or "
+                    "\"all\"; the first orders the ranking. A comma-separated string is accepted too.")
     teacher_ids: list[str] | None = Field(None, min_length=1, max_length=10_000,
                                           description="Default: every teacher of the repository.")
     top_k: int | None = Field(None, ge=1, le=10_000, description="Keep the best this many teachers in the result "
@@ -174,18 +176,10 @@ class RankingCreate(BaseModel):
     def _metrics(cls, v: Any) -> Any:
         if isinstance(v, str):
             v = [m.strip() for m in v.split(",") if m.strip()]
-        if isinstance(v, list):
-            out: list[str] = []
-            for m in v:
-                if not isinstance(m, str):
-                    return v  # let the type check report it
-                names = list(METRIC_CHOICES) if m == "all" else [m]
-                for n in names:
-                    if n not in METRIC_CHOICES:
-                        raise ValueError(f"unknown metric {n!r}; choose from {', '.join(METRIC_CHOICES)} or 'all'")
-                    if n not in out:
-                        out.append(n)
-            return out
+        if isinstance(v, list) and v:
+            if not all(isinstance(m, str) for m in v):
+                return v  # let the type check report it
+            return resolve_metrics(v)  # the registry's names, "all" expanded, order kept
         return v
 
     @field_validator("teacher_ids")
@@ -284,26 +278,6 @@ class JobOut(BaseModel):
     computing_s: float | None = Field(None, description="Seconds a worker has computed it (so far, while "
                                                         "running); null until it starts.", examples=[4.71])
     queue: QueueInfo | None = Field(None, description="Queued jobs: what runs and waits ahead of it.")
-
-
-class JobEventJob(BaseModel):
-    id: str
-    kind: Literal["ranking", "distillation"]
-    status: Literal["succeeded", "failed", "cancelled"]
-    dataset_id: str
-    result_id: str | None = Field(description="The ranking's or student's id when the job succeeded.")
-    result: str | None = Field(description="Path of the result under the API, when the job succeeded.")
-    error: str | None
-    created_at: dt.datetime
-    finished_at: dt.datetime | None
-
-
-class JobEvent(BaseModel):
-    """The body of a webhook call: signed as ``X-Hubscout-Signature: sha256=HMAC(secret, "<timestamp>." + body)``
-    with the ``X-Hubscout-Timestamp`` header's value."""
-
-    event: Literal["job.succeeded", "job.failed", "job.cancelled"]
-    job: JobEventJob
 
 
 # ------------------------------------------------------------------------------------------------- results

@@ -7,12 +7,11 @@ from starlette.concurrency import run_in_threadpool
 
 from app import services as ops
 from app.auth import Owner, authenticate
-from app.models import DatasetRow
 from app.problems import Problem
-from app.routes import problems, require_json, services
+from app.routes import ServicesDep, problems, require_json
 from app.schemas import DatasetOut, DemoDatasetCreate, DemoTargetOut
-from app.services import Services
 from app.uploads import read_multipart
+from service.tables import DatasetRow
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[Depends(authenticate)],
                    responses=problems(401, 503))
@@ -36,7 +35,7 @@ def dataset_out(row: DatasetRow) -> DatasetOut:
                               "model": DatasetOut}, **problems(413, 415, 422)},
              summary="Upload a labelled dataset")
 async def upload_dataset(request: Request, response: Response, owner: Owner,
-                         svc: Services = Depends(services)) -> DatasetOut:
+                         svc: ServicesDep) -> DatasetOut:
     s = svc.settings
     form = await read_multipart(request, svc.storage, file_limits={"file": s.max_upload_bytes},
                                 text_fields={"name"}, max_field_bytes=s.max_form_field_bytes,
@@ -64,7 +63,7 @@ def list_demo_targets() -> list[DemoTargetOut]:
                         **problems(415, 422, 503)},
              summary="Create a dataset from a built-in demo target")
 def create_demo_dataset(body: DemoDatasetCreate, response: Response, owner: Owner,
-                        svc: Services = Depends(services)) -> DatasetOut:
+                        svc: ServicesDep) -> DatasetOut:
     row, created = ops.create_demo_dataset(svc, body, owner)
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/v1/datasets/{row.id}"
@@ -72,5 +71,5 @@ def create_demo_dataset(body: DemoDatasetCreate, response: Response, owner: Owne
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut, responses=problems(404))
-def get_dataset(dataset_id: str, owner: Owner, svc: Services = Depends(services)) -> DatasetOut:
+def get_dataset(dataset_id: str, owner: Owner, svc: ServicesDep) -> DatasetOut:
     return dataset_out(ops.get_dataset(svc, dataset_id, owner))

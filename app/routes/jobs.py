@@ -8,12 +8,10 @@ from fastapi.responses import FileResponse
 
 from app import services as ops
 from app.auth import Owner, authenticate
-from app.db import utcnow
-from app.models import JobKind, JobRow, JobStatus
-from app.routes import MAX_INT, problems, require_json, services
-from app.schemas import (CallbackOut, DistillationCreate, JobLinks, JobOut, Page, RankingCreate, RankingOut,
-                         StudentOut)
-from app.services import Services
+from app.routes import MAX_INT, ServicesDep, problems, require_json
+from app.schemas import CallbackOut, DistillationCreate, JobLinks, JobOut, Page, RankingCreate, RankingOut, StudentOut
+from service.db import utcnow
+from service.tables import JobKind, JobRow, JobStatus
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(authenticate)], responses=problems(401, 503))
 
@@ -49,7 +47,7 @@ def _accepted(row: JobRow, response: Response) -> JobOut:
              dependencies=[Depends(require_json)],
              summary="Rank teachers for a dataset (asynchronous: poll the job)")
 def create_ranking(body: RankingCreate, response: Response, owner: Owner,
-                   svc: Services = Depends(services)) -> JobOut:
+                   svc: ServicesDep) -> JobOut:
     return _accepted(ops.create_ranking(svc, body, owner), response)
 
 
@@ -57,7 +55,7 @@ def create_ranking(body: RankingCreate, response: Response, owner: Owner,
              dependencies=[Depends(require_json)],
              summary="Distil a student from teachers (asynchronous: poll the job)")
 def create_distillation(body: DistillationCreate, response: Response, owner: Owner,
-                        svc: Services = Depends(services)) -> JobOut:
+                        svc: ServicesDep) -> JobOut:
     return _accepted(ops.create_distillation(svc, body, owner), response)
 
 
@@ -65,7 +63,7 @@ def create_distillation(body: DistillationCreate, response: Response, owner: Own
 def list_jobs(limit: int = Query(50, ge=1, le=MAX_INT), offset: int = Query(0, ge=0, le=MAX_INT),
               status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
               kind: Literal["ranking", "distillation"] | None = None, *, owner: Owner,
-              svc: Services = Depends(services)) -> Page[JobOut]:
+              svc: ServicesDep) -> Page[JobOut]:
     limit = min(limit, svc.settings.max_page_size)
     rows, total = ops.list_jobs(svc, limit, offset, status, kind, owner)
     return Page[JobOut](items=[job_out(r, ops.queue_info(svc, r, owner)) for r in rows], total=total, limit=limit,
@@ -73,27 +71,27 @@ def list_jobs(limit: int = Query(50, ge=1, le=MAX_INT), offset: int = Query(0, g
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut, responses=problems(404))
-def get_job(job_id: str, owner: Owner, svc: Services = Depends(services)) -> JobOut:
+def get_job(job_id: str, owner: Owner, svc: ServicesDep) -> JobOut:
     row = ops.get_job(svc, job_id, owner)
     return job_out(row, ops.queue_info(svc, row, owner))
 
 
 @router.delete("/v1/jobs/{job_id}", response_model=JobOut, responses=problems(404, 409),
                summary="Cancel a queued or running job")
-def cancel_job(job_id: str, owner: Owner, svc: Services = Depends(services)) -> JobOut:
+def cancel_job(job_id: str, owner: Owner, svc: ServicesDep) -> JobOut:
     return job_out(ops.cancel_job(svc, job_id, owner))
 
 
 @router.get("/v1/rankings/{ranking_id}", response_model=RankingOut, responses=problems(404),
             tags=["results"])
-def get_ranking(ranking_id: str, owner: Owner, svc: Services = Depends(services)) -> RankingOut:
+def get_ranking(ranking_id: str, owner: Owner, svc: ServicesDep) -> RankingOut:
     row = ops.get_ranking(svc, ranking_id, owner)
     return RankingOut(**row.result, id=row.id, job_id=row.job_id, dataset_id=row.dataset_id,
                       created_at=row.created_at)
 
 
 @router.get("/v1/students/{student_id}", response_model=StudentOut, responses=problems(404), tags=["results"])
-def get_student(student_id: str, owner: Owner, svc: Services = Depends(services)) -> StudentOut:
+def get_student(student_id: str, owner: Owner, svc: ServicesDep) -> StudentOut:
     row = ops.get_student(svc, student_id, owner)
     return StudentOut(id=row.id, job_id=row.job_id, dataset_id=row.dataset_id, teacher_ids=row.teacher_ids,
                       student_arch=row.student_arch, config=row.config, metrics=row.metrics,
@@ -107,7 +105,7 @@ def get_student(student_id: str, owner: Owner, svc: Services = Depends(services)
                                             "labels.json, model.onnx, MODEL_CARD.md) as a zip; unzip and load "
                                             "with hubscout.distill.load_student, or run model.onnx."},
                        **problems(404, 410)})
-def download_student(student_id: str, owner: Owner, svc: Services = Depends(services)) -> FileResponse:
+def download_student(student_id: str, owner: Owner, svc: ServicesDep) -> FileResponse:
     row, path = ops.student_archive(svc, student_id, owner)
     return FileResponse(path, media_type="application/zip", filename=f"student-{row.id}.zip",
                         headers={"ETag": f'"{row.archive_sha256}"'})

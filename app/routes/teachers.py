@@ -7,11 +7,10 @@ from starlette.concurrency import run_in_threadpool
 
 from app import services as ops
 from app.auth import authenticate
-from app.models import TeacherRow
-from app.routes import MAX_INT, problems, services
+from app.routes import MAX_INT, ServicesDep, problems
 from app.schemas import SpecInfo, TeacherOut, TeacherPage, TeacherSummary
-from app.services import Services
 from app.uploads import read_multipart
+from service.tables import TeacherRow
 
 # Teachers are one catalogue shared by every key; a key is still needed to see or change it.
 router = APIRouter(prefix="/v1/teachers", tags=["teachers"], dependencies=[Depends(authenticate)],
@@ -52,13 +51,13 @@ def teacher_out(row: TeacherRow) -> TeacherOut:
 
 
 @router.get("", response_model=TeacherPage[TeacherSummary], responses=problems(422))
-def list_teachers(limit: int = Query(50, ge=1, le=MAX_INT), offset: int = Query(0, ge=0, le=MAX_INT),
+def list_teachers(svc: ServicesDep, limit: int = Query(50, ge=1, le=MAX_INT), offset: int = Query(0, ge=0, le=MAX_INT),
                   after: str | None = Query(None, max_length=128, description="keyset cursor: teachers whose id "
                                                                               "sorts after this one"),
                   name: str | None = Query(None, max_length=255, description="exact name"),
                   spec_status: Literal["pending", "ready", "failed"] | None = Query(
-                      None, description="only teachers whose specification is in this state"),
-                  svc: Services = Depends(services)) -> TeacherPage[TeacherSummary]:
+                      None, description="only teachers whose specification is in this state")
+                  ) -> TeacherPage[TeacherSummary]:
     limit = min(limit, svc.settings.max_page_size)
     rows, total, more = ops.list_teachers(svc, limit, offset, name, after=after, spec_status=spec_status)
     return TeacherPage[TeacherSummary](items=[_summary(r) for r in rows], total=total, limit=limit, offset=offset,
@@ -66,13 +65,13 @@ def list_teachers(limit: int = Query(50, ge=1, le=MAX_INT), offset: int = Query(
 
 
 @router.get("/{teacher_id}", response_model=TeacherOut, responses=problems(404))
-def get_teacher(teacher_id: str, svc: Services = Depends(services)) -> TeacherOut:
+def get_teacher(teacher_id: str, svc: ServicesDep) -> TeacherOut:
     return teacher_out(ops.get_teacher(svc, teacher_id))
 
 
 @router.post("", status_code=201, response_model=TeacherOut, openapi_extra=UPLOAD_BODY,
              responses=problems(409, 413, 415, 422), summary="Add a teacher (validated against its architecture)")
-async def add_teacher(request: Request, response: Response, svc: Services = Depends(services)) -> TeacherOut:
+async def add_teacher(request: Request, response: Response, svc: ServicesDep) -> TeacherOut:
     s = svc.settings
     form = await read_multipart(request, svc.storage, file_limits={"weights": s.max_teacher_upload_bytes,
                                                                    "spec_sample": s.max_upload_bytes},
@@ -88,6 +87,6 @@ async def add_teacher(request: Request, response: Response, svc: Services = Depe
 
 
 @router.delete("/{teacher_id}", status_code=204, responses=problems(404))
-def delete_teacher(teacher_id: str, svc: Services = Depends(services)) -> Response:
+def delete_teacher(teacher_id: str, svc: ServicesDep) -> Response:
     ops.delete_teacher(svc, teacher_id)
     return Response(status_code=204)
