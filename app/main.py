@@ -101,10 +101,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             svc.close()
 
     from fastapi.staticfiles import StaticFiles
+    from fastapi_offline import FastAPIOffline
 
     from app.routes import datasets, health, jobs, teachers, web
 
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI and ReDoc from the installed package (under /static-offline-docs), not a
+    # CDN: they load on a machine without internet.
+    app = FastAPIOffline(
         title="hubscout",
         version=_version(),
         summary="Rank a model hub's teachers for your labelled task, and distil a student.",

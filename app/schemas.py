@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from hubscout.options import LAM_RANGE, REG_RANGE, TAU_RANGE
 from hubscout.scores import METRICS, resolve_metrics
 
+# The enum in the OpenAPI schema is the registry's names: registering a metric is the whole change.
+Metric = Literal[tuple(METRICS)]  # type: ignore[valid-type]
+Direction = Literal["lower", "higher"]
 T = TypeVar("T")
 
 
@@ -27,12 +30,22 @@ class TeacherPage(Page[T], Generic[T]):
 # ------------------------------------------------------------------------------------------------- datasets
 
 class DatasetOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "ds_3f2a9c0e5b7d4e1f8a6b2c9d0e1f2a3b", "name": "footwear", "sha256": "9e1c…", "n_samples": 30,
+        "num_classes": 3, "classes": ["sandal", "sneaker", "ankle-boot"],
+        "class_counts": {"sandal": 10, "sneaker": 10, "ankle-boot": 10}, "image_shape": [28, 28, 1],
+        "size_bytes": 20480, "upload_bytes": 23110, "created_at": "2026-12-01T15:00:00Z"}]})
+
     id: str
-    name: str
+    name: str = Field(description="The name this dataset was uploaded under (the request's `name`, else the "
+                                  "file's); the same content under another name is another dataset sharing it.")
     sha256: str = Field(description="Content hash of the decoded images, labels and classes.")
     n_samples: int
     num_classes: int
-    classes: list[str]
+    classes: list[str] = Field(description="Class names in label index order: index i is classes[i], the order "
+                                           "every result (ranking, student outputs, labels.json) uses. An npz "
+                                           "gives it in its `classes` array (else 0..K-1), a zip in a root "
+                                           "`classes.txt` (else the folder names sorted).")
     class_counts: dict[str, int]
     image_shape: list[int] = Field(description="[height, width, channels]")
     size_bytes: int = Field(description="Stored size.")
@@ -138,14 +151,18 @@ def check_callback_url(v: str | None) -> str | None:
     return v
 
 class RankingCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"dataset_id": "ds_3f2a9c0e5b7d4e1f8a6b2c9d0e1f2a3b", "metrics": ["ot", "logme"], "top_k": 5}]})
 
     dataset_id: str = Field(min_length=1, max_length=64)
-    metrics: list[str] = Field(default_factory=lambda: ["ot"], min_length=1,
-                               description=f"Any of {', '.join(METRICS)}, or \"all\"; the first orders.")
+    metrics: list[Metric | Literal["all"]] = Field(
+        default_factory=lambda: ["ot"], min_length=1,
+        description=f"Any of {', '.join(f'{n} ({e.direction} is better)' for n, e in METRICS.items())}, or "
+                    "\"all\"; the first orders the ranking. A comma-separated string is accepted too.")
     teacher_ids: list[str] | None = Field(None, min_length=1, max_length=10_000,
                                           description="Default: every teacher of the repository.")
-    top_k: int | None = Field(None, ge=1, le=10_000)
+    top_k: int | None = Field(None, ge=1, le=10_000, description="Keep the best this many teachers in the result "
+                                                                 "(all are scored); default: all.")
     callback_url: str | None = CALLBACK_URL
     shortlist: int | None = Field(
         None, ge=0, le=100_000,
@@ -176,7 +193,8 @@ class RankingCreate(BaseModel):
 
 
 class DistillationCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"dataset_id": "ds_3f2a9c0e5b7d4e1f8a6b2c9d0e1f2a3b", "teacher_ids": ["fashion-footwear"], "epochs": 30}]})
 
     dataset_id: str = Field(min_length=1, max_length=64)
     teacher_ids: list[str] = Field(default_factory=list, max_length=64,
@@ -230,6 +248,22 @@ class CallbackOut(BaseModel):
     done_at: dt.datetime | None = Field(description="When it was delivered or given up.")
 
 
+class QueueAhead(BaseModel):
+    kind: Literal["ranking", "distillation"]
+    status: Literal["queued", "running"]
+    progress: float = Field(ge=0, le=1)
+    id: str | None = Field(None, description="The job's id when it is yours (another key's jobs are not named).")
+
+
+class QueueInfo(BaseModel):
+    """Where a queued job stands: the jobs that the workers take before it (first come, first served)."""
+
+    position: int = Field(ge=1, description="1: the next job to start once a worker is free.")
+    queued_ahead: int = Field(ge=0, description="Queued jobs created before this one.")
+    running: list[QueueAhead] = Field(description="The jobs running now, holding the workers.")
+    ahead: list[QueueAhead] = Field(description="The first queued jobs ahead of this one (at most 10).")
+
+
 class JobOut(BaseModel):
     id: str
     kind: Literal["ranking", "distillation"]
@@ -249,6 +283,11 @@ class JobOut(BaseModel):
                           "val_acc), updated while the job runs.")
     links: JobLinks
     callback: CallbackOut | None = None
+    queued_s: float | None = Field(None, description="Seconds from creation until a worker started it (so far, "
+                                                     "while queued).", examples=[183.2])
+    computing_s: float | None = Field(None, description="Seconds a worker has computed it (so far, while "
+                                                        "running); null until it starts.", examples=[4.71])
+    queue: QueueInfo | None = Field(None, description="Queued jobs: what runs and waits ahead of it.")
 
 
 # ------------------------------------------------------------------------------------------------- results
@@ -270,19 +309,32 @@ class TransportPlan(BaseModel):
     truncated: bool
 
 
-class RankedTeacher(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class Score(BaseModel):
+    value: float | None = Field(description="The metric's value; null when it is not finite.")
+    direction: Direction = Field(description="Which way is better.")
 
-    rank: int
+
+# A [teacher class, number] pair: JSON arrays of two items, the name first.
+NamedNumber = tuple[str, float]
+
+
+class RankedTeacher(BaseModel):
+    rank: int = Field(description="1 = best under the primary metric.")
     teacher_id: str
     name: str
-    scores: dict[str, dict[str, Any]]
-    correspondences: dict[str, list[list[Any]]]
-    matches: dict[str, list[list[Any]]] = Field(default_factory=dict, description=(
+    scores: dict[Metric, Score]
+    correspondences: dict[str, list[NamedNumber]] = Field(description=(
+        "Per target class, the teacher classes the OT plan takes its mass from, heaviest first, as "
+        "[teacher class, share of the target class's mass in 0..1]."), examples=[{"sandal": [["sandal", 0.91]]}])
+    matches: dict[str, list[NamedNumber]] = Field(default_factory=dict, description=(
         "Per target class, the teacher classes nearest under the centred prototype cost (the label-space "
-        "bridge), as [name, cost]"))
+        "bridge), nearest first, as [teacher class, cost]: a cost, lower is nearer, not a share."),
+        examples=[{"sandal": [["sandal", 0.12], ["sneaker", 0.31]]}])
     plan: TransportPlan | None = Field(None, description="With the ot metric: the transport plan, for a heatmap.")
-    cached: bool
+    cached: bool = Field(description="Whether the teacher's outputs on this dataset came from the cache (no forward "
+                                     "pass).")
+    forward_s: float = Field(0.0, description="Seconds of the teacher's forward pass over the dataset (0 when cached).")
+    score_s: float = Field(0.0, description="Seconds computing this teacher's metrics.")
 
 
 class SkippedTeacher(BaseModel):
@@ -322,19 +374,19 @@ class ShortlistOut(BaseModel):
 class RankingOut(BaseModel):
     """``Ranking.to_dict()`` of the library (what ``hubscout rank --json`` prints), plus the ids around it."""
 
-    model_config = ConfigDict(extra="allow")
-
     id: str
     job_id: str
     dataset_id: str
     created_at: dt.datetime
     dataset_sha256: str
-    metrics: list[str]
-    primary: str
-    directions: dict[str, str]
+    metrics: list[Metric]
+    primary: Metric = Field(description="The metric that orders the teachers (the first asked for).")
+    cost: str = Field("", description="The OT cost matrix between label spaces (hubscout.ot.COSTS).")
+    directions: dict[Metric, Direction]
     n_samples: int
-    classes: list[str]
-    elapsed_s: float
+    classes: list[str] = Field(description="The dataset's classes in label index order.")
+    elapsed_s: float = Field(description="Seconds the ranking computed (a cached one: little). The job says how "
+                                         "long it waited and ran: queued_s, computing_s.")
     teachers: list[RankedTeacher]
     shortlist: ShortlistOut | None = Field(None, description="Which teachers ran and why, which were skipped.")
 

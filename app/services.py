@@ -118,24 +118,28 @@ def create_demo_dataset(svc: Services, body: DemoDatasetCreate, owner: str) -> t
 
 
 def _store_dataset(svc: Services, ds, upload_bytes: int, owner: str) -> tuple[DatasetRow, bool]:
-    """Store ``ds`` in canonical form (npz) unless this owner has a dataset with its content hash.
-    Returns (row, created)."""
+    """Store ``ds`` in canonical form (npz) once per content hash and owner; each name it is sent under gets its
+    own row (the name is the request's, the stored file is shared). Returns (row, created)."""
     sha = ds.sha256
-    mine = (DatasetRow.owner == owner, DatasetRow.sha256 == sha)
+    same = (DatasetRow.owner == owner, DatasetRow.sha256 == sha)
     with svc.db.session() as sess:
-        existing = sess.scalar(select(DatasetRow).where(*mine))
+        existing = sess.scalar(select(DatasetRow).where(*same, DatasetRow.name == ds.name))
+        stored = existing or sess.scalar(select(DatasetRow).where(*same).order_by(DatasetRow.created_at).limit(1))
     if existing is not None:
         return existing, False
 
     dataset_id = new_id("ds_")
-    key = f"datasets/{dataset_id}.npz"
-    dest = svc.storage.path(key)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    key = stored.storage_key if stored is not None else f"datasets/{dataset_id}.npz"
     tmp = svc.storage.tmp_path().with_suffix(".npz")
+    wrote = False
     try:
-        ds.save(tmp)
-        size = tmp.stat().st_size
-        os.replace(tmp, dest)
+        if stored is None:
+            dest = svc.storage.path(key)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            ds.save(tmp)
+            os.replace(tmp, dest)
+            wrote = True
+        size = svc.storage.path(key).stat().st_size
         row = DatasetRow(id=dataset_id, owner=owner, sha256=sha, name=ds.name, n_samples=len(ds),
                          num_classes=ds.num_classes, classes=list(ds.classes), class_counts=ds.class_counts(),
                          image_shape=[int(x) for x in ds.images.shape[1:]], storage_key=key, size_bytes=size,
@@ -146,16 +150,18 @@ def _store_dataset(svc: Services, ds, upload_bytes: int, owner: str) -> tuple[Da
                 sess.commit()
                 return row, True
             except IntegrityError:
-                sess.rollback()  # the same content uploaded concurrently: keep the other copy
-        svc.storage.delete(key)
+                sess.rollback()  # the same content and name uploaded concurrently: keep the other copy
+        if wrote:
+            svc.storage.delete(key)
         with svc.db.session() as sess:
-            other = sess.scalar(select(DatasetRow).where(*mine))
+            other = sess.scalar(select(DatasetRow).where(*same, DatasetRow.name == ds.name))
         if other is None:
             raise RuntimeError("dataset insert failed without a conflicting row")
         return other, False
     except BaseException:
         tmp.unlink(missing_ok=True)
-        svc.storage.delete(key)
+        if wrote:
+            svc.storage.delete(key)
         raise
 
 
@@ -475,6 +481,30 @@ def get_job(svc: Services, job_id: str, owner: str, sweep: bool = True) -> JobRo
         if jobs.sweep(svc.db, svc.settings, svc.queue.enqueue, job_ids=[job_id]):
             row = _get_row(svc, JobRow, "job", job_id, owner)
     return row
+
+
+QUEUE_AHEAD_SHOWN = 10
+
+
+def queue_info(svc: Services, row: JobRow, owner: str) -> dict[str, Any] | None:
+    """What the workers take before queued job ``row``: the running jobs and the queued ones created earlier (any
+    owner's: they share the workers, but only the caller's are named)."""
+    if row.status != JobStatus.QUEUED:
+        return None
+    with svc.db.session() as s:
+        running = list(s.scalars(select(JobRow).where(JobRow.status == JobStatus.RUNNING)
+                                 .order_by(JobRow.started_at).limit(QUEUE_AHEAD_SHOWN)))
+        earlier = (JobRow.status == JobStatus.QUEUED, JobRow.created_at < row.created_at)
+        n_ahead = s.scalar(select(func.count()).select_from(JobRow).where(*earlier)) or 0
+        ahead = list(s.scalars(select(JobRow).where(*earlier).order_by(JobRow.created_at)
+                               .limit(QUEUE_AHEAD_SHOWN)))
+
+    def brief(j: JobRow) -> dict[str, Any]:
+        return {"kind": j.kind, "status": j.status, "progress": round(j.progress or 0.0, 3),
+                "id": j.id if j.owner == owner else None}
+
+    return {"position": n_ahead + 1, "queued_ahead": n_ahead, "running": [brief(j) for j in running],
+            "ahead": [brief(j) for j in ahead]}
 
 
 def list_jobs(svc: Services, limit: int, offset: int, status: str | None, kind: str | None, owner: str

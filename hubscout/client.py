@@ -132,7 +132,8 @@ class Client:
 
     def upload(self, data: str | os.PathLike | Any, name: str | None = None) -> dict:
         """Upload a dataset: a ``.zip`` (ImageFolder) or ``.npz`` file, or a :class:`hubscout.data.Dataset`.
-        The same content uploaded twice returns the same dataset."""
+        The same content under the same name returns the same dataset; under another name, a dataset of that name
+        sharing the stored content."""
         fields = {"name": name} if name else {}
         if all(hasattr(data, a) for a in ("images", "labels", "classes")):
             import numpy as np
@@ -214,17 +215,18 @@ class Client:
 
     def wait(self, job: str | Mapping[str, Any], *, progress: bool = True, timeout: float | None = None,
              raise_on_failure: bool = True) -> dict:
-        """Poll the job until it ends; with ``progress``, a tqdm bar (stderr) follows its progress and message.
+        """Poll the job until it ends; with ``progress``, a bar (stderr; plain lines when it is not a terminal)
+        follows its progress, message and queue position.
         Returns the final job; raises :class:`JobFailed` when it failed or was cancelled (unless
         ``raise_on_failure`` is false) and TimeoutError after ``timeout`` seconds."""
         job_id = _job_id(job)
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = None
         if progress:
-            from tqdm.auto import tqdm
+            from hubscout.progress import progress_bar
 
             kind = job.get("kind", "job") if isinstance(job, Mapping) else "job"
-            bar = tqdm(total=100, desc=kind, unit="%", bar_format="{percentage:3.0f}%|{bar}| {desc}")
+            bar = progress_bar(total=100, desc=kind, unit="%", bar_format="{percentage:3.0f}%|{bar}| {desc}")
         hiccups = 0
         try:
             while True:
@@ -239,9 +241,8 @@ class Client:
                         continue
                     raise
                 if bar is not None:
-                    bar.set_description_str(f"{current['kind']} {current['status']}: {current['message']}"[:70],
-                                            refresh=False)
-                    bar.update(round(100 * current["progress"], 1) - bar.n)
+                    bar.update(round(100 * current["progress"], 1) - bar.n)  # before a new state is reported
+                    bar.set_description_str(job_line(current)[:100], refresh=False)
                 if current["status"] in FINAL:
                     break
                 if deadline is not None and time.monotonic() >= deadline:
@@ -293,6 +294,21 @@ class Client:
             tmp.unlink(missing_ok=True)
 
 
+def job_line(job: Mapping[str, Any]) -> str:
+    """One line on a job: kind, status, message, and where a queued one stands (``queue``) or how long it took."""
+    text = f"{job['kind']} {job['status']}"
+    queue = job.get("queue")
+    if queue:
+        running = ", ".join(f"{r['kind']} {r['progress']:.0%}" for r in queue["running"]) or "nothing"
+        text += f": position {queue['position']} in the queue (running: {running}"
+        text += f"; {queue['queued_ahead']} queued ahead)" if queue["queued_ahead"] else ")"
+    elif job.get("message") and job["message"] != job["status"]:
+        text += f": {job['message']}"
+    if job["status"] in FINAL and job.get("computing_s") is not None:
+        text += f" (queued {job.get('queued_s') or 0:.1f} s, computed {job['computing_s']:.1f} s)"
+    return text
+
+
 def _extract_flat(archive: Path, dest: Path) -> None:
     """A student archive holds plain files at its root; anything else (folders, ``..``) is refused."""
     with zipfile.ZipFile(archive) as zf:
@@ -303,5 +319,8 @@ def _extract_flat(archive: Path, dest: Path) -> None:
                 raise ClientError(None, "Unexpected archive", f"the student archive holds {n!r}")
         dest.mkdir(parents=True, exist_ok=True)
         for n in names:
-            with zf.open(n) as src, open(dest / n, "wb") as out:
+            # Owner-only, like a student saved locally: it is learned from the user's data.
+            fd = os.open(dest / n, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.chmod(dest / n, 0o600)  # an existing file keeps its mode through O_CREAT
+            with zf.open(n) as src, os.fdopen(fd, "wb") as out:
                 shutil.copyfileobj(src, out)

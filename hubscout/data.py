@@ -2,6 +2,11 @@
 
 A dataset in memory is uint8 images ``N×H×W×C`` (C is 1 or 3), int64 labels and class names. Its content hash
 is taken over that canonical form, so the same images zipped twice, or sent as npz, hash alike.
+
+Class order (label index ``i`` is ``classes[i]``) follows one rule for both formats: the order the file stores.
+An npz stores it in its ``classes`` array (without one, the classes are the label indices ``0..K-1``); a zip in a
+``classes.txt`` at its root, one folder name a line (without one, the folder names sorted). :func:`write_image_folder_zip`
+writes ``classes.txt``, so a dataset saved as zip and as npz loads with the same order.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ if TYPE_CHECKING:
     from hubscout.teachers import InputConfig
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+CLASSES_FILE = "classes.txt"  # class order of an ImageFolder zip, one folder name a line
 ARCHIVE_SUFFIXES = {".zip", ".npz", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar"}
 
 
@@ -246,9 +252,13 @@ def _read_image_folder(zf: zipfile.ZipFile, limits: Limits) -> Dataset:
     infos = _check_members(zf, limits)
     files = []
     folders = set()
+    order = None
     for info in infos:
         p = PurePosixPath(info.filename)
         if p.name.startswith(".") or "__MACOSX" in p.parts:
+            continue
+        if str(p) == CLASSES_FILE:
+            order = _read_class_order(zf, info)
             continue
         if info.is_dir():
             folders.add(p)
@@ -272,6 +282,13 @@ def _read_image_folder(zf: zipfile.ZipFile, limits: Limits) -> Dataset:
         raise DatasetTooLarge(f"{len(files)} images, more than the limit of {limits.max_samples}",
                               limits.max_samples)
     classes = sorted({c for c, _ in files})
+    if order is not None:
+        if sorted(order) != classes:
+            missing, extra = sorted(set(classes) - set(order)), sorted(set(order) - set(classes))
+            raise DatasetError(f"{CLASSES_FILE} does not list the class folders exactly"
+                               + (f"; folders not listed: {', '.join(missing[:10])}" if missing else "")
+                               + (f"; listed without a folder: {', '.join(extra[:10])}" if extra else ""))
+        classes = order
     if len(classes) > limits.max_classes:
         raise DatasetTooLarge(f"{len(classes)} classes, more than the limit of {limits.max_classes}",
                               limits.max_classes)
@@ -308,13 +325,28 @@ def _read_image_folder(zf: zipfile.ZipFile, limits: Limits) -> Dataset:
     return Dataset(np.stack(arrays), np.array(labels, dtype=np.int64), classes)
 
 
+def _read_class_order(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> list[str]:
+    if info.file_size > 1 << 20:
+        raise DatasetError(f"{CLASSES_FILE} is over 1 MiB")
+    try:
+        text = zf.read(info).decode("utf-8")
+    except (UnicodeDecodeError, zipfile.BadZipFile, OSError) as e:
+        raise DatasetError(f"{CLASSES_FILE} is not readable UTF-8 text: {e}") from e
+    order = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(set(order)) != len(order):
+        raise DatasetError(f"{CLASSES_FILE} names a class twice")
+    return order
+
+
 def write_image_folder_zip(dataset: Dataset, path: str | Path, fmt: str = "png") -> Path:
-    """Write ``dataset`` as an ImageFolder ``.zip`` (``<class>/<index>.<fmt>``)."""
+    """Write ``dataset`` as an ImageFolder ``.zip`` (``<class>/<index>.<fmt>``) with its class order in
+    ``classes.txt``, so it loads with the classes in the same order as its npz."""
     from PIL import Image
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(CLASSES_FILE, "".join(c + "\n" for c in dataset.classes))
         for i, (img, y) in enumerate(zip(dataset.images, dataset.labels)):
             buf = io.BytesIO()
             Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(buf, format=fmt.upper())

@@ -185,6 +185,9 @@ def model_card(config: Mapping[str, Any], metrics: Mapping[str, Any], *, created
         lines.append(f"- `{name}`: {what}")
     lines += [
         "",
+        "Without hubscout or torch (`pip install onnxruntime numpy pillow`): `python predict.py image.png ...` "
+        "prepares each image as above and prints its class; `from predict import Predictor` does it from Python.",
+        "",
         "```python",
         "from hubscout.distill import load_student      # torch",
         "student = load_student('.')                     # then student.predict(uint8_images)",

@@ -114,9 +114,9 @@ def extract_group(teachers: list[Teacher], dataset: Dataset, *, batch_size: int 
     n_batches = max(1, -(-n // batch_size))
     bar = None
     if show_progress:
-        from tqdm.auto import tqdm
+        from hubscout.progress import progress_bar
 
-        bar = tqdm(total=n * len(models), desc=f"forward {', '.join(t.id for t in teachers)}"[:60], unit="img",
+        bar = progress_bar(total=n * len(models), desc=f"forward {', '.join(t.id for t in teachers)}"[:60], unit="img",
                    leave=False)
     batches = iter_batches(dataset.images, cfg, batch_size)
     start = 0

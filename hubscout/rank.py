@@ -264,9 +264,9 @@ def score_teachers(teachers: Sequence[Teacher], dataset: Dataset, metrics: Seque
     scored: dict[str, RankEntry] = {}
     bar = None
     if show_progress:
-        from tqdm.auto import tqdm
+        from hubscout.progress import progress_bar
 
-        bar = tqdm(total=len(teachers), desc="teachers", unit="teacher")
+        bar = progress_bar(total=len(teachers), desc="teachers", unit="teacher")
 
     def progress(done: float, msg: str) -> None:
         if on_progress is not None:

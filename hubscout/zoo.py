@@ -229,9 +229,9 @@ def train_teacher(repo: Repository, spec: TeacherSpec, seed: int = 0, val_per_cl
     loss_fn = torch.nn.CrossEntropyLoss()
     bar = None
     if show_progress:
-        from tqdm.auto import tqdm
+        from hubscout.progress import progress_bar
 
-        bar = tqdm(total=spec.epochs * steps_per_epoch, desc=f"train {spec.id}", unit="batch", leave=False)
+        bar = progress_bar(total=spec.epochs * steps_per_epoch, desc=f"train {spec.id}", unit="batch", leave=False)
     for _ in range(spec.epochs):
         model.train()
         order = rng.permutation(len(train))
@@ -333,9 +333,9 @@ def _build(out_dir: Path, quick: bool, seed: int, show_progress: bool, workers: 
     total = len(variants) + len(specs)
     outer = None
     if show_progress:
-        from tqdm.auto import tqdm
+        from hubscout.progress import progress_bar
 
-        outer = tqdm(total=total, desc="demo zoo" + (" (quick)" if quick else ""), unit="teacher")
+        outer = progress_bar(total=total, desc="demo zoo" + (" (quick)" if quick else ""), unit="teacher")
     done = 0
 
     def built(teacher_id: str, seconds: float) -> None:

@@ -88,7 +88,8 @@ def heartbeat(db: Database, claim_: Claim) -> bool:
 def progress(db: Database, claim_: Claim, fraction: float, message: str, curves: dict | None = None) -> None:
     """``curves``: a distillation's training curves so far (kept as they were when not given)."""
     fraction = min(max(float(fraction), 0.0), 1.0)
-    values = dict(progress=fraction, message=message[:500], heartbeat_at=utcnow())
+    # Three decimals: finer steps are noise to a reader, and sums of float fractions print as 0.35899999999999993.
+    values = dict(progress=round(fraction, 3), message=message[:500], heartbeat_at=utcnow())
     if curves is not None:
         values["curves"] = curves
     with db.session() as s:

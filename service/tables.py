@@ -72,9 +72,10 @@ class JobKind:
 
 class DatasetRow(Base):
     __tablename__ = "datasets"
-    # One copy per content hash and owner: deduplicating across owners would tell one key that another uploaded
-    # the same data.
-    __table_args__ = (UniqueConstraint("owner", "sha256", name="uq_datasets_owner_sha256"),)
+    # One row per owner, content hash and name: the same content under another name is another row sharing the
+    # stored file (the name is the request's). Deduplicating across owners would tell one key that another
+    # uploaded the same data.
+    __table_args__ = (UniqueConstraint("owner", "sha256", "name", name="uq_datasets_owner_sha256_name"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     owner: Mapped[str] = mapped_column(String(64), server_default=LOCAL_OWNER)

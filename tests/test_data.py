@@ -88,6 +88,31 @@ def test_image_folder_classes_sorted_and_nested_root(tmp_path):
     assert ds.labels.tolist() == [0, 0, 1]
 
 
+def test_zip_and_npz_of_one_target_load_with_one_class_order(tmp_path):
+    # Not alphabetical, and labels interleaved: the order must come from the file, not from sorting names.
+    ds = make_dataset(n_per_class=2, classes=("sandal", "sneaker", "ankle-boot"), channels=3)
+    ds = ds.subset(np.random.default_rng(0).permutation(len(ds)))
+    zipped = load_dataset(write_image_folder_zip(ds, tmp_path / "t.zip"))
+    via_npz = load_dataset(ds.save(tmp_path / "t.npz"))
+    assert zipped.classes == via_npz.classes == ["sandal", "sneaker", "ankle-boot"]
+    with zipfile.ZipFile(tmp_path / "t.zip") as zf:
+        assert zf.read("classes.txt").decode().split() == ["sandal", "sneaker", "ankle-boot"]
+
+    def by_name(d):
+        return sorted((d.classes[y], img.tobytes()) for img, y in zip(d.images, d.labels))
+
+    assert by_name(zipped) == by_name(via_npz) == by_name(ds)  # every image keeps its class under both formats
+
+
+def test_zip_classes_txt_must_list_the_folders(tmp_path):
+    members = {"b/1.png": png_bytes(GREY), "a/1.png": png_bytes(GREY)}
+    assert load_dataset(write_zip(tmp_path / "sorted.zip", members)).classes == ["a", "b"]
+    ordered = load_dataset(write_zip(tmp_path / "o.zip", {**members, "classes.txt": b"b\na\n"}))
+    assert ordered.classes == ["b", "a"] and [ordered.classes[y] for y in ordered.labels] == ["a", "b"]
+    expect_error(write_zip(tmp_path / "x.zip", {**members, "classes.txt": b"b\nc\n"}), "classes.txt",
+                 "not listed: a", "without a folder: c")
+
+
 # ---------------------------------------------------------------------------------------------- npz
 
 @pytest.mark.parametrize("channels", [None, 1, 3])

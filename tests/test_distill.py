@@ -191,7 +191,7 @@ def test_tiny_data_keeps_every_class_in_train(tiny_repo):
 def test_save_load_identical_predictions(student, toy, tmp_path):
     out = student.save(tmp_path / "s")
     assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "metrics.json", "labels.json",
-                                               "model.onnx", "MODEL_CARD.md"}
+                                               "model.onnx", "MODEL_CARD.md", "predict.py"}
     loaded = load_student(out)
     assert np.array_equal(loaded.predict(toy), student.predict(toy))
     np.testing.assert_allclose(loaded.predict_proba(toy), student.predict_proba(toy), rtol=0, atol=1e-6)
@@ -214,7 +214,7 @@ def test_saved_config_fields(student, toy, tmp_path):
     assert cfg["input"]["channels"] == 1 and cfg["input"]["size"] == 32  # 16 px images, at least 32
     assert cfg["hubscout_version"] == hubscout.__version__ and cfg["dataset_sha256"] == toy.sha256
     assert cfg["hyperparameters"]["lam"] == student.config.lam and cfg["teachers"][0]["id"] == "t-one"
-    assert json.loads((out / "labels.json").read_text()) == {"0": "a", "1": "b", "2": "c"}
+    assert json.loads((out / "labels.json").read_text()) == ["a", "b", "c"]  # a list in output index order
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) >= {"train_accuracy", "val_accuracy", "curves", "elapsed_s", "device"}
 

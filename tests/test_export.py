@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import onnx
@@ -80,3 +81,42 @@ def test_export_failure_is_loud(tmp_path):
     with pytest.raises(ExportError, match="could not export Unexportable to ONNX.*eigh"):
         export_onnx(Unexportable(), InputConfig(8, 1, (0.5,), (0.5,)), tmp_path / "m.onnx")
     assert not list(tmp_path.iterdir())
+
+
+def test_predict_py_runs_the_onnx_student_on_image_files_without_torch(saved, footwear_test, tmp_path):
+    """The download's predict.py, in a fresh interpreter where torch and hubscout cannot be imported, classifies
+    real image files as the torch student classifies the same images."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    out, _, _, _ = saved
+    assert (out / "predict.py").is_file()
+    loaded = load_student(out)
+    picks = [0, 1, 150, 299]
+    paths = []
+    for i in picks:
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(footwear_test.images[i][..., 0]).save(p)  # grey 28×28, as a user's file
+        paths.append(str(p))
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    for mod in ("torch", "hubscout", "timm"):  # a module named like these fails to import
+        (blocker / f"{mod}.py").write_text("raise ImportError('not available to predict.py')\n")
+    env = {**os.environ, "PYTHONPATH": str(blocker)}
+    run = subprocess.run([sys.executable, str(out / "predict.py"), *paths], capture_output=True, text=True,
+                         env=env, cwd=tmp_path, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = [line.split("\t") for line in run.stdout.strip().splitlines()]
+    assert [line[0] for line in lines] == paths
+    expected = [loaded.classes[k] for k in loaded.predict(footwear_test.images[picks])]
+    assert [line[1] for line in lines] == expected
+    # The probabilities match torch's on the same pixels.
+    sys.path.insert(0, str(out))
+    try:
+        from predict import Predictor
+    finally:
+        sys.path.remove(str(out))
+    probs = Predictor(out).probabilities(paths)
+    np.testing.assert_allclose(probs, loaded.predict_proba(footwear_test.images[picks]), atol=2e-3)

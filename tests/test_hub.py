@@ -18,7 +18,7 @@ import torch
 from typer.testing import CliRunner
 
 from hubscout import hub
-from hubscout.cli import app
+from hubscout.cli import EXIT_INPUT, EXIT_UNREACHABLE, app
 from hubscout.data import to_tensor
 from hubscout.teachers import Repository, TeacherError
 from hubscout.zoo import imagenet_labels
@@ -64,7 +64,7 @@ def test_import_registers_the_model_with_timms_labels_and_input(fake_download, t
 
     # Asked again: refused before anything is downloaded.
     res = runner.invoke(app, ["teachers", "import-timm", "test_resnet.r160_in1k", "--repo", str(repo_dir)])
-    assert res.exit_code == 2 and "already exists" in res.output and len(fake_download) == 1
+    assert res.exit_code == EXIT_INPUT and "already exists" in res.output and len(fake_download) == 1
 
 
 def test_labels_for_other_label_sets_and_models_without_any():
@@ -94,7 +94,7 @@ def test_unreachable_hub_fails_in_one_line_and_adds_nothing(tmp_path):
     done = subprocess.run([sys.executable, "-m", "hubscout.cli", "teachers", "import-timm", "test_resnet",
                            "--repo", str(tmp_path / "repo")], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
-    assert done.returncode == 2, done.stderr
+    assert done.returncode == EXIT_UNREACHABLE, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
     assert f"{endpoint}/ is unreachable from this machine" in lines[0]
@@ -110,7 +110,7 @@ def test_offline_mode_without_cached_weights_fails_clearly_and_adds_nothing(tmp_
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     res = runner.invoke(app, ["teachers", "import-timm", "test_resnet", "--repo", str(tmp_path / "repo")])
-    assert res.exit_code == 2
+    assert res.exit_code == EXIT_UNREACHABLE
     assert "not in the local Hugging Face cache and HF_HUB_OFFLINE is set" in res.output
     assert res.output.count("error:") == 1
     assert Repository(tmp_path / "repo").ids() == []

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime as dt
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Response
@@ -9,6 +10,7 @@ from app import services as ops
 from app.auth import Owner, authenticate
 from app.routes import MAX_INT, ServicesDep, problems, require_json, teachers_ready
 from app.schemas import CallbackOut, DistillationCreate, JobLinks, JobOut, Page, RankingCreate, RankingOut, StudentOut
+from service.db import utcnow
 from service.tables import JobKind, JobRow, JobStatus
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(authenticate)], responses=problems(401, 503))
@@ -16,16 +18,24 @@ router = APIRouter(tags=["jobs"], dependencies=[Depends(authenticate)], response
 RESULT_PATHS = {JobKind.RANKING: "/v1/rankings/", JobKind.DISTILLATION: "/v1/students/"}
 
 
-def job_out(row: JobRow) -> JobOut:
+def _seconds(start, end) -> float | None:
+    return None if start is None else round(max((end or utcnow()) - start, dt.timedelta(0)).total_seconds(), 2)
+
+
+def job_out(row: JobRow, queue: dict | None = None) -> JobOut:
     result = RESULT_PATHS[row.kind] + row.result_id if row.result_id and row.status == JobStatus.SUCCEEDED else None
-    return JobOut(id=row.id, kind=row.kind, status=row.status, progress=row.progress, message=row.message,
+    # A job cancelled before it started waited until it was cancelled.
+    queued_until = row.started_at or (row.finished_at if row.status in JobStatus.FINAL else None)
+    return JobOut(id=row.id, kind=row.kind, status=row.status, progress=round(row.progress, 3), message=row.message,
                   dataset_id=row.dataset_id, params=row.params, error=row.error, attempts=row.attempts,
                   result_id=row.result_id if result else None, created_at=row.created_at,
                   started_at=row.started_at, finished_at=row.finished_at, curves=row.curves,
                   links=JobLinks(self=f"/v1/jobs/{row.id}", result=result),
                   callback=CallbackOut(url=row.callback_url, state=row.callback_state, attempts=row.callback_attempts,
                                        last_error=row.callback_error, done_at=row.callback_done_at)
-                  if row.callback_url else None)
+                  if row.callback_url else None,
+                  queued_s=_seconds(row.created_at, queued_until),
+                  computing_s=_seconds(row.started_at, row.finished_at), queue=queue)
 
 
 def _accepted(row: JobRow, response: Response) -> JobOut:
@@ -56,12 +66,14 @@ def list_jobs(limit: int = Query(50, ge=1, le=MAX_INT), offset: int = Query(0, g
               svc: ServicesDep) -> Page[JobOut]:
     limit = min(limit, svc.settings.max_page_size)
     rows, total = ops.list_jobs(svc, limit, offset, status, kind, owner)
-    return Page[JobOut](items=[job_out(r) for r in rows], total=total, limit=limit, offset=offset)
+    return Page[JobOut](items=[job_out(r, ops.queue_info(svc, r, owner)) for r in rows], total=total, limit=limit,
+                        offset=offset)
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut, responses=problems(404))
 def get_job(job_id: str, owner: Owner, svc: ServicesDep) -> JobOut:
-    return job_out(ops.get_job(svc, job_id, owner))
+    row = ops.get_job(svc, job_id, owner)
+    return job_out(row, ops.queue_info(svc, row, owner))
 
 
 @router.delete("/v1/jobs/{job_id}", response_model=JobOut, responses=problems(404, 409),

@@ -5,7 +5,10 @@
 const $ = (sel) => document.querySelector(sel);
 const KEY_STORE = "hubscout.apiKey";
 const FINAL = new Set(["succeeded", "failed", "cancelled"]);
-const state = {info: null, dataset: null, ranking: null, selected: new Set(), planTeacher: null};
+const state = {info: null, dataset: null, ranking: null, selected: new Set(), planTeacher: null, sortBy: null};
+// One display name per metric, wherever a metric is named (checkboxes, table, notes).
+const METRIC_NAMES = {ot: "OT relatedness", leep: "LEEP", nce: "NCE", hscore: "H-score", logme: "LogME"};
+const metricName = (m) => METRIC_NAMES[m] || m;
 
 // ------------------------------------------------------------------------------------------------ API
 
@@ -85,8 +88,7 @@ async function watchJob(jobId, box, onUpdate = () => {}) {
   for (let delay = 300; ; delay = Math.min(delay * 1.3, 1500)) {
     const job = await api(`/v1/jobs/${jobId}`);
     box.querySelector(".bar").style.width = `${Math.round(100 * job.progress)}%`;
-    box.querySelector(".msg").textContent =
-      `${job.status} · ${Math.round(100 * job.progress)}% · ${job.error || job.message}`;
+    box.querySelector(".msg").textContent = jobText(job);
     box.dataset.status = job.status;
     onUpdate(job);
     if (FINAL.has(job.status)) {
@@ -97,6 +99,24 @@ async function watchJob(jobId, box, onUpdate = () => {}) {
     await sleep(delay);
   }
 }
+
+// One line on a job: where a queued one stands and what runs ahead, the real time a finished one took.
+function jobText(job) {
+  const pctDone = `${Math.round(100 * job.progress)}%`;
+  if (job.status === "queued" && job.queue) {
+    const q = job.queue;
+    const running = q.running.map((r) => `${r.kind} ${Math.round(100 * r.progress)}%`).join(", ");
+    return `queued · position ${q.position} · ${running ? `running now: ${running}` : "waiting for a worker"}`
+      + (q.queued_ahead ? ` · ${q.queued_ahead} queued ahead` : "") + ` · waited ${secs(job.queued_s)}`;
+  }
+  if (FINAL.has(job.status) && job.computing_s !== null && job.computing_s !== undefined) {
+    return `${job.status} · waited ${secs(job.queued_s)} in the queue, computed ${secs(job.computing_s)}`
+      + (job.error ? ` · ${job.error}` : "");
+  }
+  return `${job.status} · ${pctDone} · ${job.error || job.message}`;
+}
+
+function secs(v) { return v === null || v === undefined ? "—" : `${v < 10 ? v.toFixed(1) : Math.round(v)} s`; }
 
 // ------------------------------------------------------------------------------------------------ URL state
 
@@ -120,6 +140,11 @@ function setDataset(ds) {
   strong.textContent = ds.name;
   card.append(strong, ` · ${ds.n_samples} images of ${ds.image_shape.join("×")} · ${ds.num_classes} classes `
     + `(${Math.min(...counts)}–${Math.max(...counts)} per class): ${ds.classes.join(", ")} `);
+  const order = document.createElement("div");
+  order.className = "muted class-order";
+  order.textContent = "label index order (used by every result and the student's outputs): "
+    + ds.classes.map((c, i) => `${i} ${c}`).join(" · ");
+  card.append(order);
   const id = document.createElement("span");
   id.className = "id";
   id.textContent = ds.id;
@@ -164,14 +189,13 @@ $("#demo-form").addEventListener("submit", (ev) => {
 
 function metricBoxes() {
   const fs = $("#metrics");
-  const names = {ot: "OT relatedness (ours)", leep: "LEEP", nce: "NCE", hscore: "H-score", logme: "LogME"};
   for (const m of state.info.metrics) {
     const label = document.createElement("label");
     const box = document.createElement("input");
     box.type = "checkbox";
     box.value = m;
     box.checked = m === "ot" || m === "logme";
-    label.append(box, ` ${names[m] || m}`);
+    label.append(box, ` ${metricName(m)}`);
     fs.append(label);
   }
 }
@@ -202,6 +226,8 @@ async function showRanking(jobId) {
   const job = await watchJob(jobId, $("#rank-progress"));
   const ranking = await api(job.links.result);
   state.ranking = ranking;
+  state.rankJob = job;
+  state.sortBy = ranking.primary;
   renderRanking(ranking);
   state.selected = new Set(ranking.teachers.length ? [ranking.teachers[0].teacher_id] : []);
   syncSelection();
@@ -214,25 +240,64 @@ function fmt(v) {
   return Math.abs(v) >= 100 ? v.toFixed(1) : v.toFixed(4);
 }
 
+// Each teacher's place under metric m (1 = best), ties sharing a place; non-finite values last.
+function ranksUnder(r, m) {
+  const sign = r.directions[m] === "lower" ? 1 : -1;
+  const key = (t) => { const v = t.scores[m]?.value; return v === null || v === undefined || !isFinite(v) ? Infinity : sign * v; };
+  const sorted = [...r.teachers].sort((a, b) => key(a) - key(b));
+  const out = {};
+  sorted.forEach((t, i) => { out[t.teacher_id] = i > 0 && key(t) === key(sorted[i - 1]) ? out[sorted[i - 1].teacher_id] : i + 1; });
+  return out;
+}
+
+// Kendall's τ between two rankings of the same teachers: 1 = the same order, -1 = reversed.
+function kendall(a, b, ids) {
+  let s = 0, n = 0;
+  for (let i = 0; i < ids.length; i++) for (let j = i + 1; j < ids.length; j++) {
+    const x = Math.sign(a[ids[i]] - a[ids[j]]), y = Math.sign(b[ids[i]] - b[ids[j]]);
+    s += x * y; n += 1;
+  }
+  return n ? s / n : 1;
+}
+
 function renderRanking(r) {
   const table = $("#ranking-table");
   table.hidden = false;
   const arrows = (m) => (r.directions[m] === "lower" ? "↓ better" : "↑ better");
-  const head = ["#", "teacher", ...r.metrics.map((m) => `${m} (${arrows(m)})`), "top correspondences", "plan",
-                "distil"];
+  const ranks = Object.fromEntries(r.metrics.map((m) => [m, ranksUnder(r, m)]));
+  const sortBy = r.metrics.includes(state.sortBy) ? state.sortBy : r.primary;
+  table.dataset.sort = sortBy;
   table.tHead.innerHTML = "";
   const hr = table.tHead.insertRow();
-  for (const h of head) { const th = document.createElement("th"); th.textContent = h; hr.append(th); }
+  const th = (text) => { const el = document.createElement("th"); el.textContent = text; hr.append(el); return el; };
+  th(`# (${metricName(sortBy)})`);
+  th("teacher");
+  for (const m of r.metrics) {
+    const el = document.createElement("th");
+    const btn = document.createElement("button");
+    btn.type = "button";
+    btn.className = "sort" + (m === sortBy ? " active" : "");
+    btn.dataset.metric = m;
+    btn.title = `sort by ${metricName(m)}`;
+    btn.textContent = `${metricName(m)} (${arrows(m)})${m === sortBy ? " ▾" : ""}`;
+    btn.addEventListener("click", () => { state.sortBy = m; renderRanking(r); syncSelection(); });
+    el.append(btn);
+    el.setAttribute("aria-sort", m === sortBy ? "ascending" : "none");
+    hr.append(el);
+  }
+  th("top correspondences");
+  th("plan");
+  th("distil");
   const body = table.tBodies[0];
   body.innerHTML = "";
-  const prim = r.primary;
-  const vals = r.teachers.map((t) => t.scores[prim]?.value).filter((v) => v !== null && isFinite(v));
+  const vals = r.teachers.map((t) => t.scores[sortBy]?.value).filter((v) => v !== null && isFinite(v));
   const lo = Math.min(...vals), hi = Math.max(...vals);
-  for (const t of r.teachers) {
+  const order = [...r.teachers].sort((a, b) => ranks[sortBy][a.teacher_id] - ranks[sortBy][b.teacher_id]);
+  for (const t of order) {
     const tr = body.insertRow();
     tr.dataset.teacher = t.teacher_id;
-    if (t.rank === 1) tr.className = "best";
-    tr.insertCell().textContent = String(t.rank);
+    if (ranks[sortBy][t.teacher_id] === 1) tr.className = "best";
+    tr.insertCell().textContent = String(ranks[sortBy][t.teacher_id]);
     const name = tr.insertCell();
     const b = document.createElement("strong");
     b.textContent = t.teacher_id;
@@ -241,9 +306,10 @@ function renderRanking(r) {
     for (const m of r.metrics) {
       const td = tr.insertCell();
       td.className = "num";
+      td.dataset.metric = m;
       const v = t.scores[m]?.value;
-      td.textContent = fmt(v);
-      if (m === prim && hi > lo && v !== null && isFinite(v)) {
+      td.append(fmt(v));
+      if (m === sortBy && hi > lo && v !== null && isFinite(v)) {
         // Longer bar = better teacher, whichever way the metric points.
         const good = r.directions[m] === "lower" ? (hi - v) / (hi - lo) : (v - lo) / (hi - lo);
         const bar = document.createElement("span");
@@ -251,12 +317,19 @@ function renderRanking(r) {
         bar.style.width = `${Math.round(6 + 54 * good)}px`;
         td.append(bar);
       }
+      if (r.metrics.length > 1) {
+        const k = document.createElement("span");
+        k.className = "mrank";
+        k.title = `rank under ${metricName(m)}`;
+        k.textContent = `#${ranks[m][t.teacher_id]}`;
+        td.append(" ", k);
+      }
     }
     const corr = tr.insertCell();
     corr.className = "corr";
-    corr.textContent = Object.entries(t.correspondences || {}).slice(0, 4)
-      .filter(([, pairs]) => pairs.length)
-      .map(([c, pairs]) => `${c} ← ${pairs[0][0]} ${Math.round(100 * pairs[0][1])}%`).join("; ") || "—";
+    const lines = Object.entries(t.correspondences || {}).filter(([, pairs]) => pairs.length)
+      .map(([c, pairs]) => `${c} ← ${pairs[0][0]} ${Math.round(100 * pairs[0][1])}%`);
+    corr.textContent = (lines.slice(0, 4).join("; ") + (lines.length > 4 ? `; +${lines.length - 4} more` : "")) || "—";
     const planCell = tr.insertCell();
     if (t.plan) {
       const btn = document.createElement("button");
@@ -281,11 +354,36 @@ function renderRanking(r) {
     });
     pick.append(box);
   }
+  renderAgreement(r, ranks);
   const note = $("#rank-note");
   note.hidden = false;
-  note.textContent = `${r.teachers.length} teachers for ${r.n_samples} images, ordered by ${prim}; `
-    + `ranked in ${r.elapsed_s.toFixed(2)} s` + (r.teachers.every((t) => t.cached) ? " (all from the cache)." : ".");
+  const job = state.rankJob;
+  const took = job && job.computing_s !== null && job.computing_s !== undefined
+    ? `waited ${secs(job.queued_s)} in the queue, computed ${secs(job.computing_s)}`
+    : `ranked in ${r.elapsed_s.toFixed(2)} s`;
+  note.textContent = `${r.teachers.length} teachers for ${r.n_samples} images, ordered by ${metricName(sortBy)} `
+    + `(click a metric to order by it); ${took}` + (r.teachers.every((t) => t.cached) ? " (all from the cache)." : ".");
   renderSkipped(r.shortlist);
+}
+
+// Where the metrics agree: each one's best teacher and its rank correlation with the primary metric.
+function renderAgreement(r, ranks) {
+  const box = $("#agreement");
+  box.hidden = r.metrics.length < 2 || r.teachers.length < 2;
+  if (box.hidden) return;
+  const ids = r.teachers.map((t) => t.teacher_id);
+  const best = (m) => ids.find((id) => ranks[m][id] === 1);
+  const p = r.primary;
+  const parts = r.metrics.filter((m) => m !== p).map((m) => {
+    const tau = kendall(ranks[p], ranks[m], ids);
+    const same = best(m) === best(p);
+    return `${metricName(m)}: ${same ? "same best teacher" : `best is ${best(m)}`}, `
+      + `rank agreement τ = ${tau.toFixed(2)}`;
+  });
+  box.textContent = `Agreement with ${metricName(p)} (best: ${best(p)}). ` + parts.join(" · ")
+    + ". τ = 1: the same order, 0: unrelated, −1: reversed; the #k beside each score is the teacher's rank "
+    + "under that metric.";
+  box.dataset.agree = String(r.metrics.every((m) => best(m) === best(p)));
 }
 
 function renderSkipped(sl) {
@@ -323,20 +421,24 @@ function showPlan(teacherId) {
         ? `, for the first ${p.target_classes.length} of your ${p.target_num_classes} classes.` : ".");
   }
   drawPlan(p, false);
-  fillClassList($("#correspondences"), t.correspondences, (li, pairs) => {
-    li.append(" ← ");
-    pairs.forEach(([name, share], i) => {
+  fillClassList($("#correspondences"), t.correspondences, pairLine(" ← ", "share", (v) => `${Math.round(100 * v)}%`));
+  fillClassList($("#matches"), t.matches, pairLine(" ≈ ", "cost", (v) => `(cost ${v.toFixed(3)})`));
+}
+
+// A class list's line: the teacher classes of [name, number] pairs after `sep`, each number in a span of `cls`.
+function pairLine(sep, cls, show) {
+  return (li, pairs) => {
+    li.append(sep);
+    pairs.forEach(([name, v], i) => {
       if (i) li.append(", ");
       li.append(name + " ");
       const s = document.createElement("span");
-      s.className = "share";
-      s.textContent = `${Math.round(100 * share)}%`;
+      s.className = cls;
+      s.textContent = show(v);
       li.append(s);
     });
     if (!pairs.length) li.append("—");
-  });
-  fillClassList($("#matches"), t.matches,
-    (li, pairs) => li.append(" ≈ " + (pairs.map(([name]) => name).join(", ") || "—")));
+  };
 }
 
 // One list item per target class: its name in bold, then what ``line`` appends (names only ever as text).
@@ -391,10 +493,13 @@ $("#distil-form").addEventListener("submit", (ev) => {
 async function showDistillation(jobId) {
   $("#student-card").hidden = true;
   $("#curves").hidden = false;
-  const draw = (curves) => charts.drawCurves($("#loss-svg"), $("#acc-svg"), curves || {});
+  let cfg = {};
+  const draw = (curves) => charts.drawCurves($("#loss-svg"), $("#acc-svg"), curves || {}, cfg);
   draw({});
   let last = -1;
   const job = await watchJob(jobId, $("#distil-progress"), (j) => {
+    cfg = j.params?.config || {};
+    lossNote(cfg);
     const n = j.curves?.epoch?.length ?? 0;
     if (n !== last) { last = n; draw(j.curves); $("#curves").dataset.epochs = n; }
   });
@@ -402,6 +507,17 @@ async function showDistillation(jobId) {
   draw(student.metrics.curves);
   $("#curves").dataset.epochs = student.metrics.curves?.epoch?.length ?? 0;
   renderStudent(student);
+}
+
+// The loss panel's scale: total = CE + λ·τ²·OT, so the OT term is drawn as it enters the total.
+function lossNote(cfg) {
+  const note = $("#loss-note");
+  if (cfg.ce_only) { note.textContent = "Cross-entropy only: no teacher term."; return; }
+  if (cfg.lam === undefined || cfg.tau === undefined) return;
+  const scale = cfg.lam * cfg.tau * cfg.tau;
+  note.textContent = `total loss = cross-entropy + λ·τ²·OT, with λ = ${cfg.lam}, τ = ${cfg.tau}: the OT term is `
+    + `drawn multiplied by λ·τ² = ${+scale.toFixed(3)}, as it enters the total (τ² keeps the softened term's `
+    + "gradients at the size of the cross-entropy's), so the two drawn terms add up to the total.";
 }
 
 function pct(v) { return v === null || v === undefined ? "n/a" : `${(100 * v).toFixed(1)}%`; }
@@ -442,7 +558,8 @@ function renderStudent(s) {
   strong.textContent = `Student ${s.student_arch}`;
   card.append(strong, ` from ${s.teacher_ids.join(", ") || "no teacher (cross-entropy only)"}: `
     + `train accuracy ${pct(m.train_accuracy)}, validation accuracy ${pct(m.val_accuracy)} `
-    + `(${m.n_val} held-out images), ${m.epochs} epochs / ${m.steps} steps in ${m.elapsed_s.toFixed(1)} s. `);
+    + `(${m.n_val} held-out images), ${m.epochs} epochs / ${m.steps} steps in ${m.elapsed_s.toFixed(1)} s. `
+    + `Outputs in label index order: ${(s.config.classes || []).map((c, i) => `${i} ${c}`).join(" · ")}. `);
   for (const line of studentLines(s)) {
     const p = document.createElement("p");
     p.className = "student-line";
@@ -483,6 +600,31 @@ $("#auth").addEventListener("submit", (ev) => {
 
 let started = false;
 
+// Another hash in an open tab (a pasted link, back/forward) is another state: show it from scratch.
+window.addEventListener("hashchange", () => {
+  if (!started) return;
+  resetPage();
+  loadFromHash().catch(showError);
+});
+
+function resetPage() {
+  Object.assign(state, {dataset: null, ranking: null, rankJob: null, selected: new Set(), planTeacher: null,
+                        sortBy: null});
+  for (const sel of ["#dataset-card", "#rank-progress", "#rank-note", "#ranking-table", "#agreement", "#step-plan",
+                     "#distil-progress", "#curves", "#student-card"]) $(sel).hidden = true;
+  $("#step-rank").classList.add("locked");
+  $("#step-distil").classList.add("locked");
+  clearError();
+}
+
+async function loadFromHash() {
+  const h = hashState();
+  if (h.ds) setDataset(await api(`/v1/datasets/${encodeURIComponent(h.ds)}`));
+  if (h.rank) await showRanking(h.rank);
+  if (h.distil) await showDistillation(h.distil);
+  document.body.dataset.loaded = location.hash;
+}
+
 async function start() {
   try {
     if (!state.info) {
@@ -497,10 +639,7 @@ async function start() {
     if (started) return;
     started = true;
     await loadDemoTargets();
-    const h = hashState();
-    if (h.ds) setDataset(await api(`/v1/datasets/${encodeURIComponent(h.ds)}`));
-    if (h.rank) await showRanking(h.rank);
-    if (h.distil) await showDistillation(h.distil);
+    await loadFromHash();
   } catch (e) {
     started = false;
     showError(e);

@@ -84,7 +84,22 @@ function drawLines(svg, series, {title = "", ylabel = "", ymin = null, ymax = nu
   clearSvg(svg);
   const W = svg.clientWidth || 480, H = svg.clientHeight || 240;
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-  const m = {l: 48, r: 12, t: 24, b: 34};
+  svgEl("text", {x: 48, y: 15, "font-weight": "600"}, svg, title);
+  // The legend flows left to right under the title, wrapping where the next entry would not fit: entries are
+  // measured as drawn, so none overlaps another or the title whatever the width.
+  const legend = svgEl("g", {"class": "legend"}, svg);
+  let lx = 48, ly = 32;
+  for (const s of series) {
+    const item = svgEl("g", {"class": "legend-item"}, legend);
+    svgEl("line", {x1: 0, x2: 16, y1: -4, y2: -4, stroke: s.colour, "stroke-width": 2,
+                   "stroke-dasharray": s.dash || ""}, item);
+    const label = svgEl("text", {x: 20, y: 0, style: `fill:${s.colour}`}, item, s.name);
+    const w = 20 + (label.getComputedTextLength ? label.getComputedTextLength() : 6.5 * s.name.length) + 14;
+    if (lx > 48 && lx + w > W - 12) { lx = 48; ly += 15; }
+    item.setAttribute("transform", `translate(${lx} ${ly})`);
+    lx += w;
+  }
+  const m = {l: 48, r: 12, t: ly + 10, b: 34};
   const pts = series.flatMap((s) => s.xs.map((x, i) => [x, s.ys[i]]).filter((p) => p[1] !== null && isFinite(p[1])));
   if (!pts.length) {
     svgEl("text", {x: W / 2, y: H / 2, "text-anchor": "middle"}, svg, "waiting for the first epoch…");
@@ -110,25 +125,25 @@ function drawLines(svg, series, {title = "", ylabel = "", ymin = null, ymax = nu
   svgEl("text", {x: (m.l + W - m.r) / 2, y: H - 4, "text-anchor": "middle"}, axis, xlabel);
   svgEl("text", {x: 12, y: (m.t + H - m.b) / 2, transform: `rotate(-90 12 ${(m.t + H - m.b) / 2})`,
                  "text-anchor": "middle"}, axis, ylabel);
-  svgEl("text", {x: m.l, y: 15, "font-weight": "600"}, svg, title);
-  let lx = W - m.r;
-  for (const s of [...series].reverse()) {
+  for (const s of series) {
     const p = s.xs.map((x, i) => [x, s.ys[i]]).filter((q) => q[1] !== null && isFinite(q[1]));
     if (!p.length) continue;
     svgEl("polyline", {points: p.map(([x, y]) => `${X(x)},${Y(y)}`).join(" "), fill: "none", stroke: s.colour,
                        "stroke-width": 2, "stroke-dasharray": s.dash || "", "class": "series"}, svg);
     if (p.length < 30) for (const [x, y] of p) svgEl("circle", {cx: X(x), cy: Y(y), r: 2.5, fill: s.colour}, svg);
-    svgEl("text", {x: lx, y: 15, "text-anchor": "end", style: `fill:${s.colour}`}, svg, s.name);
-    lx -= 10 + 6.5 * s.name.length;
   }
 }
 
-function drawCurves(lossSvg, accSvg, curves) {
+// cfg: the job's DistillConfig (lam, tau). The OT term enters the total as λ·τ²·OT: drawn so, the two terms add
+// up to the total on one axis instead of a raw OT below 1 beside a total of 4–9.
+function drawCurves(lossSvg, accSvg, curves, cfg = {}) {
   const xs = curves.epoch || [];
+  const scale = cfg.lam !== undefined && cfg.tau !== undefined ? cfg.lam * cfg.tau * cfg.tau : null;
+  const ot = (curves.ot || []).map((v) => (v === null || scale === null ? v : v * scale));
   drawLines(lossSvg, [
     {name: "total loss", xs, ys: curves.loss || [], colour: "#2457c5"},
     {name: "cross-entropy", xs, ys: curves.ce || [], colour: "#98a2b3", dash: "4 3"},
-    {name: "OT term", xs, ys: curves.ot || [], colour: "#e07b00", dash: "2 3"},
+    {name: scale === null ? "OT term" : "λ·τ²·OT term", xs, ys: ot, colour: "#e07b00", dash: "2 3"},
   ], {title: "loss", ylabel: "loss"});
   drawLines(accSvg, [
     {name: "train", xs, ys: curves.train_acc || [], colour: "#2457c5"},

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,6 +20,7 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 LABELS_FILE = "labels.json"
+PREDICT_FILE = "predict.py"
 FORMAT = "hubscout-student"
 FORMAT_VERSION = 1
 
@@ -98,13 +100,19 @@ class Student:
             "weights_sha256": cfg["weights_sha256"], "dataset_sha256": self.dataset_sha256})
         (out / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
         (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-        (out / LABELS_FILE).write_text(json.dumps({str(i): c for i, c in enumerate(self.classes)}, indent=2))
+        (out / LABELS_FILE).write_text(json.dumps(list(self.classes), indent=2))
         files = {WEIGHTS_FILE: "the weights (safetensors), loaded with `config.json` by hubscout",
                  CONFIG_FILE: "architecture, classes, input, teachers, hyper-parameters, hashes",
                  METRICS_FILE: "accuracies and per-epoch training curves",
-                 LABELS_FILE: "output index → class name",
-                 ONNX_FILE: f"the same network as ONNX (opset {ONNX_OPSET}, dynamic batch), for onnxruntime"}
+                 LABELS_FILE: "class names as a list, in output index order",
+                 ONNX_FILE: f"the same network as ONNX (opset {ONNX_OPSET}, dynamic batch), for onnxruntime",
+                 PREDICT_FILE: "`python predict.py image.png`: runs model.onnx with onnxruntime, numpy and Pillow "
+                               "alone, preparing the image as in training"}
+        shutil.copyfile(Path(__file__).parent.parent / "predict.py", out / PREDICT_FILE)
         (out / CARD_FILE).write_text(model_card(cfg, metrics, files=files))
+        # Owner-only: a student is learned from the user's data and may give it away.
+        for name in (*files, CARD_FILE):
+            (out / name).chmod(0o600)
         return out
 
 
@@ -135,7 +143,8 @@ def load_student(path: str | Path, device: str | torch.device | None = None) -> 
             labels = json.loads((root / LABELS_FILE).read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise StudentError(f"{LABELS_FILE} is not readable JSON: {e}") from e
-        if labels != {str(i): c for i, c in enumerate(classes)}:
+        # A list in output-index order; students saved before 0.x wrote {"0": name, ...}.
+        if labels != classes and labels != {str(i): c for i, c in enumerate(classes)}:
             raise StudentError(f"{LABELS_FILE} does not match the classes in {CONFIG_FILE}")
     try:
         config = DistillConfig.from_dict(cfg["hyperparameters"])

@@ -242,9 +242,9 @@ def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[st
     kd_scale = cfg.lam * cfg.tau ** 2
     bar = None
     if show_progress:
-        from tqdm.auto import tqdm
+        from hubscout.progress import progress_bar
 
-        bar = tqdm(total=epochs, desc="distil" if ids else "train (CE only)", unit="epoch")
+        bar = progress_bar(total=epochs, desc="distil" if ids else "train (CE only)", unit="epoch")
     report(0.0, "training")
     for epoch in range(epochs):
         images, t_logits = view(epoch)

@@ -42,9 +42,9 @@ def ensure_specifications(repo, embedder: ReferenceEmbedder | None = None, show_
     embedder = embedder or ReferenceEmbedder(device=device)
     it = missing
     if show_progress:
-        from tqdm.auto import tqdm
+        from hubscout.progress import progress_bar
 
-        it = tqdm(missing, desc="specifications", unit="teacher")
+        it = progress_bar(missing, desc="specifications", unit="teacher")
     cache: EmbedCache = {}
     for t in it:
         save_specification(repo, specification_for(t, embedder, embed_cache=cache, device=device,

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from svc_helpers import free_port
 
-from hubscout.cli import app
+from hubscout.cli import EXIT_INPUT, EXIT_JOB_FAILED, EXIT_REJECTED, EXIT_UNREACHABLE, EXIT_USAGE, app
 
 runner = CliRunner()
 TEACHERS = "fashion-footwear,fashion-clothes"
@@ -105,11 +105,54 @@ def test_photos_get_the_imagenet_teacher_first_locally_and_on_the_server(embedde
 
 def test_server_errors_are_one_line_messages(embedded_service, target_zip, tmp_path):
     res = invoke("rank", target_zip, "--teachers", "ghost", "--server", embedded_service.base_url)
-    assert res.exit_code == 2 and "422" in res.output and "unknown teacher(s): ghost" in res.output
+    assert res.exit_code == EXIT_REJECTED and "422" in res.output and "unknown teacher(s): ghost" in res.output
 
     res = invoke("distill", target_zip, "--teacher", "fashion-footwear", "--epochs", 100000, "--out",
                  tmp_path / "s", "--server", embedded_service.base_url)
-    assert res.exit_code == 2 and "epochs" in res.output and not (tmp_path / "s").exists()
+    assert res.exit_code == EXIT_REJECTED and "epochs" in res.output and not (tmp_path / "s").exists()
+
+    res = invoke("rank", tmp_path / "nothing.zip", "--server", embedded_service.base_url)
+    assert res.exit_code == EXIT_INPUT and "nothing.zip" in res.output
 
     res = invoke("rank", target_zip, "--server", f"http://127.0.0.1:{free_port()}")
-    assert res.exit_code == 2 and "cannot reach" in res.output
+    assert res.exit_code == EXIT_UNREACHABLE and "cannot reach" in res.output
+
+    res = invoke("jobs", "show", "job_nope", "--server", embedded_service.base_url)
+    assert res.exit_code == EXIT_REJECTED and "404" in res.output
+
+
+def test_jobs_and_students_commands_script_a_pipeline(embedded_service, target_zip, tmp_path):
+    from hubscout.client import Client
+
+    server = ["--server", embedded_service.base_url]
+    with Client(embedded_service.base_url) as c:
+        ds = c.upload(target_zip)
+        done = c.distill(ds["id"], ["fashion-footwear"], student_arch="test_resnet", epochs=1, min_steps=0)
+        res = invoke("jobs", "wait", done["id"], "--json", *server)
+        assert res.exit_code == 0, res.output
+        finished = json.loads(res.stdout)
+        assert finished["status"] == "succeeded" and finished["computing_s"] > 0 and finished["queued_s"] >= 0
+        # A second job, cancelled: waiting for it is a failed job's exit code.
+        doomed = c.distill(ds["id"], ["fashion-footwear"], student_arch="test_resnet", epochs=50, min_steps=0)
+    res = invoke("jobs", "cancel", doomed["id"], *server)
+    assert res.exit_code == 0 and f"{doomed['id']}: cancelled" in res.stdout
+    res = invoke("jobs", "wait", doomed["id"], *server)
+    assert res.exit_code == EXIT_JOB_FAILED and "cancelled" in res.output
+
+    res = invoke("jobs", "list", "--kind", "distillation", "--json", *server)
+    assert res.exit_code == 0
+    listed = {j["id"]: j["status"] for j in json.loads(res.stdout)["items"]}
+    assert listed[done["id"]] == "succeeded" and listed[doomed["id"]] == "cancelled"
+    table = invoke("jobs", "list", *server)
+    assert done["id"] in table.stdout and "succeeded" in table.stdout
+    shown = json.loads(invoke("jobs", "show", done["id"], *server).stdout)
+    assert shown["id"] == done["id"] and shown["result_id"]
+
+    out = tmp_path / "student"
+    res = invoke("students", "download", done["id"], "--out", out, *server)
+    assert res.exit_code == 0 and res.stdout.strip() == f"student saved to {out}"
+    assert {"model.onnx", "predict.py", "config.json"} <= {p.name for p in out.iterdir()}
+    assert {oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == {"0o600"}
+
+    res = invoke("teachers", "show", "fashion-footwear", *server)
+    assert res.exit_code == 0 and json.loads(res.stdout)["id"] == "fashion-footwear"

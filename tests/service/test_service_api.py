@@ -15,6 +15,7 @@ from svc_helpers import assert_problem, make_tiny_repo, npz_bytes, tiny_weights,
 
 from app.main import create_app
 from hubscout.data import Dataset, write_image_folder_zip
+from hubscout.scores import METRICS
 from hubscout.teachers import Repository, build_model
 from service.settings import Settings
 from service.tables import DatasetRow, JobRow, TeacherRow
@@ -107,7 +108,8 @@ def test_info_is_public_and_tells_the_page_what_it_needs(client):
     info = client.get("/v1/info").json()
     assert info["auth_required"] is False  # no API key configured
     assert info["mode"] == "embedded" and info["max_upload_bytes"] == MAX_UPLOAD
-    assert info["metrics"] == ["ot", "leep", "nce", "hscore", "logme"]
+    # The registry's names in registration order: the first five are v1's, OT (the default) first.
+    assert info["metrics"] == list(METRICS) and info["metrics"][:5] == ["ot", "leep", "nce", "hscore", "logme"]
     assert info["repository"]["state"] == "ready"  # the folder was there: nothing to build
 
 
@@ -130,11 +132,15 @@ def test_demo_targets_make_datasets_like_uploads(client, settings):
     assert r.headers["location"] == f"/v1/datasets/{body['id']}"
     stored = load_dataset(settings.storage_root / "datasets" / f"{body['id']}.npz")
     assert np.array_equal(stored.images, expected.images) and np.array_equal(stored.labels, expected.labels)
-    # The same content, asked for again or uploaded as a file, is the same dataset.
+    # The same content asked for again is the same dataset; uploaded as a file it keeps the file's name (the
+    # request's), sharing the stored content.
     again = client.post("/v1/datasets/demo", json={"name": "footwear", "shots": 4, "seed": 7})
     assert again.status_code == 200 and again.json()["id"] == body["id"]
+    files = stored_files(settings)
     upload = client.post("/v1/datasets", files={"file": ("f.npz", npz_bytes(expected))})
-    assert upload.status_code == 200 and upload.json()["id"] == body["id"]
+    assert upload.status_code == 201 and upload.json()["name"] == "f" and upload.json()["sha256"] == body["sha256"]
+    assert upload.json()["id"] != body["id"] and stored_files(settings) == files
+    assert client.get(f"/v1/datasets/{body['id']}").json()["name"] == "footwear-4shot-s7"
 
 
 @pytest.mark.parametrize("body, status, needle", [
@@ -173,14 +179,19 @@ def test_same_content_is_stored_once(client, settings, tmp_path):
     first = client.post("/v1/datasets", files={"file": ("a.zip", zipped)}, data={"name": "first"})
     assert first.status_code == 201, first.text
     files = stored_files(settings)
-    # The same images zipped again, entries in another order, under another name: same content, same dataset.
+    # The same images zipped again, entries in another order, under another name: the content is stored once,
+    # the name is the request's (a dataset row of its own).
     with zipfile.ZipFile(io.BytesIO(zipped)) as zf:
         members = {n: zf.read(n) for n in reversed(zf.namelist())}
     again = client.post("/v1/datasets", files={"file": ("b.zip", zip_bytes(members))})
-    assert again.status_code == 200, again.text
-    assert again.json()["id"] == first.json()["id"]
-    assert again.json()["name"] == "first"
+    assert again.status_code == 201, again.text
+    assert again.json()["id"] != first.json()["id"] and again.json()["sha256"] == first.json()["sha256"]
+    assert again.json()["name"] == "b"
+    assert client.get(f"/v1/datasets/{first.json()['id']}").json()["name"] == "first"
     assert stored_files(settings) == files
+    # The same content under the same name again: that dataset.
+    third = client.post("/v1/datasets", files={"file": ("c.zip", zipped)}, data={"name": "first"})
+    assert third.status_code == 200 and third.json()["id"] == first.json()["id"]
 
 
 def _png(side: int = 8, mode: str = "L", value: int = 128, size: tuple[int, int] | None = None) -> bytes:
@@ -562,7 +573,7 @@ def test_jobs_are_queued_listed_and_cancelled(client, dataset_id):
     job = r.json()
     assert r.headers["location"] == f"/v1/jobs/{job['id']}"
     assert job["status"] == "queued" and job["kind"] == "ranking" and job["progress"] == 0
-    assert job["params"]["metrics"] == ["ot", "leep", "nce", "hscore", "logme"]
+    assert job["params"]["metrics"] == list(METRICS)  # "all" expanded to every registered metric
     # Not said: the service's default shortlist; null or 0: exhaustive.
     assert job["params"]["shortlist"] == 10
     for asked, stored in [(None, None), (0, None), (3, 3)]:
@@ -610,3 +621,88 @@ def test_no_client_supplied_name_becomes_a_path(client, settings):
     for url in ("/v1/students/..%2F..%2Fhubscout.db/download", "/v1/students/%2Fetc%2Fpasswd/download",
                 "/v1/datasets/..%2Fhubscout.db"):
         assert client.get(url).status_code == 404, url
+
+
+def test_a_queued_job_says_what_runs_and_waits_ahead_and_jobs_report_real_time(client, dataset_id):
+    import datetime as dt
+
+    from sqlalchemy import update
+
+    first = client.post("/v1/rankings", json={"dataset_id": dataset_id}).json()
+    second = client.post("/v1/rankings", json={"dataset_id": dataset_id}).json()
+    running = client.post("/v1/distillations", json={"dataset_id": dataset_id, "teacher_ids": ["tiny-1"]}).json()
+    started = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=30)
+    with client.app_state.services.db.session() as s:  # as a worker's claim leaves it, 40 % done
+        s.execute(update(JobRow).where(JobRow.id == running["id"])
+                  .values(status="running", progress=0.4, started_at=started, attempts=1, worker="test-worker:1",
+                          heartbeat_at=dt.datetime.now(dt.timezone.utc)))
+        s.commit()
+    try:
+        q1, q2 = (client.get(f"/v1/jobs/{j['id']}").json() for j in (first, second))
+        assert q2["queue"]["position"] == q1["queue"]["position"] + 1
+        assert q2["queue"]["queued_ahead"] == q1["queue"]["queued_ahead"] + 1
+        assert first["id"] in [a["id"] for a in q2["queue"]["ahead"]]
+        assert {"kind": "distillation", "status": "running", "progress": 0.4, "id": running["id"]} \
+            in q1["queue"]["running"]
+        assert q1["computing_s"] is None and q1["queued_s"] >= 0
+        listed = {j["id"]: j for j in client.get("/v1/jobs", params={"status": "queued"}).json()["items"]}
+        assert listed[second["id"]]["queue"]["position"] == q2["queue"]["position"]
+        r = client.get(f"/v1/jobs/{running['id']}").json()
+        assert r["queue"] is None and 29 <= r["computing_s"] < 120
+        assert r["progress"] == 0.4
+    finally:
+        for j in (first, second, running):
+            client.delete(f"/v1/jobs/{j['id']}")
+    done = client.get(f"/v1/jobs/{first['id']}").json()
+    assert done["status"] == "cancelled" and done["queue"] is None and done["computing_s"] is None
+    assert done["queued_s"] == client.get(f"/v1/jobs/{first['id']}").json()["queued_s"]  # stopped counting
+
+
+def test_progress_is_stored_rounded(client, dataset_id, settings):
+    from service import jobs
+
+    job = client.post("/v1/rankings", json={"dataset_id": dataset_id}).json()
+    db = client.app_state.services.db
+    claim = jobs.claim(db, settings, job["id"], "test-worker:1")
+    try:
+        jobs.progress(db, claim, 0.1 + 0.2 + 0.059, "scoring")  # 0.35899999999999993 in floats
+        assert client.get(f"/v1/jobs/{job['id']}").json()["progress"] == 0.359
+    finally:
+        client.delete(f"/v1/jobs/{job['id']}")
+
+
+def test_docs_load_their_assets_from_the_service_not_a_cdn(client):
+    import re
+
+    for page, assets in (("/docs", ("swagger-ui-bundle.js", "swagger-ui.css")), ("/redoc", ("redoc.standalone.js",))):
+        html = client.get(page).text
+        urls = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html)
+        assert urls and not [u for u in urls if u.startswith(("http:", "https:", "//"))], urls
+        for name in assets:
+            url = next(u for u in urls if u.endswith(name))
+            r = client.get(url)
+            assert r.status_code == 200 and len(r.content) > 10_000, url
+
+
+def test_openapi_schemas_are_typed_described_and_have_examples(client):
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    teacher = schemas["RankedTeacher"]
+    assert "additionalProperties" not in teacher
+    assert {"forward_s", "score_s", "cached", "correspondences", "matches"} <= set(teacher["properties"])
+    pair = teacher["properties"]["correspondences"]["additionalProperties"]["items"]
+    assert [p["type"] for p in pair["prefixItems"]] == ["string", "number"]
+    ranking = schemas["RankingOut"]
+    assert "additionalProperties" not in ranking
+    assert {"cost", "shortlist"} <= set(ranking["properties"])
+    assert "Shortlist" in json.dumps(ranking["properties"]["shortlist"])
+    metric_items = json.dumps(schemas["RankingCreate"]["properties"]["metrics"])
+    for m in (*METRICS, "all"):
+        assert f'"{m}"' in metric_items
+    props = {**schemas["RankingCreate"]["properties"], **schemas["DistillationCreate"]["properties"]}
+    for field in ("lam", "tau", "epochs", "top_k"):
+        assert props[field].get("description"), field
+    for name in ("RankingCreate", "DistillationCreate", "DatasetOut"):
+        assert schemas[name].get("examples"), name
+    assert "position" in schemas["QueueInfo"]["properties"]
+    assert {"queued_s", "computing_s", "queue"} <= set(schemas["JobOut"]["properties"])

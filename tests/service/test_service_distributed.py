@@ -68,8 +68,12 @@ def test_health_reports_the_distributed_mode(client):
 def test_upload_is_deduplicated(client, dataset, footwear_target):
     assert dataset["sha256"] == footwear_target.sha256
     assert dataset["class_counts"] == {"sandal": 10, "sneaker": 10, "ankle-boot": 10}
-    again = client.post("/v1/datasets", files={"file": ("copy.npz", npz_bytes(footwear_target))})
+    again = client.post("/v1/datasets", files={"file": ("footwear.npz", npz_bytes(footwear_target))})
     assert again.status_code == 200 and again.json()["id"] == dataset["id"]
+    # Under another name: that name, the content shared (one copy in PostgreSQL's unique key too).
+    copy = client.post("/v1/datasets", files={"file": ("copy.npz", npz_bytes(footwear_target))})
+    assert copy.status_code in (200, 201) and copy.json()["name"] == "copy" and copy.json()["id"] != dataset["id"]
+    assert copy.json()["sha256"] == dataset["sha256"]
 
 
 def test_rank_then_rerank_from_cache(client, dataset, pg_service, quick_repo):
