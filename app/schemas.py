@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 METRIC_CHOICES = ("ot", "leep", "nce", "hscore", "logme")
 T = TypeVar("T")
+# Bounded items: with the body limit (HUBSCOUT_MAX_JSON_BODY_BYTES) they keep every request small.
+TeacherId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+Label = Annotated[str, StringConstraints(max_length=512)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 class Page(BaseModel, Generic[T]):
@@ -59,8 +64,9 @@ class InputConfigIn(BaseModel):
 
     size: int = Field(224, ge=8, le=1024)
     channels: Literal[1, 3] = 3
-    mean: list[float] = Field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = Field(default_factory=lambda: [0.229, 0.224, 0.225])
+    mean: list[FiniteFloat] = Field(default_factory=lambda: [0.485, 0.456, 0.406], min_length=1, max_length=3)
+    std: list[PositiveFloat] = Field(default_factory=lambda: [0.229, 0.224, 0.225], min_length=1, max_length=3,
+                                     description="Finite and positive, one per channel.")
 
 
 class TeacherCreate(BaseModel):
@@ -70,7 +76,7 @@ class TeacherCreate(BaseModel):
 
     arch: str = Field(min_length=1, max_length=128, description="timm architecture name")
     name: str = Field(min_length=1, max_length=255)
-    labels: list[str] = Field(min_length=2, max_length=100_000)
+    labels: list[Label] = Field(min_length=2, max_length=100_000)
     input: InputConfigIn = Field(default_factory=InputConfigIn)
     arch_kwargs: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -139,9 +145,9 @@ class RankingCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset_id: str = Field(min_length=1, max_length=64)
-    metrics: list[str] = Field(default_factory=lambda: ["ot"], min_length=1,
+    metrics: list[str] = Field(default_factory=lambda: ["ot"], min_length=1, max_length=len(METRIC_CHOICES),
                                description=f"Any of {', '.join(METRIC_CHOICES)}, or \"all\"; the first orders.")
-    teacher_ids: list[str] | None = Field(None, min_length=1, max_length=10_000,
+    teacher_ids: list[TeacherId] | None = Field(None, min_length=1, max_length=10_000,
                                           description="Default: every teacher of the repository.")
     top_k: int | None = Field(None, ge=1, le=10_000)
     callback_url: str | None = CALLBACK_URL
@@ -182,7 +188,7 @@ class DistillationCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset_id: str = Field(min_length=1, max_length=64)
-    teacher_ids: list[str] = Field(default_factory=list, max_length=64,
+    teacher_ids: list[TeacherId] = Field(default_factory=list, max_length=64,
                                    description="One or more teachers; several are weighted by OT relatedness. "
                                                "May be empty with ce_only.")
     student_arch: str | None = Field(None, min_length=1, max_length=128, description="timm architecture")
@@ -313,6 +319,8 @@ class RankingOut(BaseModel):
     classes: list[str]
     elapsed_s: float
     teachers: list[RankedTeacher]
+    excluded: list[dict[str, str]] = Field(default_factory=list, description=(
+        "Teachers left out of the ranking, with the reason (outputs that are not finite on this dataset)."))
 
 
 class StudentOut(BaseModel):

@@ -52,6 +52,9 @@ class Ranking:
     cost: str = DEFAULT_COST
     elapsed_s: float = 0.0
     shortlist: dict[str, Any] | None = None
+    # Teachers left out, each {"teacher_id", "name", "reason"}: one whose outputs are not finite (NaN, inf) has
+    # no score to rank by, and must not fail the ranking of the others.
+    excluded: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def primary(self) -> str:
@@ -71,6 +74,7 @@ class Ranking:
             "directions": {m: METRICS[m].direction for m in self.metrics},
             "elapsed_s": round(self.elapsed_s, 4),
             "shortlist": self.shortlist,
+            "excluded": list(self.excluded),
             "teachers": [
                 {
                     "rank": e.rank,
@@ -177,7 +181,7 @@ def rank(dataset: Dataset, repo: Repository, *, metrics: str | Iterable[str] | N
         teachers, shortlist_info = _shortlist(dataset, repo, teachers, shortlist_k, specifications, embedder, device)
     if top_k is not None and top_k < 1:
         raise ValueError("top_k must be at least 1")
-    entries = []
+    entries, excluded = [], []
     bar = None
     if show_progress:
         from tqdm.auto import tqdm
@@ -192,9 +196,14 @@ def rank(dataset: Dataset, repo: Repository, *, metrics: str | Iterable[str] | N
         outputs, cached = outputs_for(teacher, dataset, cache, device=device, batch_size=batch_size,
                                       show_progress=show_progress, on_progress=sub)
         t2 = time.perf_counter()
-        entry = score_teacher(outputs, teacher, dataset, metric_list, cost=cost)
-        entry.cached, entry.forward_s, entry.score_s = cached, t2 - t1, time.perf_counter() - t2
-        entries.append(entry)
+        bad = non_finite_outputs(outputs)
+        if bad:
+            excluded.append({"teacher_id": teacher.id, "name": teacher.name,
+                             "reason": f"its {bad} on this dataset are not finite (NaN or inf)"})
+        else:
+            entry = score_teacher(outputs, teacher, dataset, metric_list, cost=cost)
+            entry.cached, entry.forward_s, entry.score_s = cached, t2 - t1, time.perf_counter() - t2
+            entries.append(entry)
         sub(1.0, f"scored {teacher.id}")
         if bar is not None:
             bar.update(1)
@@ -204,7 +213,15 @@ def rank(dataset: Dataset, repo: Repository, *, metrics: str | Iterable[str] | N
     if top_k is not None:
         ordered = ordered[:top_k]
     return Ranking(dataset.sha256, dataset.classes, len(dataset), metric_list, ordered, cost,
-                   time.perf_counter() - t0, shortlist_info)
+                   time.perf_counter() - t0, shortlist_info, excluded)
+
+
+def non_finite_outputs(outputs: TeacherOutputs) -> str | None:
+    """Which of a teacher's outputs hold NaN or inf ("probabilities", "features"), or None if all are finite."""
+    for name, a in (("probabilities", outputs.probs), ("features", outputs.features)):
+        if a is not None and not np.isfinite(np.asarray(a)).all():
+            return name
+    return None
 
 
 def _shortlist(dataset: Dataset, repo: Repository, teachers: list[Teacher], k: int, specifications, embedder,

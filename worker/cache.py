@@ -267,7 +267,7 @@ def rank_cached(dataset, repo, *, metrics, teacher_ids, top_k, outputs_cache: Db
     stored = scores.lookup(teachers, dataset.sha256, metric_list, DEFAULT_COST)
     known = [stored[t.id] for t in teachers if t.id in stored]
     missing = [t for t in teachers if t.id not in stored]
-    fresh = []
+    fresh, excluded = [], []
     if missing:
         with compute_lock() if compute_lock else nullcontext():
             # Scored meanwhile by the job that held the lock?
@@ -277,13 +277,13 @@ def rank_cached(dataset, repo, *, metrics, teacher_ids, top_k, outputs_cache: Db
             if missing:
                 part = rank(dataset, repo, metrics=metric_list, teacher_ids=[t.id for t in missing],
                             cache=outputs_cache, device=device, batch_size=batch_size, on_progress=on_progress)
-                fresh = part.entries
+                fresh, excluded = part.entries, part.excluded
                 scores.record(fresh, {t.id: t.outputs_key for t in missing}, dataset.sha256, part.cost)
     ordered = order_entries(known + fresh, metric_list[0])
     if top_k is not None:
         ordered = ordered[:top_k]
     return Ranking(dataset.sha256, dataset.classes, len(dataset), metric_list, ordered, DEFAULT_COST,
-                   time.perf_counter() - t0), len(known)
+                   time.perf_counter() - t0, excluded=excluded), len(known)
 
 
 class SpecStore:

@@ -283,11 +283,16 @@ def run_ranking(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: DatasetRo
     ds = _load_dataset(ctx, dataset)
     repo = Repository(ctx.settings.repository_dir)
     teacher_ids = params.get("teacher_ids")
+    if not teacher_ids:  # "every teacher": those this key sees, the shared catalogue and its own
+        with ctx.db.session() as s:
+            teacher_ids = [t for t in s.scalars(select(TeacherRow.id).where(TeacherRow.visible_to(job.owner))
+                                                .order_by(TeacherRow.id)) if t in repo]
+        if not teacher_ids:
+            raise ValueError("the repository holds no teacher this key may rank")
     info = None
     k = params.get("shortlist")
     if k:
-        with ctx.db.session() as s:
-            candidates = list(teacher_ids or s.scalars(select(TeacherRow.id).order_by(TeacherRow.id)))
+        candidates = list(teacher_ids)
         if len(candidates) > k:
             report(0.01, f"shortlisting {len(candidates)} teachers by specification")
             teacher_ids, info = shortlist_teachers(ctx, ds, candidates, k, job.owner)
