@@ -299,8 +299,10 @@ def add_teacher(svc: Services, upload: UploadedFile | None, fields: dict[str, st
             raise Problem(409, str(e), type_="conflict", title="Conflict") from None
         raise Problem(422, str(e), type_="invalid-teacher", title="Invalid teacher") from None
     # A replaced teacher keeps its owner; a new one is the uploader's, or shared when an admin uploads it.
-    row_owner = (existing.owner if existing is not None else None) if replace is not None else (
-        None if admin else owner)
+    if replace is not None:
+        row_owner = existing.owner if existing is not None else None
+    else:
+        row_owner = None if admin else owner
     try:
         if sample is not None:
             sample.save(repo.root / teacher.id / SPEC_SAMPLE_FILE)
