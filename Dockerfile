@@ -23,10 +23,12 @@ RUN apt-get update && apt-get install -y --no-install-recommends dataset-fashion
 
 # Dependencies first, so editing the code does not reinstall them.
 COPY pyproject.toml README.md ./
-RUN mkdir -p hubscout app worker && touch hubscout/__init__.py app/__init__.py worker/__init__.py \
-    && pip install -e . && rm -rf hubscout app worker
+RUN mkdir -p hubscout service app worker \
+    && touch hubscout/__init__.py service/__init__.py app/__init__.py worker/__init__.py \
+    && pip install -e . && rm -rf hubscout service app worker
 
 COPY hubscout ./hubscout
+COPY service ./service
 COPY app ./app
 COPY worker ./worker
 COPY migrations ./migrations

@@ -16,8 +16,8 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from app.models import LOCAL_OWNER
 from app.problems import Problem
+from service.tables import LOCAL_OWNER
 
 __all__ = ["LOCAL_OWNER", "Owner", "authenticate", "is_admin", "owner_of"]
 

@@ -21,9 +21,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
-from app.db import utcnow
-from app.models import IdempotencyRow
 from app.problems import Problem
+from service.db import utcnow
+from service.tables import IdempotencyRow
 
 HEADER = "Idempotency-Key"
 DOC = {"parameters": [{

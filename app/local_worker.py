@@ -15,8 +15,8 @@ import sys
 import threading
 import time
 
-from app.db import ROOT
-from app.settings import Settings
+from service.db import ROOT
+from service.settings import Settings
 
 log = logging.getLogger("hubscout.local_worker")
 

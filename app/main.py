@@ -8,8 +8,11 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from app import problems
-from app.db import Database, migrate
-from app.settings import Settings, get_settings
+from app.local_worker import LocalWorker
+from service import teacher_sync
+from service.container import Services
+from service.db import Database, migrate
+from service.settings import ConfigError, Settings, get_settings
 
 log = logging.getLogger("hubscout")
 
@@ -27,8 +30,7 @@ def configure_logging(settings: Settings) -> None:
 
 def prepare(settings: Settings) -> None:
     """Everything before the first request: folders, schema, teacher repository and its table mirror."""
-    from app import repository
-    from hubscout.teachers import Repository
+    from hubscout.teachers import Repository  # torch: loaded when the service starts, not on import
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.storage_root.mkdir(parents=True, exist_ok=True)
@@ -37,8 +39,8 @@ def prepare(settings: Settings) -> None:
     try:
         if settings.auto_migrate:
             migrate(settings, db.engine)
-        root = repository.ensure_repository(settings)
-        repository.sync(db, Repository(root))
+        root = teacher_sync.ensure_repository(settings)
+        teacher_sync.sync(db, Repository(root))
     finally:
         db.dispose()
 
@@ -59,13 +61,8 @@ def _clean_scratch(settings: Settings, max_age_s: float = 24 * 3600) -> None:
             pass
 
 
-def build_services(settings: Settings):
-    from app.queue import JobQueue
-    from app.services import Services
-    from app.storage import LocalStorage
-
-    return Services(settings=settings, db=Database(settings), storage=LocalStorage(settings.storage_root),
-                    queue=JobQueue(settings))
+def build_services(settings: Settings) -> Services:
+    return Services.from_settings(settings)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -117,8 +114,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def check_access(settings: Settings, host: str | None = None) -> None:
     """Refuse to start when the service would answer other machines without API keys (see Settings)."""
-    from app.settings import ConfigError
-
     try:
         settings.check_exposure(host)
     except ConfigError as e:
@@ -166,10 +161,6 @@ def serve(host: str = "127.0.0.1", port: int = 8000, reload: bool = False) -> No
     """Run the service: migrations, teacher repository (built on first start if missing), a local Celery worker
     in the embedded default, and uvicorn. Returns when uvicorn stops; the local worker is stopped with it."""
     import uvicorn
-
-    from app.local_worker import LocalWorker
-
-    from app.settings import ConfigError
 
     settings = get_settings()
     configure_logging(settings)

@@ -6,7 +6,8 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-METRIC_CHOICES = ("ot", "leep", "nce", "hscore", "logme")
+from hubscout.scores import METRICS, resolve_metrics
+
 T = TypeVar("T")
 # Bounded items: with the body limit (HUBSCOUT_MAX_JSON_BODY_BYTES) they keep every request small.
 TeacherId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
@@ -145,8 +146,8 @@ class RankingCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset_id: str = Field(min_length=1, max_length=64)
-    metrics: list[str] = Field(default_factory=lambda: ["ot"], min_length=1, max_length=len(METRIC_CHOICES),
-                               description=f"Any of {', '.join(METRIC_CHOICES)}, or \"all\"; the first orders.")
+    metrics: list[str] = Field(default_factory=lambda: ["ot"], min_length=1, max_length=len(METRICS),
+                               description=f"Any of {', '.join(METRICS)}, or \"all\"; the first orders.")
     teacher_ids: list[TeacherId] | None = Field(None, min_length=1, max_length=10_000,
                                           description="Default: every teacher of the repository.")
     top_k: int | None = Field(None, ge=1, le=10_000)
@@ -164,18 +165,10 @@ class RankingCreate(BaseModel):
     def _metrics(cls, v: Any) -> Any:
         if isinstance(v, str):
             v = [m.strip() for m in v.split(",") if m.strip()]
-        if isinstance(v, list):
-            out: list[str] = []
-            for m in v:
-                if not isinstance(m, str):
-                    return v  # let the type check report it
-                names = list(METRIC_CHOICES) if m == "all" else [m]
-                for n in names:
-                    if n not in METRIC_CHOICES:
-                        raise ValueError(f"unknown metric {n!r}; choose from {', '.join(METRIC_CHOICES)} or 'all'")
-                    if n not in out:
-                        out.append(n)
-            return out
+        if isinstance(v, list) and v:
+            if not all(isinstance(m, str) for m in v):
+                return v  # let the type check report it
+            return resolve_metrics(v)  # the registry's names, "all" expanded, order kept
         return v
 
     @field_validator("teacher_ids")
@@ -246,26 +239,6 @@ class JobOut(BaseModel):
                           "val_acc), updated while the job runs.")
     links: JobLinks
     callback: CallbackOut | None = None
-
-
-class JobEventJob(BaseModel):
-    id: str
-    kind: Literal["ranking", "distillation"]
-    status: Literal["succeeded", "failed", "cancelled"]
-    dataset_id: str
-    result_id: str | None = Field(description="The ranking's or student's id when the job succeeded.")
-    result: str | None = Field(description="Path of the result under the API, when the job succeeded.")
-    error: str | None
-    created_at: dt.datetime
-    finished_at: dt.datetime | None
-
-
-class JobEvent(BaseModel):
-    """The body of a webhook call: signed as ``X-Hubscout-Signature: sha256=HMAC(secret, "<timestamp>." + body)``
-    with the ``X-Hubscout-Timestamp`` header's value."""
-
-    event: Literal["job.succeeded", "job.failed", "job.cancelled"]
-    job: JobEventJob
 
 
 # ------------------------------------------------------------------------------------------------- results

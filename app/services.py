@@ -11,7 +11,6 @@ import os
 import re
 import threading
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,37 +18,17 @@ from pydantic import ValidationError
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 
-from app import jobs, webhooks
-from app.db import Database
-from app.models import (CallbackState, DatasetRow, JobKind, JobRow, JobStatus, RankingRow, StudentRow, TeacherRow,
-                        json_safe, new_id)
 from app.problems import Problem, not_found
-from app.queue import JobQueue
-from app.repository import OWNER_FILE, row_from_teacher
 from app.schemas import DemoDatasetCreate, DistillationCreate, RankingCreate, TeacherCreate
-from app.settings import Settings
-from app.storage import LocalStorage
 from app.uploads import UploadedFile
+from service import jobs, webhooks
+from service.container import Services
+from service.settings import Settings
+from service.tables import (CallbackState, DatasetRow, JobKind, JobRow, JobStatus, RankingRow, StudentRow, TeacherRow,
+                            json_safe, new_id)
+from service.teacher_sync import OWNER_FILE, row_from_teacher
 
 log = logging.getLogger("hubscout.api")
-
-
-@dataclass
-class Services:
-    settings: Settings
-    db: Database
-    storage: LocalStorage
-    queue: JobQueue
-
-    @property
-    def repository(self):
-        from hubscout.teachers import Repository
-
-        return Repository(self.settings.repository_dir)
-
-    def close(self) -> None:
-        self.queue.close()
-        self.db.dispose()
 
 
 def auth_required(settings: Settings) -> bool:
@@ -57,11 +36,11 @@ def auth_required(settings: Settings) -> bool:
 
 
 def info(svc: Services) -> dict[str, Any]:
-    from app.schemas import METRIC_CHOICES
+    from hubscout.scores import METRICS
 
     s = svc.settings
     return {"version": _version(), "auth_required": auth_required(s),
-            "mode": "embedded" if s.embedded else "distributed", "metrics": list(METRIC_CHOICES),
+            "mode": "embedded" if s.embedded else "distributed", "metrics": list(METRICS),
             "max_upload_bytes": s.max_upload_bytes, "max_epochs": s.max_epochs}
 
 
@@ -269,7 +248,7 @@ def add_teacher(svc: Services, upload: UploadedFile | None, fields: dict[str, st
     """Validate and store a teacher (and its optional spec sample); its specification is computed by a worker,
     so the request does not wait for it. An admin's upload joins the shared catalogue, anyone else's belongs to
     its key. ``replace``: the id of a teacher the caller may change, stored anew under that id."""
-    from app import specs
+    from service import specs
     from hubscout.spec import SPEC_SAMPLE_FILE
     from hubscout.teachers import InputConfig, TeacherError, slugify
 

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from app.problems import Problem
-from app.storage import LocalStorage
+from service.storage import LocalStorage
 
 # Room for the multipart framing and the small text fields around a file.
 BODY_SLACK = 1024 * 1024

@@ -5,7 +5,7 @@ few-shot training set itself is fixed: seed 0's draw), on a held-out test split:
 
 * ``ce``: cross-entropy only, no teacher;
 * ``ot-top1``: CE + the OT term from the teacher OT ranks first (the library's default cost);
-* ``ot-top3``: CE + the OT terms of the top-3 teachers, weighted by relatedness (``relatedness_weights``);
+* ``ot-top3``: CE + the OT terms of the top-3 teachers, weighted by relatedness (``weigh_teachers``);
 * ``proto-top1``: CE + the prototype cross-task KD baseline (``DistillConfig(kd="proto")``: the teacher's
   feature-space centres of the target classes give it logits over the target classes; KL to the student, as in
   REFILLED, Ye et al. CVPR 2020) from the same top-1 teacher;
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks._common import RESULTS, limit_threads, machine, machine_md, md_table, resolve_repo, write_results
-from benchmarks.ranking import FULL_TASKS, QUICK_TASKS, _load_gt, budget, cached_student, gt_key
+from benchmarks.ranking_v1 import FULL_TASKS, QUICK_TASKS, _load_gt, budget, cached_student, gt_key
 
 METHODS = ("ce", "ot-top1", "ot-top3", "proto-top1", "oracle-top1")
 

@@ -1,356 +1,392 @@
-"""Ranking quality (issue 4): do the transferability metrics order the teachers as distillation does?
+"""Ranking quality, benchmark v2 (issue 12): do the metrics order the teachers as the two ground truths do?
 
-For every target task (a demo target at some number of shots) and every teacher of the repository, the ground
-truth is the held-out test accuracy of a small student distilled from that teacher alone with a fixed, small
-budget: exactly the enumeration that ranking is meant to avoid. Each metric (OT with each ground cost, LEEP, NCE,
-H-score, LogME, and a random ranking) is compared with it by weighted Kendall tau (scipy.stats.weightedtau, both
-sides oriented so that higher = better), top-1 hit rate and regret (best accuracy minus the accuracy of the
-teacher the metric puts first). Ground-truth results are cached in ``results/ground_truth.json``.
+Protocol: ``benchmarks/PROTOCOL.md``; tasks: ``benchmarks/tasks.json``; ground truths: ``benchmarks.groundtruth``
+(computed cell by cell, cached, resumable). This script reads the finished cells, scores every teacher of each
+task's pool with every metric on the task's train split, and writes ``results/ranking.{md,json}``: per half
+(dev / test / all), ground truth and metric the mean weighted τ, top-1 hit and regret with 95 % bootstrap
+intervals over tasks, the paired difference against the product's default; the same per relation; the cost of
+ranking against the enumeration behind each ground truth; and how much of the ground truth is done.
 
-    python -m benchmarks.ranking [--quick] [--repo DIR]
+    python -m benchmarks.ranking            # report from the cached cells (computes no ground truth)
+    python -m benchmarks.ranking --quick    # smoke run: 1 dev task, 4 small teachers, 1 seed, tiny B budget
+    python -m benchmarks.groundtruth        # compute the missing ground-truth cells (long; resumable)
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks._common import RESULTS, limit_threads, machine, machine_md, md_table, resolve_repo, write_results
+from benchmarks import groundtruth as gtm
+from benchmarks._common import RESULTS, limit_threads, machine, machine_md, md_table, write_results
+from benchmarks.stats import random_quality, summarise, task_quality
 
-COSTS = ("proto", "proto-softmax", "proto-centred", "proto-softmax-centred", "joint")
-BASELINES = ("leep", "nce", "hscore", "logme")
-GT_FILE = RESULTS / "ground_truth.json"
-# The ground-truth students are distilled with one fixed cost whatever the library's default, so that changing the
-# default does not silently change (and recompute) the ground truth the costs are judged by.
-GT_COST = "proto-softmax"
-
-# (target, shots): 14 tasks, every demo target and every shot count in {5, 10, 20, 50}.
-FULL_TASKS = [
-    ("footwear", 5), ("footwear", 50), ("fashion-tops", 10), ("fashion-all", 20), ("animals-farm", 5),
-    ("animals-farm", 20), ("animals-wild", 10), ("animals-all", 50), ("digits-mnist", 10), ("mnist-odd", 20),
-    ("handwritten", 5), ("handwritten", 50), ("pets-and-bags", 10), ("pets-and-bags", 20),
-]
-QUICK_TASKS = [("footwear", 10), ("pets-and-bags", 10), ("handwritten", 10)]
+OT_COSTS = ("joint", "proto-softmax", "proto", "proto-centred", "proto-softmax-centred")
+BASELINES = ("leep", "nce", "hscore", "logme", "logme[thuml]", "nleep", "sfda", "sfda[pca32]", "ncti", "gbc",
+             "transrate", "params", "source-acc")
+GROUND_TRUTHS = ("transfer", "distillation")
+HALVES = ("dev", "test", "all")
+FORWARD_TIMES = gtm.CACHE / "forward_s.json"
+QUICK_TASKS = ("fashion-footwear-5shot",)
+QUICK_TEACHERS = ("fashion-footwear", "fashion-clothes", "fashion-all", "mnist-digits")  # demo-zoo teachers
 
 
-def budget(quick: bool, hflip: bool):
-    from hubscout.distill import DistillConfig
+def default_metric() -> str:
+    from hubscout.ot import DEFAULT_COST
 
-    if quick:
-        return DistillConfig(student_arch="test_resnet", epochs=4, min_steps=100, teacher_views=1, batch_size=32,
-                             hflip=hflip, seed=0, cost=GT_COST)
-    return DistillConfig(student_arch="test_resnet", epochs=5, min_steps=100, teacher_views=1, batch_size=32,
-                         hflip=hflip, seed=0, cost=GT_COST)
+    return f"ot[{DEFAULT_COST}]"
 
 
-def relation(target_classes: list[str], teachers) -> str:
-    """inside: one teacher knows every target class; overlapping: some teacher knows some; outside: none does."""
-    tc = set(target_classes)
-    if any(tc <= set(t.labels) for t in teachers):
-        return "inside"
-    if any(tc & set(t.labels) for t in teachers):
-        return "overlapping"
-    return "outside"
+def metric_names() -> list[str]:
+    return [f"ot[{c}]" for c in OT_COSTS] + list(BASELINES) + ["random"]
 
 
-def relation_views(target_classes: list[str], teachers) -> dict[str, list[str]]:
-    """The task seen against three repositories cut from the zoo, so that every relation is measured with the
-    same ground truth (a teacher's student does not depend on which other teachers exist): ``inside`` (all
-    teachers, some of which know every target class), ``overlapping`` (without the teachers that know them all;
-    kept when a remaining one knows some) and ``outside`` (without any teacher that knows a target class; kept
-    when at least 3 remain)."""
-    tc = set(target_classes)
-    views = {relation(target_classes, teachers): [t.id for t in teachers]}
-    partial = [t for t in teachers if not tc <= set(t.labels)]
-    if relation(target_classes, partial) == "overlapping":
-        views.setdefault("overlapping", [t.id for t in partial])
-    unrelated = [t for t in teachers if not tc & set(t.labels)]
-    if len(unrelated) >= 3:
-        views.setdefault("outside", [t.id for t in unrelated])
-    return views
+# -------------------------------------------------------------------------------------------------- scores
+
+def _forward_times() -> dict[str, float]:
+    return json.loads(FORWARD_TIMES.read_text()) if FORWARD_TIMES.is_file() else {}
 
 
-def _load_gt() -> dict[str, Any]:
-    if GT_FILE.is_file():
-        try:
-            return json.loads(GT_FILE.read_text())
-        except json.JSONDecodeError:
-            pass
-    return {}
+def score_pool(train, repo, pool: list[str], outputs_cache) -> tuple[dict, dict, dict]:
+    """Every metric for every pool teacher, oriented so that higher is better (OT costs negated).
+    Returns scores[metric][teacher], score seconds[metric][teacher], forward seconds[teacher] (an uncached pass
+    over the train split, measured once and kept in ``benchmarks/.cache/forward_s.json``)."""
+    from hubscout.extract import extract
+    from hubscout.ot import cost_matrix, ot_relatedness
+    from hubscout.scores import METRICS, _pca, logme, ncti_combine, ncti_terms, sfda
+
+    times = _forward_times()
+    scores: dict[str, dict[str, float]] = {m: {} for m in metric_names() if m != "random"}
+    secs: dict[str, dict[str, float]] = {m: {} for m in scores}
+    fwd: dict[str, float] = {}
+    terms = {}
+    for tid in pool:
+        t = repo.get(tid)
+        key = f"{t.weights_sha256}:{train.sha256}"
+        out = outputs_cache.get(t.weights_sha256, train.sha256)
+        if out is None or key not in times:
+            t0 = time.perf_counter()
+            out = extract(t, train, device="cpu")
+            times[key] = time.perf_counter() - t0
+            outputs_cache.put(t.weights_sha256, train.sha256, out)
+            FORWARD_TIMES.parent.mkdir(parents=True, exist_ok=True)
+            FORWARD_TIMES.write_text(json.dumps({**_forward_times(), key: times[key]}))
+        fwd[tid] = times[key]
+        y, C = train.labels, train.num_classes
+        kw = dict(probs=out.probs, features=out.features, classifier_weight=out.classifier_weight, labels=y,
+                  n_classes=C, teacher=t)
+        for m in scores:
+            t0 = time.perf_counter()
+            try:
+                if m.startswith("ot["):
+                    M = cost_matrix(m[3:-1], classifier_weight=out.classifier_weight, features=out.features,
+                                    probs=out.probs, labels=y, n_classes=C)
+                    v = -ot_relatedness(out.probs, y, C, M).score
+                elif m == "logme[thuml]":
+                    v = logme(out.features, y, C, thuml_compat=True)
+                elif m == "sfda[pca32]":  # SFDA saturates at 1.0 on few samples; the reference's tracker: PCA to 32
+                    v = sfda(_pca(out.features, 32), y, C)
+                elif m == "ncti":
+                    terms[tid] = ncti_terms(out.features, y, C)
+                    v = float("nan")  # combined over the pool below
+                else:
+                    v = METRICS[m].fn(**kw)
+            except (ValueError, np.linalg.LinAlgError) as e:  # a metric that fails on a teacher ranks it last
+                print(f"  {m} failed on {tid}: {e}", flush=True)
+                v = float("nan")
+            scores[m][tid] = float(v)
+            secs[m][tid] = time.perf_counter() - t0
+    combined = ncti_combine([terms[t] for t in pool])
+    scores["ncti"] = dict(zip(pool, combined))
+    return scores, secs, fwd
 
 
-def _save_gt(gt: dict[str, Any]) -> None:
-    """Write ``gt`` merged into what is on disk: the ranking and distillation benchmarks may run side by side."""
-    GT_FILE.parent.mkdir(parents=True, exist_ok=True)
-    merged = {**_load_gt(), **gt}
-    gt.update(merged)
-    tmp = GT_FILE.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
-    tmp.replace(GT_FILE)
+# -------------------------------------------------------------------------------------------- ground truth
+
+def task_ground_truth(cache, task, repo, pool, seeds, distill=None) -> dict[str, Any]:
+    """Per ground truth: seed-mean accuracy and seed std per teacher (teachers with all seeds), completeness,
+    spread over teachers, seed noise, best teacher and the enumeration's seconds; plus the CE-only reference."""
+    out: dict[str, Any] = {}
+    for kind in GROUND_TRUTHS:
+        acc, std, secs, done = {}, {}, 0.0, 0
+        for tid in pool:
+            cells = [gtm.cell(cache, kind, task, repo, tid, s, None, compute=False, distill=distill) for s in seeds]
+            got = [c for c in cells if c is not None]
+            done += len(got)
+            if len(got) == len(seeds):
+                acc[tid] = float(np.mean([c["accuracy"] for c in got]))
+                std[tid] = float(np.std([c["accuracy"] for c in got], ddof=1)) if len(got) > 1 else float("nan")
+                secs += sum(c["seconds"] for c in got)
+        complete = len(acc) == len(pool)
+        out[kind] = {
+            "accuracy": acc, "seed_std": std, "complete": complete, "cells_done": done,
+            "cells_total": len(pool) * len(seeds),
+            "spread": float(max(acc.values()) - min(acc.values())) if acc else float("nan"),
+            "seed_noise": float(np.nanmean(list(std.values()))) if std else float("nan"),
+            "best_teacher": max(acc, key=acc.get) if acc else None,
+            "enumeration_s": secs if complete else None,
+            "enumeration_one_seed_s": secs / len(seeds) if complete else None,
+        }
+    ce = [gtm.cell(cache, "ce", task, repo, None, s, None, compute=False, distill=distill) for s in seeds]
+    ce = [c["accuracy"] for c in ce if c is not None]
+    out["ce_only"] = {"mean": float(np.mean(ce)) if ce else None, "n_seeds": len(ce)}
+    return out
 
 
-# Distillation options added after ground truth was first cached; at these defaults they leave the key unchanged.
-_LATER_OPTIONS = {"kd": "ot", "proto_temperature": 0.1}
+def _progress(cache, repo, tasks, pools, seeds) -> dict[str, Any]:
+    """Cells done / total per kind and half, cell seconds per kind and teacher size, and the projected time of
+    the cells still missing (median seconds of the finished cells of the same kind and size class)."""
+    done_s: dict[tuple[str, str], list[float]] = {}
+    cpu_s: dict[tuple[str, str], list[float]] = {}
+    counts: dict[str, dict[str, list[int]]] = {}
+    missing: list[tuple[str, str]] = []
+    for task, pool in zip(tasks, pools):
+        for kind in (*GROUND_TRUTHS, "ce"):
+            for tid in ([None] if kind == "ce" else pool):
+                # Teachers not built yet count as missing (their weights, hence their keys, do not exist yet).
+                size = "none" if tid is None else ("224px" if tid.startswith("imagenet-") else "small")
+                built = tid is None or tid in repo
+                for s in seeds:
+                    c = gtm.cell(cache, kind, task, repo, tid, s, None, compute=False) if built else None
+                    n = counts.setdefault(kind, {}).setdefault(task["half"], [0, 0])
+                    n[1] += 1
+                    if c is None:
+                        missing.append((kind, size))
+                    else:
+                        n[0] += 1
+                        done_s.setdefault((kind, size), []).append(c["seconds"])
+                        if "cpu_s" in c:
+                            cpu_s.setdefault((kind, size), []).append(c["cpu_s"])
+    per_kind = {f"{k}/{sz}": {"n": len(v), "median_s": float(np.median(v)), "mean_s": float(np.mean(v)),
+                              "median_cpu_s": float(np.median(cpu_s[(k, sz)])) if cpu_s.get((k, sz)) else None}
+                for (k, sz), v in sorted(done_s.items())}
+    projected = projected_cpu = 0.0
+    unknown = unknown_cpu = 0
+    for k, sz in missing:
+        v, c = done_s.get((k, sz)), cpu_s.get((k, sz))
+        if v:
+            projected += float(np.median(v))
+        else:
+            unknown += 1
+        if c:
+            projected_cpu += float(np.median(c))
+        else:
+            unknown_cpu += 1
+    return {"cells": {k: {h: {"done": d, "total": t} for h, (d, t) in v.items()} for k, v in counts.items()},
+            "cell_seconds": per_kind, "missing": len(missing), "projected_missing_s": projected,
+            "projected_missing_cpu_s": projected_cpu, "missing_without_cpu_timing": unknown_cpu,
+            "missing_without_timing": unknown}
 
 
-def gt_key(task: str, shots: int, seed: int, teacher_sha: str, cfg, test_sha: str) -> str:
-    c = {k: v for k, v in cfg.to_dict().items() if not (k in _LATER_OPTIONS and v == _LATER_OPTIONS[k])}
-    blob = json.dumps([task, shots, seed, teacher_sha, c, test_sha], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-def cached_student(gt: dict, task: str, shots: int, seed: int, train, test, repo, teacher_ids: list[str], cfg,
-                   weights=None, label: str | None = None) -> dict[str, Any]:
-    """Distil a student from ``teacher_ids`` (none: CE only) and evaluate it on ``test``, unless ``gt`` already
-    holds it; the ranking and distillation benchmarks share this cache. ``seed`` is the task draw's seed (the
-    training seed is ``cfg.seed``); ``label`` names the student in the record and the log."""
-    from hubscout.distill import distill, evaluate
-
-    ids = [] if cfg.ce_only else list(teacher_ids)
-    sha = "+".join(repo.get(t).weights_sha256 for t in ids) if ids else "none"
-    if len(ids) > 1:
-        sha += "|w=" + ",".join(f"{w:.4f}" for w in weights)
-    key = gt_key(task, shots, seed, sha, cfg, test.sha256)
-    if key not in gt:
-        label = label or "+".join(ids) or "__ce_only__"
-        t0 = time.perf_counter()
-        student = distill(train, repo, ids, cfg, weights=weights if len(ids) > 1 else None, device="cpu")
-        t1 = time.perf_counter()
-        acc = evaluate(student, test)["accuracy"]
-        gt[key] = {"task": task, "shots": shots, "seed": seed, "teacher": label, "accuracy": acc,
-                   "distill_s": t1 - t0, "eval_s": time.perf_counter() - t1, "n_test": len(test),
-                   "config": cfg.to_dict()}
-        _save_gt(gt)
-        print(f"  gt {task}-{shots} {label} kd={cfg.kd} seed {cfg.seed}: acc {acc:.3f} ({t1 - t0:.1f}s)", flush=True)
-    return gt[key]
-
-
-def ground_truth(train, test, repo, teachers, cfg, task: str, shots: int, seed: int, gt: dict) -> dict[str, Any]:
-    """Accuracy of the student distilled from each teacher (and of a CE-only student); cached in ``gt``."""
-    import dataclasses
-
-    jobs = [(t.id, [t.id], cfg) for t in teachers]
-    jobs.append(("__ce_only__", [], dataclasses.replace(cfg, ce_only=True)))
-    # Seed noise of the ground truth: the CE-only student at other seeds (same data, same budget).
-    jobs += [(f"__ce_only_seed{s}__", [], dataclasses.replace(cfg, ce_only=True, seed=s)) for s in (1, 2)]
-    return {tid: cached_student(gt, task, shots, seed, train, test, repo, ids, c, label=tid) for tid, ids, c in jobs}
-
-
-def oriented(entries, metric: str) -> dict[str, float]:
-    from hubscout.scores import METRICS
-
-    sign = -1.0 if METRICS[metric].direction == "lower" else 1.0
-    return {e.teacher_id: (sign * e.scores[metric] if np.isfinite(e.scores[metric]) else -np.inf) for e in entries}
-
-
-def evaluate_scores(scores: np.ndarray, acc: np.ndarray) -> dict[str, float]:
-    from scipy.stats import weightedtau
-
-    s = np.where(np.isfinite(scores), scores, np.nanmin(np.where(np.isfinite(scores), scores, np.nan)) - 1.0
-                 if np.isfinite(scores).any() else 0.0)
-    tau = float(weightedtau(s, acc).statistic) if len(acc) > 1 and np.ptp(acc) > 0 and np.ptp(s) > 0 else float("nan")
-    top = int(np.argmax(s))
-    return {"tau_w": tau, "top1_hit": float(acc[top] >= acc.max() - 1e-12), "regret": float(acc.max() - acc[top])}
-
-
-def random_baseline(acc: np.ndarray, n: int = 500, seed: int = 0) -> dict[str, float]:
-    """Expected values of a uniformly random ranking (Monte Carlo over ``n`` permutations)."""
-    rng = np.random.default_rng(seed)
-    res = [evaluate_scores(rng.permutation(len(acc)).astype(float), acc) for _ in range(n)]
-    return {k: float(np.nanmean([r[k] for r in res])) for k in res[0]}
-
+# ------------------------------------------------------------------------------------------------ the report
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="3 tasks, a tiny distillation budget (< 5 min)")
-    ap.add_argument("--repo", help="teacher repository (default: the full demo zoo if complete, else the quick zoo)")
-    ap.add_argument("--max-teachers", type=int, default=None, help="use only the first N teachers")
-    ap.add_argument("--test-per-class", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="1 dev task, 4 small teachers, 1 seed (computes its cells)")
+    ap.add_argument("--all-scores", action="store_true", help="score tasks whose ground truth is not complete too")
     args = ap.parse_args(argv)
     limit_threads(1)
 
+    from benchmarks import bench_zoo
+    from benchmarks.tasks import load_manifest, pool_ids, task_data
     from hubscout.extract import FileCache
-    from hubscout.ot import DEFAULT_COST
-    from hubscout.plots import plot_transport_plan
-    from hubscout.rank import rank
-    from hubscout.sources import TARGETS, demo_target
     from hubscout.teachers import Repository
 
-    repo_dir = resolve_repo(args.repo, args.quick)
-    repo = Repository(repo_dir)
-    teachers = repo.list()
-    if args.max_teachers:
-        teachers = teachers[: args.max_teachers]
-    elif args.quick:
-        teachers = teachers[:5]
-    tids = [t.id for t in teachers]
-    tasks = QUICK_TASKS if args.quick else FULL_TASKS
-    per_class = args.test_per_class or (100 if args.quick else 200)
-    print(f"repo {repo_dir} ({len(teachers)} teachers), {len(tasks)} tasks", flush=True)
-
-    name_out = "ranking_quick" if args.quick else "ranking"
-    gt_all = _load_gt()
-    metric_names = [f"ot[{c}]" for c in COSTS] + list(BASELINES) + ["random"]
-    per_task: list[dict[str, Any]] = []
     t_start = time.perf_counter()
-    for name, shots in tasks:
-        try:
-            train = demo_target(name, shots, seed=args.seed)
-        except ValueError as e:
-            print(f"skip {name}-{shots}: {e}")
+    repo = Repository(bench_zoo.ZOO_DIR)
+    if args.quick and any(t not in repo for t in QUICK_TEACHERS):
+        raise SystemExit(f"build the benchmark repository first: python -m benchmarks.bench_zoo ({repo.root})")
+    catalogue = bench_zoo.catalogue()
+    outputs_cache = FileCache(gtm.OUTPUTS)
+    cache = gtm.CellCache()
+    tasks = load_manifest()
+    seeds = (0,) if args.quick else gtm.SEEDS
+    distill = gtm.QUICK_DISTILL if args.quick else None
+    if args.quick:
+        tasks = [t for t in tasks if t["id"] in QUICK_TASKS]
+    pools = [[t for t in pool_ids(task, catalogue) if not args.quick or t in QUICK_TEACHERS] for task in tasks]
+    if args.quick:  # the smoke run computes its own (tiny) cells
+        for task, pool in zip(tasks, pools):
+            data = lambda task=task: (task_data(task, "train"), task_data(task, "test"))  # noqa: E731
+            for kind in ("transfer", "distillation"):
+                for tid in pool:
+                    gtm.cell(cache, kind, task, repo, tid, 0, data, outputs_cache=outputs_cache, distill=distill)
+    names = metric_names()
+    dflt = default_metric()
+    per_task = []
+    for task, pool in zip(tasks, pools):
+        built = [t for t in pool if t in repo]
+        gt = task_ground_truth(cache, task, repo, built, seeds, distill)
+        if len(built) < len(pool):  # a pool teacher not built yet: the task cannot be complete
+            for k in GROUND_TRUTHS:
+                gt[k]["complete"] = False
+                gt[k]["cells_total"] = len(pool) * len(seeds)
+        entry: dict[str, Any] = {"id": task["id"], "family": task["family"], "half": task["half"],
+                                 "relation": task["relation"], "shots": task["shots"],
+                                 "classes": task["classes"], "pool": pool, "ground_truth": gt}
+        if len(built) < len(pool) or not (args.all_scores or any(gt[k]["complete"] for k in GROUND_TRUTHS)):
+            per_task.append(entry)
             continue
-        test = demo_target(name, split="test", max_per_class=per_class, seed=args.seed)
-        srcs = {s for s, _ in TARGETS[name].parts}
-        cfg = budget(args.quick, hflip=not (srcs & {"mnist", "digits"}))
-        print(f"task {name}-{shots}shot: {len(train)} train / {len(test)} test images", flush=True)
+        train = task_data(task, "train")
+        scores, secs, fwd = score_pool(train, repo, pool, outputs_cache)
+        entry.update({"accuracy": {k: gt[k]["accuracy"] for k in GROUND_TRUTHS}, "scores": scores,
+                      "forward_s": fwd, "score_s": {m: float(sum(v.values())) for m, v in secs.items()}})
+        quality: dict[str, dict[str, Any]] = {}
+        for k in GROUND_TRUTHS:
+            if not gt[k]["complete"]:
+                continue
+            acc = np.array([gt[k]["accuracy"][t] for t in pool])
+            q = {m: task_quality(np.array([scores[m][t] for t in pool]), acc) for m in names if m != "random"}
+            q["random"] = random_quality(acc)
+            quality[k] = q
+        entry["quality"] = quality
+        per_task.append(entry)
+        print(f"{task['id']}: " + "; ".join(f"{k} τ {dflt} {quality[k][dflt]['tau_w']:.2f}" for k in quality),
+              flush=True)
 
-        # Ranking: one uncached pass (timed: this is what a user waits for), then the other costs from the cache.
-        rankings = {}
-        with tempfile.TemporaryDirectory() as tmp:
-            cache = FileCache(tmp)
-            t0 = time.perf_counter()
-            r = rank(train, repo, metrics=["ot", *BASELINES], teacher_ids=tids, cache=cache, cost=DEFAULT_COST,
-                     device="cpu")
-            rank_s = time.perf_counter() - t0
-            rankings[DEFAULT_COST] = r
-            for c in COSTS:
-                if c not in rankings:
-                    rankings[c] = rank(train, repo, metrics=["ot"], teacher_ids=tids, cache=cache, cost=c,
-                                       device="cpu")
-        # The plan of the teacher OT puts first, drawn as the CLI and the web page draw it.
-        best = r.entries[0]
-        plot_transport_plan(best.plan_summary, RESULTS / f"{name_out}_plans" / f"{name}-{shots}shot.png",
-                            title=f"{name}-{shots}shot: {best.teacher_id} (OT's first)")
-        forward_s = sum(e.forward_s for e in r.entries)
-        score_s = sum(e.score_s for e in r.entries)
+    summary: dict[str, Any] = {}
+    by_relation: dict[str, Any] = {}
+    for half in HALVES:
+        summary[half] = {}
+        by_relation[half] = {}
+        for k in GROUND_TRUTHS:
+            ts = [t for t in per_task if (half == "all" or t["half"] == half) and k in t.get("quality", {})]
+            summary[half][k] = ({m: summarise([t["quality"][k][m] for t in ts], [t["quality"][k][dflt] for t in ts])
+                                 for m in names} if ts else {})
+            for rel in ("inside", "overlapping", "outside", "cross-domain"):
+                rs = [t for t in ts if t["relation"] == rel]
+                by_relation[half].setdefault(rel, {})[k] = (
+                    {m: summarise([t["quality"][k][m] for t in rs], [t["quality"][k][dflt] for t in rs])
+                     for m in names} if rs else {})
 
-        gt = ground_truth(train, test, repo, teachers, cfg, name, shots, args.seed, gt_all)
-        acc = np.array([gt[t]["accuracy"] for t in tids])
-        brute_s = sum(gt[t]["distill_s"] + gt[t]["eval_s"] for t in tids)
-
-        res: dict[str, dict[str, float]] = {}
-        raw: dict[str, dict[str, float]] = {}
-        for c in COSTS:
-            o = oriented(rankings[c].entries, "ot")
-            raw[f"ot[{c}]"] = o
-            res[f"ot[{c}]"] = evaluate_scores(np.array([o[t] for t in tids]), acc)
-        for m in BASELINES:
-            o = oriented(r.entries, m)
-            raw[m] = o
-            res[m] = evaluate_scores(np.array([o[t] for t in tids]), acc)
-        res["random"] = random_baseline(acc, seed=args.seed)
-        views = {}
-        for rel, ids in relation_views(train.classes, teachers).items():
-            sub = np.array([tids.index(t) for t in ids])
-            vres = {m: evaluate_scores(np.array([raw[m][t] for t in ids]), acc[sub]) for m in raw}
-            vres["random"] = random_baseline(acc[sub], seed=args.seed)
-            views[rel] = {"teachers": ids, "best_teacher": ids[int(np.argmax(acc[sub]))], "metrics": vres}
-        per_task.append({
-            "task": f"{name}-{shots}shot", "target": name, "shots": shots, "relation": relation(train.classes, teachers),
-            "n_train": len(train), "n_test": len(test), "accuracy": dict(zip(tids, acc.tolist())),
-            "ce_only_accuracy": gt["__ce_only__"]["accuracy"],
-            "seed_noise_std": float(np.std([gt[k]["accuracy"] for k in ("__ce_only__", "__ce_only_seed1__",
-                                                                        "__ce_only_seed2__")], ddof=1)),
-            "teacher_spread": float(np.ptp(acc)), "best_teacher": tids[int(np.argmax(acc))],
-            "oriented_scores": raw, "metrics": res, "rank_s": rank_s, "forward_s": forward_s, "score_s": score_s,
-            "brute_force_s": brute_s, "views": views,
-        })
-        print(f"  ranked in {rank_s:.1f}s vs brute force {brute_s:.1f}s; best {per_task[-1]['best_teacher']}; "
-              + ", ".join(f"{m} {res[m]['tau_w']:.2f}" for m in metric_names), flush=True)
-
-    mean = {m: {k: float(np.nanmean([t["metrics"][m][k] for t in per_task])) for k in ("tau_w", "top1_hit", "regret")}
-            for m in metric_names}
-    by_relation = {}
-    for rel in ("inside", "overlapping", "outside"):
-        vs = [t["views"][rel] for t in per_task if rel in t["views"]]
-        if vs:
-            by_relation[rel] = {"n": len(vs), "mean": {
-                m: {k: float(np.nanmean([v["metrics"][m][k] for v in vs])) for k in ("tau_w", "top1_hit", "regret")}
-                for m in metric_names}}
-    rank_total = sum(t["rank_s"] for t in per_task)
-    brute_total = sum(t["brute_force_s"] for t in per_task)
+    scored = [t for t in per_task if "scores" in t]
+    rank_s = {m: float(sum(sum(t["forward_s"].values()) + t["score_s"][m] for t in scored))
+              for m in names if m != "random"}
+    enum = {k: {"all_seeds_s": float(sum(t["ground_truth"][k]["enumeration_s"] for t in scored
+                                         if t["ground_truth"][k]["complete"])),
+                "one_seed_s": float(sum(t["ground_truth"][k]["enumeration_one_seed_s"] for t in scored
+                                        if t["ground_truth"][k]["complete"])),
+                "tasks": sum(1 for t in scored if t["ground_truth"][k]["complete"])} for k in GROUND_TRUTHS}
+    # Ranking time over the same tasks as each enumeration, so that the ratio compares like with like.
+    for k in GROUND_TRUTHS:
+        ts = [t for t in scored if t["ground_truth"][k]["complete"]]
+        r = float(sum(sum(t["forward_s"].values()) + t["score_s"][dflt] for t in ts))
+        enum[k]["rank_default_s"] = r
+        enum[k]["ratio_one_seed"] = enum[k]["one_seed_s"] / r if r > 0 else None
+    progress = _progress(cache, repo, tasks, pools, seeds)
+    progress["teachers_not_built"] = sorted({t for p in pools for t in p if t not in repo})
     mach = machine()
-    cfg_full = budget(args.quick, True).to_dict()
     payload = {
-        "benchmark": "ranking", "quick": args.quick, "machine": mach, "repo": str(repo_dir), "teachers": tids,
-        "distill_budget": cfg_full, "test_per_class": per_class, "tasks": per_task, "mean": mean,
-        "by_relation": by_relation,
-        "timing": {"rank_total_s": rank_total, "brute_force_total_s": brute_total,
-                   "speedup": brute_total / max(rank_total, 1e-9)},
+        "benchmark": "ranking-v2", "quick": args.quick, "partial": any(
+            not (t["ground_truth"] and t["ground_truth"][k]["complete"]) for t in per_task for k in GROUND_TRUTHS),
+        "default_metric": dflt, "ground_truths": list(GROUND_TRUTHS), "metrics": names, "machine": mach,
+        "date": mach["date_utc"], "protocol": "benchmarks/PROTOCOL.md", "manifest": "benchmarks/tasks.json",
+        "seeds": list(seeds), "transfer_budget": gtm.TRANSFER.to_dict(),
+        "distillation_budget": gtm.distill_budget(0, distill), "tasks": per_task, "summary": summary,
+        "summary_by_relation": by_relation,
+        "cost": {"rank_s": rank_s, "enumeration": enum}, "progress": progress,
         "wall_s": time.perf_counter() - t_start,
     }
-
-    md = [f"# Ranking quality{' (--quick)' if args.quick else ''}\n", machine_md(mach),
-          f"\nRepository `{repo_dir}` ({len(tids)} teachers: {', '.join(tids)}). {len(per_task)} tasks. "
-          f"Ground truth: test accuracy (≤{per_class} test images a class) of a `{cfg_full['student_arch']}` "
-          f"student distilled from each teacher alone, epochs={cfg_full['epochs']}, min_steps={cfg_full['min_steps']}, "
-          f"teacher_views={cfg_full['teacher_views']}, seed {args.seed} (one seed: the ground truth itself is noisy).\n",
-          "\n## Mean over tasks\n\n",
-          md_table(["metric", "weighted τ", "top-1 hit", "regret (acc. points)"],
-                   [[m, mean[m]["tau_w"], mean[m]["top1_hit"], 100 * mean[m]["regret"]] for m in metric_names]),
-          f"\n`random` is the expectation over 500 random permutations.\n",
-          "\n## By relation of the target to the repository\n\nEvery demo target has a teacher trained on its "
-          "classes, so *overlapping* and *outside* are the same tasks ranked within a cut repository: without the "
-          "teachers that know all the target's classes, and without any that knows one (`relation_views`). "
-          "Weighted τ / top-1 hit / regret (points):\n\n",
-          md_table(["metric"] + [f"{rel} ({v['n']} tasks)" for rel, v in by_relation.items()],
-                   [[m] + [f"{v['mean'][m]['tau_w']:.2f} / {v['mean'][m]['top1_hit']:.2f} / "
-                           f"{100 * v['mean'][m]['regret']:.1f}" for v in by_relation.values()]
-                    for m in metric_names]),
-          f"\nRanking (one uncached pass, all metrics) took {rank_total:.1f} s in all; the brute-force enumeration "
-          f"(distil + evaluate every teacher) {brute_total:.1f} s: **{brute_total / max(rank_total, 1e-9):.1f}×** "
-          f"slower.\n", "\n## Per task (weighted τ)\n\n*spread*: best minus worst student accuracy over teachers; *seed noise*: "
-          "std of the CE-only student's accuracy over 3 seeds, the noise level of any single ground-truth value.\n\n",
-          md_table(["task", "relation", "best teacher", "best acc", "spread over teachers", "CE-only acc",
-                    "seed noise (std)"] + metric_names,
-                   [[t["task"], t["relation"], t["best_teacher"], max(t["accuracy"].values()), t["teacher_spread"],
-                     t["ce_only_accuracy"], t["seed_noise_std"]]
-                    + [t["metrics"][m]["tau_w"] for m in metric_names] for t in per_task]),
-          "\n## Per task: top-1 hit / regret\n\n",
-          md_table(["task"] + metric_names,
-                   [[t["task"]] + [f"{t['metrics'][m]['top1_hit']:.0f} / {100 * t['metrics'][m]['regret']:.1f}"
-                                   if m != "random" else f"{t['metrics'][m]['top1_hit']:.2f} / "
-                                   f"{100 * t['metrics'][m]['regret']:.1f}" for m in metric_names] for t in per_task]),
-          "\n## Per task: accuracy of the student from each teacher\n\n",
-          md_table(["task"] + tids, [[t["task"]] + [t["accuracy"][x] for x in tids] for t in per_task]),
-          "\n## Timing per task\n\n",
-          md_table(["task", "rank s", "forward s", "scoring s", "brute force s", "ratio"],
-                   [[t["task"], t["rank_s"], t["forward_s"], t["score_s"], t["brute_force_s"],
-                     t["brute_force_s"] / max(t["rank_s"], 1e-9)] for t in per_task])]
-    name = name_out
-    _plot(mean, metric_names, RESULTS / f"{name}.png")
-    md.append(f"\n![mean weighted tau]({name}.png)\n")
-    md.append("\n## The plan of OT's first teacher, per task\n\n" + "".join(
-        f"![{t['task']}]({name}_plans/{t['task']}.png) " for t in per_task) + "\n")
-    write_results(name, payload, "".join(md))
-    print(f"wrote {RESULTS / name}.md/.json/.png in {payload['wall_s']:.0f}s", flush=True)
+    name = "ranking_quick" if args.quick else "ranking"
+    write_results(name, payload, _markdown(payload))
+    if not args.quick:
+        n = cache.consolidate()
+        print(f"consolidated {n} cells into {gtm.CONSOLIDATED}", flush=True)
+    print(f"wrote {RESULTS / name}.md/.json in {payload['wall_s']:.0f}s", flush=True)
     return payload
 
 
-def _plot(mean, names, path: Path) -> None:
-    import matplotlib
+def _ci(v: dict[str, Any], k: str, scale: float = 1.0, fmt: str = "{:.2f}") -> str:
+    lo, hi = v[f"{k}_ci"]
+    if not np.isfinite(v[k]):
+        return "–"
+    return f"{fmt.format(scale * v[k])} [{fmt.format(scale * lo)}, {fmt.format(scale * hi)}]"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    vals = [mean[m]["tau_w"] for m in names]
-    ax.bar(names, vals, color=["tab:blue" if m.startswith("ot[") else "tab:red" if m == "random" else "tab:gray"
-                               for m in names])
-    ax.axhline(0, color="k", lw=0.5)
-    ax.set_ylabel("mean weighted Kendall τ")
-    ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _markdown(p: dict[str, Any]) -> str:
+    names, dflt = p["metrics"], p["default_metric"]
+    out = [f"# Ranking quality, benchmark v2{' (--quick)' if p['quick'] else ''}\n\n", machine_md(p["machine"]),
+           f"\nProtocol `benchmarks/PROTOCOL.md`, tasks `benchmarks/tasks.json`. Default metric (what the product "
+           f"ranks by): **{dflt}**. Seeds {p['seeds']}.\n"]
+    if p["partial"]:
+        out.append("\n**PARTIAL: the ground truth is not complete.** Only tasks whose ground truth has every pool "
+                   "teacher at every seed enter a table; how many did is given with each table. Numbers over a "
+                   "few tasks are anecdotal.\n")
+    for half in HALVES:
+        for k in GROUND_TRUTHS:
+            s = p["summary"][half][k]
+            if not s:
+                out.append(f"\n## {half} / {k}: no complete task yet\n")
+                continue
+            n = s[dflt]["n_tasks"]
+            out.append(f"\n## {half} / ground truth {k} ({n} task(s))\n\nMeans over tasks with 95 % bootstrap "
+                       f"intervals; Δτ = paired difference of weighted τ against {dflt} (interval, wins/ties/losses).\n\n")
+            rows = []
+            for m in names:
+                v = s[m]
+                pv = v["paired_vs_default"]
+                rows.append([m, _ci(v, "tau_w"), _ci(v, "top1_hit"), _ci(v, "regret", fmt="{:.1f}"),
+                             "–" if m == dflt else f"{pv['mean']:+.2f} [{pv['ci'][0]:+.2f}, {pv['ci'][1]:+.2f}]",
+                             "–" if m == dflt else f"{pv['wins']}/{pv['ties']}/{pv['losses']}"])
+            out.append(md_table(["metric", "weighted τ", "top-1 hit", "regret (points)", "Δτ vs default",
+                                 "W/T/L"], rows))
+    out.append("\n## By relation (all halves): mean weighted τ (tasks)\n\n")
+    for k in GROUND_TRUTHS:
+        rels = {r: v[k] for r, v in p["summary_by_relation"]["all"].items() if v.get(k)}
+        if not rels:
+            continue
+        out.append(f"\n### {k}\n\n")
+        out.append(md_table(["metric"] + [f"{r} ({v[dflt]['n_tasks']})" for r, v in rels.items()],
+                            [[m] + [f"{v[m]['tau_w']:.2f}" for v in rels.values()] for m in names]))
+    out.append("\n## Per task\n\n*spread*: best − worst seed-mean accuracy over the pool; *noise*: mean over "
+               "teachers of the std over seeds. Where the spread is not well above the noise the ground truth "
+               "cannot decide the task.\n\n")
+    rows = []
+    for t in p["tasks"]:
+        g = t["ground_truth"] or {}
+        row = [t["id"], t["half"], t["relation"], len(t["pool"])]
+        for k in GROUND_TRUTHS:
+            x = g.get(k)
+            row += ([f"{x['cells_done']}/{x['cells_total']}", x["best_teacher"] or "–",
+                     f"{x['spread']:.3f} / {x['seed_noise']:.3f}" if x["complete"] else "–"] if x else ["–"] * 3)
+        row.append(f"{g['ce_only']['mean']:.3f}" if g and g["ce_only"]["mean"] is not None else "–")
+        rows.append(row)
+    out.append(md_table(["task", "half", "relation", "teachers", "A cells", "A best", "A spread / noise",
+                         "B cells", "B best", "B spread / noise", "CE-only"], rows))
+    c = p["cost"]
+    out.append("\n## Cost\n\nRanking = Σ over the pool of one uncached forward pass over the train split + the "
+               "metric's scoring, over the scored tasks:\n\n")
+    out.append(md_table(["metric", "ranking s"], [[m, v] for m, v in c["rank_s"].items()]))
+    out.append("\n" + md_table(["ground truth", "complete tasks", "enumeration s (one seed)", "all seeds s",
+                                f"ranking s ({dflt})", "enumeration / ranking"],
+                               [[k, v["tasks"], v["one_seed_s"], v["all_seeds_s"], v["rank_default_s"],
+                                 v["ratio_one_seed"] if v["ratio_one_seed"] is not None else "–"]
+                                for k, v in c["enumeration"].items()]))
+    pr = p["progress"]
+    if "cells" in pr:
+        out.append("\n## Ground-truth progress\n\n")
+        out.append(md_table(["kind", "half", "done", "total"], [[k, h, v["done"], v["total"]]
+                                                                 for k, hv in pr["cells"].items()
+                                                                 for h, v in hv.items()]))
+        out.append("\nSeconds per finished cell (wall, one torch thread, on the shared machine):\n\n")
+        out.append(md_table(["kind / teacher size", "cells", "median wall s", "mean wall s", "median CPU s"],
+                            [[k, v["n"], v["median_s"], v["mean_s"],
+                              v["median_cpu_s"] if v["median_cpu_s"] is not None else "–"]
+                             for k, v in pr["cell_seconds"].items()]))
+        if pr.get("teachers_not_built"):
+            out.append(f"\nTeachers not built yet (their cells all count as missing): "
+                       f"{', '.join(pr['teachers_not_built'])}.\n")
+        out.append(f"\n{pr['missing']} cells missing; at the medians above they need about "
+                   f"{pr['projected_missing_s'] / 3600:.1f} h of wall time at this machine's load, "
+                   f"{pr['projected_missing_cpu_s'] / 3600:.1f} h of CPU time (one process per core on an idle "
+                   f"machine: half that on 2 cores); {pr['missing_without_timing']} missing cells are of a kind "
+                   f"without a wall timing yet and {pr['missing_without_cpu_timing']} without a CPU timing, not "
+                   f"counted in these sums.\n")
+    return "".join(out)
 
 
 if __name__ == "__main__":

@@ -298,7 +298,8 @@ def compute_specs(variants, feats: dict, embedder, show: bool = True):
     for b in {v.base.id: v.base for v in variants}.values():
         keys = zoo_class_keys(b)
         if keys is not None:
-            from hubscout.spec import SPEC_SAMPLES_PER_CLASS, _class_embeddings
+            from hubscout.spec import SPEC_SAMPLES_PER_CLASS
+            from hubscout.spec._images import _class_embeddings
 
             imgs = np.concatenate([_class_embeddings(k, embedder, SPEC_SAMPLES_PER_CLASS, 0, cache)[0] for k in keys])
         else:

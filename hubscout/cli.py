@@ -1,6 +1,7 @@
 """The ``hubscout`` command line: teachers, demo data, ranking, distillation, evaluation, and the server."""
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hubscout.ot import COSTS, DEFAULT_COST
+from hubscout.scores import METRICS
 
 app = typer.Typer(help="Rank a model repository's teachers for your labelled task, and distil a student.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -264,7 +266,7 @@ def data_targets() -> None:
 def rank_cmd(
     dataset: Path = typer.Argument(..., exists=True, dir_okay=False, help=".zip (ImageFolder) or .npz"),
     repo: str = RepoOpt,
-    metric: str = typer.Option("ot", help="ot, leep, nce, logme, hscore, a comma list, or all (first orders)"),
+    metric: str = typer.Option("ot", help=f"{', '.join(METRICS)}, a comma list, or all (first orders)"),
     top: Optional[int] = typer.Option(None, "--top", help="show the best K"),
     teachers: Optional[str] = typer.Option(None, "--teachers", help="comma-separated teacher ids"),
     cost: str = typer.Option(DEFAULT_COST, help="OT cost matrix: " + ", ".join(COSTS)),
@@ -366,18 +368,15 @@ def distill_cmd(
     else:
         from hubscout.data import load_dataset
         from hubscout.distill import DistillConfig, distill
-        from hubscout.rank import relatedness_scores, weights_from_scores
+        from hubscout.rank import weigh_teachers
 
         ds = load_dataset(dataset)
         r = _repo(repo)
         cfg = DistillConfig.from_dict({**DistillConfig().to_dict(),
                                        **{k: v for k, v in overrides.items() if v is not None},
                                        "ce_only": ce_only, "seed": seed})
-        weights = relatedness = None
-        if len(ids) > 1 and not ce_only:
-            scores = relatedness_scores(ds, r, ids)
-            weights, relatedness = weights_from_scores(scores), dict(zip(ids, scores))
-        result = distill(ds, r, ids, cfg, weights=weights, relatedness=relatedness, show_progress=not as_json)
+        mixture, relatedness = weigh_teachers(ds, r, ids, ce_only=cfg.ce_only)
+        result = distill(ds, r, ids, cfg, mixture=mixture, relatedness=relatedness, show_progress=not as_json)
         result.save(out)
         metrics = result.metrics
     summary = {"out": str(out), **{k: v for k, v in metrics.items() if k != "curves"}}
@@ -418,9 +417,8 @@ def evaluate_cmd(student_dir: Path = typer.Argument(..., exists=True, file_okay=
 @app.command("serve")
 def serve_cmd(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000)) -> None:
     """Run the REST API (embedded default: SQLite, a local Celery worker, local storage)."""
-    from app.main import serve
-
-    serve(host=host, port=port)
+    # The library never imports the service: the API is loaded by name, as uvicorn loads "app.main:app".
+    importlib.import_module("app.main").serve(host=host, port=port)
 
 
 if __name__ == "__main__":

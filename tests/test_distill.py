@@ -145,15 +145,15 @@ def test_ce_only(toy, tiny_repo):
 
 def test_multi_teacher_weights_normalised(toy, tiny_repo):
     cfg = DistillConfig(**{**FAST, "epochs": 1})
-    s = distill(toy, tiny_repo, ["t-one", "t-two"], cfg, weights=[3.0, 1.0])
+    s = distill(toy, tiny_repo, ["t-one", "t-two"], cfg, mixture=[3.0, 1.0])
     assert [t["id"] for t in s.teachers] == ["t-one", "t-two"]
     assert [t["weight"] for t in s.teachers] == pytest.approx([0.75, 0.25])
     s = distill(toy, tiny_repo, ["t-one", "t-two"], cfg)
     assert [t["weight"] for t in s.teachers] == pytest.approx([0.5, 0.5])
     with pytest.raises(StudentError, match="weights"):
-        distill(toy, tiny_repo, ["t-one", "t-two"], cfg, weights=[1.0])
+        distill(toy, tiny_repo, ["t-one", "t-two"], cfg, mixture=[1.0])
     with pytest.raises(StudentError, match="non-negative"):
-        distill(toy, tiny_repo, ["t-one", "t-two"], cfg, weights=[1.0, -1.0])
+        distill(toy, tiny_repo, ["t-one", "t-two"], cfg, mixture=[1.0, -1.0])
 
 
 def test_kl_loss_hand_example():

@@ -27,7 +27,7 @@ def saved(quick_repo, tmp_path_factory):
 
     target = demo_target("footwear", 10, seed=0)
     scores = relatedness_scores(target, quick_repo, TEACHERS)
-    student = distill(target, quick_repo, TEACHERS, DistillConfig(**FAST), weights=weights_from_scores(scores),
+    student = distill(target, quick_repo, TEACHERS, DistillConfig(**FAST), mixture=weights_from_scores(scores),
                       relatedness=dict(zip(TEACHERS, scores)), device="cpu")
     out = student.save(tmp_path_factory.mktemp("student") / "s")
     return out, student, scores, target

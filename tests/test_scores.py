@@ -274,10 +274,12 @@ def test_registry_uniform_interface():
     good = dict(features=W[labels] * 2 + 0.3 * rng.normal(size=(N, D)),
                 probs=0.3 * rng.dirichlet(np.ones(K), size=N) + 0.7 * np.eye(K)[labels])
     bad = dict(features=rng.normal(size=(N, D)), probs=rng.dirichlet(np.ones(K), size=N))
-    assert set(METRICS) == {"leep", "nce", "hscore", "logme", "ot"}
+    assert {"leep", "nce", "hscore", "logme", "ot", "nleep", "sfda", "ncti", "gbc", "transrate"} <= set(METRICS)
     for name, metric in METRICS.items():
         assert isinstance(metric, Metric) and metric.name == name
-        assert metric.direction in ("higher", "lower") and metric.needs in ("probs", "features", "both")
+        assert metric.direction in ("higher", "lower") and metric.needs in ("probs", "features", "both", "teacher")
+        if metric.needs == "teacher":
+            continue  # data-free: tested below
         s_good = metric.fn(classifier_weight=W, labels=labels, n_classes=C, cost="proto-softmax", **good)
         s_bad = metric.fn(classifier_weight=W, labels=labels, n_classes=C, cost="proto-softmax", **bad)
         assert isinstance(s_good, float) and math.isfinite(s_good)
@@ -292,3 +294,140 @@ def test_registry_uniform_interface():
         METRICS["logme"].fn(probs=good["probs"], features=None, classifier_weight=None, labels=labels, n_classes=C)
     with pytest.raises(ValueError, match="probs"):
         METRICS["leep"].fn(probs=None, features=good["features"], classifier_weight=W, labels=labels, n_classes=C)
+
+
+# ------------------------------------------------------------------------ benchmark v2 baselines (issue 12)
+
+from types import SimpleNamespace  # noqa: E402
+
+from hubscout.scores import (  # noqa: E402
+    _fda_proba,
+    _leep_from_posterior,
+    gbc,
+    ncti_combine,
+    ncti_terms,
+    nleep,
+    param_count,
+    sfda,
+    source_accuracy,
+    transrate,
+)
+
+
+def test_transrate_hand_example_1d():
+    # features 0, 2, 4, 10 -> centred -4, -2, 0, 6 (sum of squares 56, n 4); class 0 rows -4, -2 (20, n 2),
+    # class 1 rows 0, 6 (36, n 2); R = 1/2 log(1 + sum of squares / (n eps)), eps = 1e-4; classes are not re-centred
+    f = np.array([[0.0], [2.0], [4.0], [10.0]])
+    y = np.array([0, 0, 1, 1])
+    expected = 0.5 * math.log(1 + 56 / 4e-4) - 0.5 * (0.5 * math.log(1 + 20 / 2e-4) + 0.5 * math.log(1 + 36 / 2e-4))
+    assert transrate(f, y, 2) == pytest.approx(expected, rel=1e-12)
+
+
+def test_transrate_gram_path_equals_feature_path():
+    rng = np.random.default_rng(20)
+    f, y = _features(rng, 12, 40, 3, 1.0)  # N < D: through the N x N Gram matrix
+    fc = f - f.mean(axis=0)
+
+    def rate(z):
+        return 0.5 * np.linalg.slogdet(np.eye(z.shape[1]) + z.T @ z / (z.shape[0] * 1e-4))[1]
+
+    direct = rate(fc) - sum(rate(fc[y == c]) for c in range(3)) / 3
+    assert transrate(f, y, 3) == pytest.approx(direct, rel=1e-9)
+
+
+def test_gbc_hand_example_1d():
+    # class 0: 0, 2 (mean 1, var 1); class 1: 4, 6 (mean 5, var 1): D_B = 16 / 8 + 1/2 log(1 / 1) = 2, both
+    # ordered pairs count: GBC = -2 exp(-2). PCA of 1-D data only centres (and maybe flips) it.
+    f = np.array([[0.0], [2.0], [4.0], [6.0]])
+    y = np.array([0, 0, 1, 1])
+    assert gbc(f, y, 2) == pytest.approx(-2 * math.exp(-2), rel=1e-12)
+    # unequal variances: class 1 at 4, 8 (mean 6, var 4): avg var 2.5, D_B = 25/8/2.5 + 1/2 log(2.5 / sqrt(4))
+    f2 = np.array([[0.0], [2.0], [4.0], [8.0]])
+    db = 25 / 8 / 2.5 + 0.5 * math.log(2.5 / 2.0)
+    assert gbc(f2, y, 2) == pytest.approx(-2 * math.exp(-db), rel=1e-12)
+
+
+def test_sfda_hand_example_1d():
+    # D = 1: shrinking towards (mean variance) x I changes nothing, so each discriminant is plain LDA with the
+    # pooled ML within-class variance s: score_c(x) = x mu_c / s - mu_c^2 / (2 s) + log prior_c.
+    x = np.array([0.0, 1.0, 3.0, 2.0, 5.0, 4.0])
+    y = np.array([0, 0, 0, 1, 1, 1])
+
+    def lda(xs):
+        mu = np.array([xs[y == 0].mean(), xs[y == 1].mean()])
+        s = 0.5 * xs[y == 0].var() + 0.5 * xs[y == 1].var()
+        sc = xs[:, None] * mu[None] / s - mu[None] ** 2 / (2 * s) + np.log(0.5)
+        p = np.exp(sc - sc.max(axis=1, keepdims=True))
+        return p / p.sum(axis=1, keepdims=True), mu
+
+    p, mu = lda(x)
+    assert _fda_proba(x[:, None], y, 2, None)[0] == pytest.approx(p, abs=1e-12)
+    soft = np.exp(p) / np.exp(p).sum(axis=1, keepdims=True)
+    conf = soft[np.arange(6), y]
+    other = mu[1 - y]  # with two classes, "the other class means" is the other class's mean
+    mixed = conf * x + (1 - conf) * other
+    p2, _ = lda(mixed)
+    assert sfda(x[:, None], y, 2) == pytest.approx(np.mean(p2[np.arange(6), y]), abs=1e-12)
+
+
+def test_sfda_prefers_separable_features():
+    rng = np.random.default_rng(21)
+    good, y = _features(rng, 120, 16, 4, 3.0)
+    bad = rng.normal(size=(120, 16))
+    assert sfda(good, y, 4) > sfda(bad, y, 4) + 0.2
+
+
+def test_nleep_is_leep_of_the_mixture_posterior():
+    probs = np.array([[0.8, 0.2], [0.6, 0.4], [0.3, 0.7], [0.1, 0.9]])
+    labels = np.array([0, 0, 1, 1])
+    assert _leep_from_posterior(probs, labels, 2) == pytest.approx(leep(probs, labels, 2), abs=1e-12)
+
+
+def test_nleep_extremes():
+    rng = np.random.default_rng(22)
+    y = np.repeat([0, 1, 2], 40)
+    # three tight, far-apart clusters that are the classes: every component is pure, NLEEP ~ log 1 = 0
+    sep = np.array([[0.0, 0.0], [50.0, 0.0], [0.0, 50.0]])[y] + 0.1 * rng.normal(size=(120, 2))
+    assert nleep(sep, y, 3) == pytest.approx(0.0, abs=1e-6)
+    # labels independent of the clusters: P(y|v) ~ 1/3 for every component, NLEEP ~ log(1/3)
+    shuffled = rng.permutation(y)
+    assert nleep(sep, shuffled, 3) == pytest.approx(math.log(1 / 3), abs=0.15)
+
+
+def test_ncti_combine_hand_example():
+    terms = [(1.0, 0.5, 0.0), (3.0, 1.0, 1.0), (2.0, 0.75, 0.5)]
+    # each column min-max normalised to 0, 1, 0.5; score = a + b - c
+    assert ncti_combine(terms) == pytest.approx([0.0, 1.0, 0.5])
+    assert ncti_combine([(1.0, 0.5, 2.0), (1.0, 0.7, 2.0)]) == pytest.approx([0.0, 1.0])  # constant terms: 0
+
+
+def test_ncti_terms_separable_vs_random():
+    rng = np.random.default_rng(23)
+    good, y = _features(rng, 120, 80, 4, 3.0)
+    bad = rng.normal(size=(120, 80))
+    tg, tb = ncti_terms(good, y, 4), ncti_terms(bad, y, 4)
+    assert tg[1] > tb[1]  # the LDA's true-class probability
+    assert ncti_combine([tg, tb])[0] > ncti_combine([tg, tb])[1]
+
+
+def test_data_free_references():
+    t = SimpleNamespace(num_params=1234, metadata={"val_accuracy": 0.81})
+    assert param_count(t) == 1234.0 and source_accuracy(t) == 0.81
+    bare = SimpleNamespace(num_params=0, metadata={})
+    assert math.isnan(param_count(bare)) and math.isnan(source_accuracy(bare))
+    assert math.isnan(source_accuracy(SimpleNamespace(metadata={"val_accuracy": None})))
+    assert METRICS["source-acc"].fn(teacher=t, labels=np.zeros(3, int), n_classes=1) == 0.81
+    with pytest.raises(ValueError, match="teacher"):
+        METRICS["params"].fn(labels=np.zeros(3, int), n_classes=1)
+
+
+@pytest.mark.parametrize("K,D", [(1000, 1280), (4, 64)])
+def test_new_scores_on_head_and_feature_sizes(K, D):
+    """The sizes the benchmark meets: a 1000-class ImageNet head with 1280-d features and a 4-class head."""
+    rng = np.random.default_rng(24)
+    N, C = 60, 3
+    f, y = _features(rng, N, D, C, 2.0)
+    probs = rng.dirichlet(np.ones(K), size=N)
+    for name in ("nleep", "sfda", "ncti", "gbc", "transrate"):
+        v = METRICS[name].fn(probs=probs, features=f, classifier_weight=None, labels=y, n_classes=C)
+        assert isinstance(v, float) and math.isfinite(v), name

@@ -5,7 +5,7 @@ import pytest
 from hubscout.rank import rank
 from hubscout.spec import (SCORE_METHODS, SPEC_FILE, SPEC_VERSION, ReferenceEmbedder, Specification, SpecIndex,
                            TargetEmbedding, TeacherView, build_specification, ensure_specifications,
-                           load_specification, plan, shortlist, spec_scores)
+                           load_specification, shortlist, shortlist_plan, spec_scores)
 
 
 def _unit(x):
@@ -119,13 +119,13 @@ def test_build_specification_from_labels_and_from_predictions():
     assert list(few.rows) == [1, 2]
 
 
-def test_plan_runs_the_shortlist_and_every_teacher_without_a_specification():
+def test_shortlist_plan_runs_the_shortlist_and_every_teacher_without_a_specification():
     rng = np.random.default_rng(4)
     target = _unit(rng.normal(size=(3, 16)))
     specs = [_spec("close", target + 0.05 * rng.normal(size=(3, 16)))] + [
         _spec(f"far{i}", rng.normal(size=(4, 16))) for i in range(5)]
     candidates = ["far0", "close", "nospec", "far1", "far2", "far3", "far4"]
-    run, info = plan(candidates, SpecIndex.build(specs), TargetEmbedding(target, list("abc")), k=2)
+    run, info = shortlist_plan(candidates, SpecIndex.build(specs), TargetEmbedding(target, list("abc")), k=2)
     assert "close" in run and "nospec" in run and len(run) == 3
     assert run == [t for t in candidates if t in run]  # candidate order kept
     assert info["shortlisted"][0] == "close" and info["unspecified_run"] == ["nospec"]

@@ -240,3 +240,28 @@ def test_build_is_deterministic(tmp_path, monkeypatch):
     b = build_demo_zoo(tmp_path / "b", quick=True).get(spec.id)
     assert a.weights_sha256 == b.weights_sha256
     assert isinstance(Repository(tmp_path / "a"), Repository) and len(Repository(tmp_path / "a")) == 1
+
+
+def test_efficientnet_lite2_loads_like_lite0():
+    """Lite2 (the ranking benchmark's third ImageNet teacher) comes from its own package, mapped the same way."""
+    import timm
+
+    state = efficientnet_lite_state_dict("lite2")
+    model = timm.create_model("tf_efficientnet_lite2", pretrained=False)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    cfg = imagenet_input_config("tf_efficientnet_lite2")
+    assert cfg.size == 260
+    with torch.inference_mode():
+        probs = model(to_tensor(_grace_hopper(), cfg)).softmax(1)[0]
+    top = [imagenet_labels()[i] for i in probs.topk(5).indices]
+    assert "military uniform" in top[:2], top
+
+
+def test_label_noise_moves_the_asked_fraction_to_other_classes():
+    from hubscout.zoo import noisy_labels
+
+    y = np.repeat(np.arange(4), 50)
+    z = noisy_labels(y, 4, 0.4, seed=3)
+    assert np.sum(z != y) == 80 and z.min() >= 0 and z.max() <= 3
+    assert np.array_equal(z, noisy_labels(y, 4, 0.4, seed=3)) and np.array_equal(y, np.repeat(np.arange(4), 50))

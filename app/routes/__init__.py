@@ -1,10 +1,12 @@
 """HTTP routes: parse the request, call app.services, shape the response. Nothing else."""
 from __future__ import annotations
 
-from fastapi import Request
+from typing import Annotated
+
+from fastapi import Depends, Request
 
 from app.problems import PROBLEM_JSON, Problem
-from app.services import Services
+from service.container import Services
 
 # Bound on integer query parameters: anything larger is an error of the client's, not an overflow in the database.
 MAX_INT = 2**31 - 1
@@ -30,6 +32,10 @@ def body_of(model) -> dict:
 
 def services(request: Request) -> Services:
     return request.app.state.services
+
+
+#: What a route declares to get the process's services: ``svc: ServicesDep``.
+ServicesDep = Annotated[Services, Depends(services)]
 
 
 def require_json(request: Request) -> None:

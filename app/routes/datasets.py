@@ -8,12 +8,11 @@ from fastapi.responses import JSONResponse
 from app import idempotency
 from app import services as ops
 from app.auth import Owner, authenticate
-from app.models import DatasetRow
 from app.problems import Problem
-from app.routes import body_of, problems, require_json, services
+from app.routes import ServicesDep, body_of, problems, require_json
 from app.schemas import DatasetOut, DemoDatasetCreate, DemoTargetOut
-from app.services import Services
 from app.uploads import read_multipart
+from service.tables import DatasetRow
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[Depends(authenticate)],
                    responses=problems(401, 503))
@@ -40,7 +39,7 @@ def _stored(row: DatasetRow, created: bool) -> idempotency.Created:
              responses={200: {"description": "The same content was uploaded before: the existing dataset",
                               "model": DatasetOut}, **problems(413, 415, 422)},
              summary="Upload a labelled dataset")
-async def upload_dataset(request: Request, owner: Owner, svc: Services = Depends(services)) -> JSONResponse:
+async def upload_dataset(request: Request, owner: Owner, svc: ServicesDep) -> JSONResponse:
     s = svc.settings
     form = await read_multipart(request, svc.storage, file_limits={"file": s.max_upload_bytes},
                                 text_fields={"name"}, max_field_bytes=s.max_form_field_bytes,
@@ -67,11 +66,11 @@ def list_demo_targets() -> list[DemoTargetOut]:
                         **problems(413, 415, 422, 503)},
              summary="Create a dataset from a built-in demo target")
 async def create_demo_dataset(body: DemoDatasetCreate, request: Request, owner: Owner,
-                              svc: Services = Depends(services)) -> JSONResponse:
+                              svc: ServicesDep) -> JSONResponse:
     return await idempotency.run(request, svc, owner, idempotency.fingerprint(request, body_of(body)),
                                  lambda: _stored(*ops.create_demo_dataset(svc, body, owner)))
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut, responses=problems(404))
-def get_dataset(dataset_id: str, owner: Owner, svc: Services = Depends(services)) -> DatasetOut:
+def get_dataset(dataset_id: str, owner: Owner, svc: ServicesDep) -> DatasetOut:
     return dataset_out(ops.get_dataset(svc, dataset_id, owner))

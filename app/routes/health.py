@@ -2,14 +2,14 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.problems import problem_response
-from app.routes import problems, services
+from app.routes import ServicesDep, problems
 from app.schemas import Health
-from app.services import Services
+from service.container import Services
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger("hubscout.health")
@@ -28,7 +28,7 @@ def _checks(svc: Services) -> dict[str, str]:
 
 
 @router.get("/healthz", response_model=Health, responses=problems(503))
-async def healthz(request: Request, svc: Services = Depends(services)):
+async def healthz(request: Request, svc: ServicesDep):
     checks = await run_in_threadpool(_checks, svc)
     failed = [k for k, v in checks.items() if v != "ok"]
     if failed:

@@ -8,11 +8,9 @@ from fastapi.responses import FileResponse, JSONResponse
 from app import idempotency
 from app import services as ops
 from app.auth import Owner, authenticate
-from app.models import JobKind, JobRow, JobStatus
-from app.routes import MAX_INT, body_of, problems, require_json, services
-from app.schemas import (CallbackOut, DistillationCreate, JobLinks, JobOut, Page, RankingCreate, RankingOut,
-                         StudentOut)
-from app.services import Services
+from app.routes import MAX_INT, ServicesDep, body_of, problems, require_json
+from app.schemas import CallbackOut, DistillationCreate, JobLinks, JobOut, Page, RankingCreate, RankingOut, StudentOut
+from service.tables import JobKind, JobRow, JobStatus
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(authenticate)], responses=problems(401, 503))
 
@@ -38,8 +36,7 @@ def _accepted(row: JobRow) -> idempotency.Created:
 @router.post("/v1/rankings", status_code=202, response_model=JobOut, responses=problems(409, 413, 415, 422, 429),
              dependencies=[Depends(require_json)], openapi_extra=idempotency.DOC,
              summary="Rank teachers for a dataset (asynchronous: poll the job)")
-async def create_ranking(body: RankingCreate, request: Request, owner: Owner,
-                         svc: Services = Depends(services)) -> JSONResponse:
+async def create_ranking(body: RankingCreate, request: Request, owner: Owner, svc: ServicesDep) -> JSONResponse:
     return await idempotency.run(request, svc, owner, idempotency.fingerprint(request, body_of(body)),
                                  lambda: _accepted(ops.create_ranking(svc, body, owner)))
 
@@ -48,7 +45,7 @@ async def create_ranking(body: RankingCreate, request: Request, owner: Owner,
              responses=problems(409, 413, 415, 422, 429), dependencies=[Depends(require_json)],
              openapi_extra=idempotency.DOC, summary="Distil a student from teachers (asynchronous: poll the job)")
 async def create_distillation(body: DistillationCreate, request: Request, owner: Owner,
-                              svc: Services = Depends(services)) -> JSONResponse:
+                              svc: ServicesDep) -> JSONResponse:
     return await idempotency.run(request, svc, owner, idempotency.fingerprint(request, body_of(body)),
                                  lambda: _accepted(ops.create_distillation(svc, body, owner)))
 
@@ -57,33 +54,33 @@ async def create_distillation(body: DistillationCreate, request: Request, owner:
 def list_jobs(limit: int = Query(50, ge=1, le=MAX_INT), offset: int = Query(0, ge=0, le=MAX_INT),
               status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
               kind: Literal["ranking", "distillation"] | None = None, *, owner: Owner,
-              svc: Services = Depends(services)) -> Page[JobOut]:
+              svc: ServicesDep) -> Page[JobOut]:
     limit = min(limit, svc.settings.max_page_size)
     rows, total = ops.list_jobs(svc, limit, offset, status, kind, owner)
     return Page[JobOut](items=[job_out(r) for r in rows], total=total, limit=limit, offset=offset)
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut, responses=problems(404))
-def get_job(job_id: str, owner: Owner, svc: Services = Depends(services)) -> JobOut:
+def get_job(job_id: str, owner: Owner, svc: ServicesDep) -> JobOut:
     return job_out(ops.get_job(svc, job_id, owner))
 
 
 @router.delete("/v1/jobs/{job_id}", response_model=JobOut, responses=problems(404, 409),
                summary="Cancel a queued or running job")
-def cancel_job(job_id: str, owner: Owner, svc: Services = Depends(services)) -> JobOut:
+def cancel_job(job_id: str, owner: Owner, svc: ServicesDep) -> JobOut:
     return job_out(ops.cancel_job(svc, job_id, owner))
 
 
 @router.get("/v1/rankings/{ranking_id}", response_model=RankingOut, responses=problems(404),
             tags=["results"])
-def get_ranking(ranking_id: str, owner: Owner, svc: Services = Depends(services)) -> RankingOut:
+def get_ranking(ranking_id: str, owner: Owner, svc: ServicesDep) -> RankingOut:
     row = ops.get_ranking(svc, ranking_id, owner)
     return RankingOut(**row.result, id=row.id, job_id=row.job_id, dataset_id=row.dataset_id,
                       created_at=row.created_at)
 
 
 @router.get("/v1/students/{student_id}", response_model=StudentOut, responses=problems(404), tags=["results"])
-def get_student(student_id: str, owner: Owner, svc: Services = Depends(services)) -> StudentOut:
+def get_student(student_id: str, owner: Owner, svc: ServicesDep) -> StudentOut:
     row = ops.get_student(svc, student_id, owner)
     return StudentOut(id=row.id, job_id=row.job_id, dataset_id=row.dataset_id, teacher_ids=row.teacher_ids,
                       student_arch=row.student_arch, config=row.config, metrics=row.metrics,
@@ -97,7 +94,7 @@ def get_student(student_id: str, owner: Owner, svc: Services = Depends(services)
                                             "labels.json, model.onnx, MODEL_CARD.md) as a zip; unzip and load "
                                             "with hubscout.distill.load_student, or run model.onnx."},
                        **problems(404, 410)})
-def download_student(student_id: str, owner: Owner, svc: Services = Depends(services)) -> FileResponse:
+def download_student(student_id: str, owner: Owner, svc: ServicesDep) -> FileResponse:
     row, path = ops.student_archive(svc, student_id, owner)
     return FileResponse(path, media_type="application/zip", filename=f"student-{row.id}.zip",
                         headers={"ETag": f'"{row.archive_sha256}"'})

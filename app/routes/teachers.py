@@ -8,11 +8,11 @@ from fastapi.responses import JSONResponse
 from app import idempotency
 from app import services as ops
 from app.auth import Owner, authenticate, is_admin
-from app.models import TeacherRow
-from app.routes import MAX_INT, problems, services
+from app.routes import MAX_INT, ServicesDep, problems
 from app.schemas import SpecInfo, TeacherOut, TeacherPage, TeacherSummary
-from app.services import Services
 from app.uploads import read_multipart
+from service.container import Services
+from service.tables import TeacherRow
 
 # Every key sees the shared catalogue (the demo repository, admin uploads) and its own uploads; only the owner or
 # an admin key (HUBSCOUT_ADMIN_KEYS) changes a teacher, only an admin the shared ones.
@@ -54,13 +54,13 @@ def teacher_out(row: TeacherRow) -> TeacherOut:
 
 
 @router.get("", response_model=TeacherPage[TeacherSummary], responses=problems(422))
-def list_teachers(limit: int = Query(50, ge=1, le=MAX_INT), offset: int = Query(0, ge=0, le=MAX_INT),
+def list_teachers(svc: ServicesDep, limit: int = Query(50, ge=1, le=MAX_INT), offset: int = Query(0, ge=0, le=MAX_INT),
                   after: str | None = Query(None, max_length=128, description="keyset cursor: teachers whose id "
                                                                               "sorts after this one"),
                   name: str | None = Query(None, max_length=255, description="exact name"),
                   spec_status: Literal["pending", "ready", "failed"] | None = Query(
                       None, description="only teachers whose specification is in this state"),
-                  *, owner: Owner, svc: Services = Depends(services)) -> TeacherPage[TeacherSummary]:
+                  *, owner: Owner) -> TeacherPage[TeacherSummary]:
     limit = min(limit, svc.settings.max_page_size)
     rows, total, more = ops.list_teachers(svc, limit, offset, name, after=after, spec_status=spec_status,
                                           owner=owner, admin=is_admin(svc.settings, owner))
@@ -69,7 +69,7 @@ def list_teachers(limit: int = Query(50, ge=1, le=MAX_INT), offset: int = Query(
 
 
 @router.get("/{teacher_id}", response_model=TeacherOut, responses=problems(404))
-def get_teacher(teacher_id: str, owner: Owner, svc: Services = Depends(services)) -> TeacherOut:
+def get_teacher(teacher_id: str, owner: Owner, svc: ServicesDep) -> TeacherOut:
     return teacher_out(ops.get_teacher(svc, teacher_id, owner, is_admin(svc.settings, owner)))
 
 
@@ -94,20 +94,19 @@ async def _upload(request: Request, owner: str, svc: Services, replace: str | No
 
 @router.post("", status_code=201, response_model=TeacherOut, openapi_extra={**UPLOAD_BODY, **idempotency.DOC},
              responses=problems(409, 413, 415, 422), summary="Add a teacher (validated against its architecture)")
-async def add_teacher(request: Request, owner: Owner, svc: Services = Depends(services)) -> JSONResponse:
+async def add_teacher(request: Request, owner: Owner, svc: ServicesDep) -> JSONResponse:
     return await _upload(request, owner, svc)
 
 
 @router.put("/{teacher_id}", status_code=200, response_model=TeacherOut, openapi_extra=UPLOAD_BODY,
             responses=problems(403, 404, 413, 415, 422),
             summary="Replace a teacher (its owner, or an admin key for any)")
-async def replace_teacher(teacher_id: str, request: Request, owner: Owner,
-                          svc: Services = Depends(services)) -> JSONResponse:
+async def replace_teacher(teacher_id: str, request: Request, owner: Owner, svc: ServicesDep) -> JSONResponse:
     return await _upload(request, owner, svc, replace=teacher_id)
 
 
 @router.delete("/{teacher_id}", status_code=204, responses=problems(403, 404),
                summary="Delete a teacher (its owner, or an admin key for any)")
-def delete_teacher(teacher_id: str, owner: Owner, svc: Services = Depends(services)) -> Response:
+def delete_teacher(teacher_id: str, owner: Owner, svc: ServicesDep) -> Response:
     ops.delete_teacher(svc, teacher_id, owner, is_admin(svc.settings, owner))
     return Response(status_code=204)

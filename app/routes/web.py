@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
 from app import services as ops
-from app.routes import services
+from app.routes import ServicesDep
 from app.schemas import Info
-from app.services import Services
 
 WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 
@@ -24,5 +23,5 @@ def index() -> FileResponse:
 
 
 @router.get("/v1/info", response_model=Info, tags=["health"], summary="Version, auth and limits (public)")
-def info(svc: Services = Depends(services)) -> Info:
+def info(svc: ServicesDep) -> Info:
     return Info(**ops.info(svc))

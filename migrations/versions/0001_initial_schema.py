@@ -17,7 +17,7 @@ down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Spelled out here rather than imported from app.models, so this revision stays what it was when the models move on.
+# Spelled out here rather than imported from service.tables, so this revision stays what it was when the models move on.
 JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
 
 

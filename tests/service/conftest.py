@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-# app/ and worker/ import from the checkout; svc_helpers from here, whatever pytest's import mode.
+# service/, app/ and worker/ import from the checkout; svc_helpers from here, whatever pytest's import mode.
 for _p in (str(ROOT), str(Path(__file__).resolve().parent)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
@@ -78,14 +78,14 @@ class Service:
     procs: list[Proc] = field(default_factory=list)
 
     def settings(self):
-        from app.settings import Settings
+        from service.settings import Settings
 
         e = self.env
         return Settings(database_url=e.get("DATABASE_URL"), celery_broker_url=e.get("CELERY_BROKER_URL"),
                         data_dir=e["HUBSCOUT_DATA_DIR"], repository_dir=e["HUBSCOUT_REPOSITORY_DIR"])
 
     def db(self):
-        from app.db import Database
+        from service.db import Database
 
         return Database(self.settings())
 

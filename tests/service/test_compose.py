@@ -1,4 +1,4 @@
-"""docker-compose.yml and the Dockerfile agree with app.settings and with each other."""
+"""docker-compose.yml and the Dockerfile agree with service.settings and with each other."""
 from __future__ import annotations
 
 import re
@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from app.settings import Settings
+from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

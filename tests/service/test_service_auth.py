@@ -17,8 +17,8 @@ from sqlalchemy import select
 from svc_helpers import ROOT, assert_problem, base_env, free_port, make_tiny_repo, npz_bytes, toy_dataset
 
 from app.main import create_app
-from app.models import DatasetRow, JobRow, RankingRow, StudentRow, result_id_for
-from app.settings import ConfigError, Settings
+from service.settings import ConfigError, Settings
+from service.tables import DatasetRow, JobRow, RankingRow, StudentRow, result_id_for
 
 KEY_A = "key-a-0123456789abcdef0123456789"
 KEY_B = "key-b-fedcba9876543210fedcba9876"

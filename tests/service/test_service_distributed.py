@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from svc_helpers import OTHER_AUTH, assert_problem, npz_bytes, tiny_weights, wait_job
 
-from app.models import RankingRow, StudentRow, TeacherOutputRow
+from service.tables import RankingRow, StudentRow, TeacherOutputRow
 
 STUDENT = {"student_arch": "resnet10t", "epochs": 30, "min_steps": 0, "seed": 0}
 CHANCE = 1 / 3  # three footwear classes: 0.5 is 1.5 times chance on 300 test images
@@ -195,7 +195,7 @@ def test_cancel_a_running_job(client, dataset, pg_service):
 
 
 def test_running_a_finished_job_again_changes_nothing(client, dataset, pg_service):
-    from app.queue import JobQueue
+    from service.queue import JobQueue
 
     job, _, _ = rank(client, dataset["id"])
     queue = JobQueue(pg_service.settings())

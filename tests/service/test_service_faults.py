@@ -20,10 +20,10 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from svc_helpers import (API_KEY, AUTH, ROOT, Proc, assert_problem, base_env, celery_worker, free_port,
-                         make_tiny_repo, npz_bytes, uvicorn_server, wait_job)
+from svc_helpers import (API_KEY, AUTH, ROOT, Proc, assert_problem, base_env, celery_worker, free_port, make_tiny_repo,
+                         npz_bytes, uvicorn_server, wait_job)
 
-from app.models import JobRow, RankingRow, StudentRow
+from service.tables import JobRow, RankingRow, StudentRow
 
 # A distillation that runs for seconds (not milliseconds), so an outage can be staged in the middle of it.
 LONG_JOB = {"ce_only": True, "student_arch": "test_resnet", "epochs": 200, "min_steps": 0}
@@ -183,8 +183,8 @@ def _until(fn, timeout: float, what: str):
 
 
 def _rows(env: dict, model, *where) -> int:
-    from app.db import Database
-    from app.settings import Settings
+    from service.db import Database
+    from service.settings import Settings
 
     db = Database(Settings(database_url=env["DATABASE_URL"], data_dir=env["HUBSCOUT_DATA_DIR"]))
     try:

@@ -26,9 +26,9 @@ from svc_helpers import (ADMIN_AUTH, ADMIN_KEY, API_KEY, AUTH, OTHER_AUTH, OTHER
                          drop_database, free_port, make_tiny_repo, npz_bytes, raw_post, tiny_weights, toy_dataset,
                          uvicorn_server, wait_job, zip_bytes)
 
-from app.db import Database
-from app.models import DatasetRow, IdempotencyRow, JobRow, TeacherRow
-from app.settings import Settings
+from service.db import Database
+from service.settings import Settings
+from service.tables import DatasetRow, IdempotencyRow, JobRow, TeacherRow
 
 MAX_DECODED = 100_000_000
 RSS_BOUND = 256 * 1024 * 1024
@@ -347,7 +347,7 @@ def test_teachers_belong_to_their_key_and_the_shared_catalogue_to_admins(hard):
 def test_owners_survive_a_table_rebuilt_from_the_folder(hard):
     from hubscout.teachers import Repository
 
-    from app.repository import sync
+    from service.teacher_sync import sync
 
     with client(hard) as mine, client(hard, OTHER_AUTH) as theirs:
         assert _upload_teacher(mine, name="Kept", id="kept").status_code == 201

@@ -1,4 +1,4 @@
-"""The job state machine (app.jobs), the repository mirror and the demo-zoo bootstrap, on SQLite."""
+"""The job state machine (service.jobs), the repository mirror and the demo-zoo bootstrap, on SQLite."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,11 +9,11 @@ import pytest
 import torch
 from sqlalchemy import update
 
-from app import jobs, repository
-from app.db import Database, migrate, utcnow
-from app.models import DatasetRow, JobRow, JobStatus, RankingRow, TeacherRow, new_id, result_id_for
-from app.settings import Settings
 from hubscout.teachers import InputConfig, Repository, build_model
+from service import jobs, teacher_sync
+from service.db import Database, migrate, utcnow
+from service.settings import Settings
+from service.tables import DatasetRow, JobRow, JobStatus, RankingRow, TeacherRow, new_id, result_id_for
 
 
 @pytest.fixture()
@@ -132,7 +132,8 @@ def test_local_worker_startup_recovers_every_running_job(db, settings):
 
 
 def test_a_finished_job_is_not_run_again(db, settings):
-    from worker.tasks import Context, execute
+    from worker.execution import execute
+    from worker.runtime import Context
 
     j = new_job(db)
     c = jobs.claim(db, settings, j, "w1")
@@ -148,7 +149,7 @@ def test_a_finished_job_is_not_run_again(db, settings):
 def test_distillation_curves_go_out_with_progress_and_with_the_result(db, settings):
     import threading
 
-    from worker.tasks import Context, Reporter
+    from worker.runtime import Context, Reporter
 
     j = new_job(db)
     c = jobs.claim(db, settings, j, "w1")
@@ -174,9 +175,9 @@ def test_stored_scores_carry_the_plan_and_older_ones_are_scored_again(db):
 
     from hubscout.ot import plan_summary
     from hubscout.rank import RankEntry
-    from worker.cache import ScoreStore
+    from worker.stores import DbScoreStore
 
-    store = ScoreStore(db)
+    store = DbScoreStore(db)
     teachers = [SimpleNamespace(id=f"t{i}", name=f"T{i}", outputs_key=f"{i}" * 64) for i in range(2)]
     plan = plan_summary([[0.4, 0.1], [0.1, 0.4]], ["x", "y"], ["a", "b"])
     entries = [RankEntry(t.id, t.name, {"ot": 0.2, "leep": -1.0}, {"a": [("x", 0.8)]}, plan_summary=plan)
@@ -186,7 +187,7 @@ def test_stored_scores_carry_the_plan_and_older_ones_are_scored_again(db):
     assert set(found) == {"t0", "t1"} and found["t0"].plan_summary == plan and found["t0"].cached
     # A score stored before plans were kept: that teacher is scored again, the other one is not.
     with db.session() as s:
-        from app.models import ScoreRow
+        from service.tables import ScoreRow
 
         row = s.query(ScoreRow).filter_by(teacher_sha256="1" * 64, metric="ot").one()
         row.extra = {k: v for k, v in row.extra.items() if k != "plan"}
@@ -205,10 +206,10 @@ def test_repository_mirror_follows_the_folder(db, settings):
     repo = Repository(settings.repository_dir)
     _add(repo, "one")
     _add(repo, "two", seed=1)
-    assert repository.sync(db, repo) == {"teachers": 2, "added": 2, "updated": 0, "removed": 0, "specs_pending": 2}
+    assert teacher_sync.sync(db, repo) == {"teachers": 2, "added": 2, "updated": 0, "removed": 0, "specs_pending": 2}
     repo.remove("one")
     _add(repo, "three", seed=3)
-    assert repository.sync(db, repo) == {"teachers": 2, "added": 1, "updated": 0, "removed": 1, "specs_pending": 2}
+    assert teacher_sync.sync(db, repo) == {"teachers": 2, "added": 1, "updated": 0, "removed": 1, "specs_pending": 2}
     with db.session() as s:
         assert sorted(r.id for r in s.query(TeacherRow).all()) == ["three", "two"]
 
@@ -226,12 +227,12 @@ def _fake_spec(teacher, seed: int = 0):
 
 
 def test_specifications_follow_the_folder_and_pending_ones_are_requested(db, settings):
-    from app import specs
+    from service import specs
     from hubscout.spec import SPEC_FILE, save_specification
 
     repo = Repository(settings.repository_dir)
     one = _add(repo, "one")
-    repository.sync(db, repo)
+    teacher_sync.sync(db, repo)
     with db.session() as s:
         row = s.get(TeacherRow, "one")
         assert row.spec_status == "pending" and row.spec is None
@@ -245,18 +246,18 @@ def test_specifications_follow_the_folder_and_pending_ones_are_requested(db, set
 
     # A spec.npz for these weights (the CLI, or a worker, wrote it): the next sync stores it.
     save_specification(repo, _fake_spec(one))
-    assert repository.sync(db, repo)["specs_pending"] == 0
+    assert teacher_sync.sync(db, repo)["specs_pending"] == 0
     with db.session() as s:
         row = s.get(TeacherRow, "one")
         assert row.spec_status == "ready" and row.spec_source == "training-sample"
         assert row.spec == (repo.root / "one" / SPEC_FILE).read_bytes()
     # Removing the file keeps the stored one (still current for the weights) ...
     (repo.root / "one" / SPEC_FILE).unlink()
-    assert repository.sync(db, repo)["specs_pending"] == 0
+    assert teacher_sync.sync(db, repo)["specs_pending"] == 0
     # ... new weights make it stale: the teacher waits for a worker again.
     two = _add(repo, "one", seed=7)
     save_specification(repo, dataclasses.replace(_fake_spec(two), weights_sha256=one.weights_sha256))
-    assert repository.sync(db, repo) == {"teachers": 1, "added": 0, "updated": 1, "removed": 0, "specs_pending": 1}
+    assert teacher_sync.sync(db, repo) == {"teachers": 1, "added": 0, "updated": 1, "removed": 0, "specs_pending": 1}
     with db.session() as s:
         row = s.get(TeacherRow, "one")
         assert row.spec_status == "pending" and row.spec is None and row.weights_sha256 == two.weights_sha256
@@ -277,16 +278,16 @@ def test_missing_repository_is_built_once_on_first_start(tmp_path, monkeypatch, 
     monkeypatch.setattr(hubscout.zoo, "build_demo_zoo", fake_build)
     s = Settings(data_dir=tmp_path / "var", repository_dir=tmp_path / "zoo", demo_zoo_quick=True)
     with caplog.at_level(logging.INFO, logger="hubscout.repository"):
-        root = repository.ensure_repository(s)
+        root = teacher_sync.ensure_repository(s)
     assert root == (tmp_path / "zoo").resolve() and Repository(root).ids() == ["demo"]
     assert built[1] == "specs"  # with the zoo, before it is renamed into place
     built.pop()
     assert len(built) == 1 and built[0][1] is True and built[0][0] != root  # built aside, then renamed
     assert "building the quick demo zoo" in caplog.text
-    repository.ensure_repository(s)
+    teacher_sync.ensure_repository(s)
     assert len(built) == 1
     assert not [p for p in tmp_path.iterdir() if "building" in p.name]
 
     off = Settings(data_dir=tmp_path / "var", repository_dir=tmp_path / "none", build_demo_zoo=False)
-    repository.ensure_repository(off)
+    teacher_sync.ensure_repository(off)
     assert not (tmp_path / "none").exists() and len(built) == 1

@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, inspect
 
 from svc_helpers import base_env, create_database, drop_database
 
-from app.models import Base
+from service.tables import Base
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = {"datasets", "teachers", "jobs", "teacher_outputs", "scores", "rankings", "students", "idempotency_keys"}

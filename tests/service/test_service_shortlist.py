@@ -13,7 +13,7 @@ from sqlalchemy import delete, func, select, text
 
 from svc_helpers import assert_problem, npz_bytes, tiny_weights, wait_job
 
-from app.models import SpecStatus, TeacherRow
+from service.tables import SpecStatus, TeacherRow
 
 N = 1000
 SOURCES = ["fashion-footwear", "fashion-clothes", "animals-all", "mnist-digits"]
@@ -35,7 +35,7 @@ def db(pg_service):
 def _clone_spec(spec, clone_id: str, rng):
     """The original's specification, perturbed so that clones differ: prototypes nudged, confusion damped (the
     clone loses some of its predictions to classes it does not describe, like a worse copy)."""
-    from hubscout.spec import _unit_rows
+    from hubscout.spec._format import _unit_rows
 
     protos = _unit_rows(spec.prototypes.astype(np.float32) + rng.normal(0, 0.02, spec.prototypes.shape))
     return dataclasses.replace(spec, teacher_id=clone_id, prototypes=protos.astype(np.float32),
@@ -48,8 +48,8 @@ def catalogue(pg_service, quick_repo, db):
     them. Test-side shortcut: their folders are written directly (teacher.json and a hard link to the original's
     weights; Repository.add would validate each weights file) and their rows and specifications inserted straight
     into PostgreSQL. Removed again after the module."""
-    from app import specs
-    from app.repository import row_from_teacher
+    from service import specs
+    from service.teacher_sync import row_from_teacher
     from hubscout.spec import load_specification
     from hubscout.teachers import META_FILE, WEIGHTS_FILE, Repository
 

@@ -9,7 +9,7 @@ import pytest
 
 from svc_helpers import Receiver, assert_problem, free_port, npz_bytes, wait_job
 
-from app.webhooks import verify
+from service.webhooks import verify
 
 TEACHER = "fashion-footwear"
 

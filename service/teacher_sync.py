@@ -15,9 +15,10 @@ from typing import Iterator
 
 from sqlalchemy import delete, func, select
 
-from app.db import Database, utcnow
-from app.models import SpecStatus, TeacherRow
-from app.settings import Settings
+from service import specs
+from service.db import Database, utcnow
+from service.settings import Settings
+from service.tables import SpecStatus, TeacherRow
 
 log = logging.getLogger("hubscout.repository")
 # Beside teacher.json: the key hash of who uploaded the teacher (none: the shared catalogue), so a table rebuilt
@@ -49,9 +50,7 @@ def row_from_teacher(teacher, row: TeacherRow | None = None) -> TeacherRow:
 
 def sync(db: Database, repo) -> dict[str, int]:
     """Make the table mirror the folder: add new teachers, refresh changed ones, drop vanished ones; bring each
-    row's specification in step (``app.specs.sync_row``)."""
-    from app import specs
-
+    row's specification in step (``service.specs.sync_row``)."""
     teachers = {}
     for tid in repo.ids():
         try:

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from app.db import PortableJSON, UTCDateTime, utcnow
+from service.db import PortableJSON, UTCDateTime, utcnow
 
 
 class Base(DeclarativeBase):
@@ -192,7 +192,7 @@ class JobRow(Base):
     callback_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     callback_error: Mapped[str | None] = mapped_column(String(500), nullable=True)
     callback_done_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
-    # Last time its task was handed to the broker: a job queued long after that is sent again (app.jobs.sweep).
+    # Last time its task was handed to the broker: a job queued long after that is sent again (service.jobs.sweep).
     enqueued_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
 
 

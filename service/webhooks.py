@@ -21,10 +21,10 @@ from typing import Callable
 
 from sqlalchemy import select, update
 
-from app.db import Database, utcnow
-from app.models import CallbackState, JobRow, JobStatus
-from app.schemas import JobEvent, JobEventJob
-from app.settings import Settings
+from service.db import Database, utcnow
+from service.events import JobEvent, JobEventJob
+from service.settings import Settings
+from service.tables import CallbackState, JobRow, JobStatus
 
 log = logging.getLogger("hubscout.webhooks")
 

@@ -1,4 +1,5 @@
-"""The library's ``OutputsCache`` on the service's database and storage, and the score records.
+"""The library's stores on the service's database and storage: ``OutputsCache``, ``ScoreStore``, the
+specifications and the target embeddings.
 
 A forward pass of a teacher over a dataset is stored once per (teacher weights sha256, dataset sha256): the
 arrays as bytes in storage, a row in ``teacher_outputs`` saying they exist. Workers on other machines find them
@@ -9,20 +10,20 @@ tell one key that another had uploaded the same data. The embedded default's sin
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import re
 import time
-from contextlib import contextmanager, nullcontext
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from app.db import Database, utcnow
-from app.models import LOCAL_OWNER, ScoreRow, SpecStatus, TeacherOutputRow, TeacherRow, json_safe
-from app.storage import LocalStorage
+import hubscout
+from hubscout.scores import METRICS
+from service.db import Database, utcnow
+from service.storage import LocalStorage
+from service.tables import LOCAL_OWNER, ScoreRow, SpecStatus, TeacherOutputRow, TeacherRow, json_safe
 
 log = logging.getLogger("hubscout.cache")
 _SHA = re.compile(r"[0-9a-f]{64}")
@@ -33,60 +34,6 @@ def owner_key(dataset_sha256: str, owner: str | None) -> str:
     if not owner or owner == LOCAL_OWNER:
         return dataset_sha256
     return hashlib.sha256(f"{owner}:{dataset_sha256}".encode()).hexdigest()
-
-
-@contextmanager
-def exclusive(db: Database, storage: LocalStorage, name: str, on_wait: Callable[[], None] | None = None,
-              poll_s: float = 0.25) -> Iterator[None]:
-    """Held by one process at a time, across workers: a PostgreSQL advisory lock (released by the server if the
-    worker dies), or on SQLite, whose workers share one machine, a file lock. ``on_wait`` runs while waiting and
-    may raise to give up (a cancelled job)."""
-    digest = hashlib.sha256(name.encode()).digest()
-    if db.engine.dialect.name == "postgresql":
-        key = int.from_bytes(digest[:8], "big", signed=True)
-        conn = db.engine.connect()
-
-        def acquire() -> bool:
-            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
-            conn.commit()  # a session lock outlives the transaction; no transaction is left open
-            return bool(got)
-
-        try:
-            _poll(acquire, on_wait, poll_s)
-            try:
-                yield
-            finally:
-                try:
-                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                    conn.commit()
-                except Exception:  # the connection broke: the server dropped the lock with it
-                    conn.invalidate()
-        finally:
-            conn.close()
-        return
-    path = storage.path(f"locks/{digest.hex()}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        def acquire() -> bool:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                return False
-
-        _poll(acquire, on_wait, poll_s)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _poll(acquire: Callable[[], bool], on_wait: Callable[[], None] | None, poll_s: float) -> None:
-    """Try ``acquire`` until it succeeds, calling ``on_wait`` (if any) before each pause."""
-    while not acquire():
-        if on_wait:
-            on_wait()
-        time.sleep(poll_s)
 
 
 def _key(teacher_sha256: str, dataset_sha256: str) -> str:
@@ -150,9 +97,9 @@ class DbOutputsCache:
                 s.rollback()  # already cached by a concurrent job: same key, same bytes
 
 
-class ScoreStore:
-    """Every metric value computed for a (teacher weights, dataset content) pair, with OT's correspondences and
-    plan summary.
+class DbScoreStore:
+    """``hubscout.rank.ScoreStore`` on the ``scores`` table: every metric value computed for a (teacher weights,
+    dataset content) pair, with OT's correspondences and plan summary.
 
     Scores are tagged with the library version that computed them; another version's are recomputed."""
 
@@ -174,8 +121,7 @@ class ScoreStore:
 
     def lookup(self, teachers, dataset_sha256: str, metrics: list[str], cost: str) -> dict:
         """{teacher id: RankEntry} for the teachers whose every requested metric is stored."""
-        import hubscout
-        from hubscout.rank import RankEntry
+        from hubscout.rank import RankEntry  # torch, like every import below a def here
 
         dataset_sha256 = owner_key(dataset_sha256, self.owner)
         with self.db.session() as s:
@@ -208,9 +154,6 @@ class ScoreStore:
 
     def record(self, entries, teacher_sha: dict[str, str], dataset_sha256: str, cost: str) -> int:
         """Upsert the scores of freshly computed ``RankEntry``s."""
-        import hubscout
-        from hubscout.scores import METRICS
-
         dataset_sha256 = owner_key(dataset_sha256, self.owner)
         values = {}
         for e in entries:
@@ -250,42 +193,6 @@ class ScoreStore:
         return len(values)
 
 
-def rank_cached(dataset, repo, *, metrics, teacher_ids, top_k, outputs_cache: DbOutputsCache, scores: ScoreStore,
-                device, batch_size: int, on_progress, compute_lock: Callable[[], object] | None = None):
-    """``hubscout.rank.rank`` over the teachers whose scores are not stored yet (their outputs through
-    ``outputs_cache``), merged with the stored scores of the others and ordered by the library.
-
-    ``compute_lock()``, held while computing, is one per dataset: of two identical rankings running at once, the
-    second waits and then finds everything scored, so the teachers' forward passes run once."""
-    import time
-
-    from hubscout.rank import DEFAULT_COST, Ranking, order_entries, rank, resolve_metrics, select_teachers
-
-    t0 = time.perf_counter()
-    metric_list = resolve_metrics(metrics)
-    teachers = select_teachers(repo, teacher_ids)
-    stored = scores.lookup(teachers, dataset.sha256, metric_list, DEFAULT_COST)
-    known = [stored[t.id] for t in teachers if t.id in stored]
-    missing = [t for t in teachers if t.id not in stored]
-    fresh, excluded = [], []
-    if missing:
-        with compute_lock() if compute_lock else nullcontext():
-            # Scored meanwhile by the job that held the lock?
-            stored.update(scores.lookup(missing, dataset.sha256, metric_list, DEFAULT_COST))
-            known = [stored[t.id] for t in teachers if t.id in stored]
-            missing = [t for t in teachers if t.id not in stored]
-            if missing:
-                part = rank(dataset, repo, metrics=metric_list, teacher_ids=[t.id for t in missing],
-                            cache=outputs_cache, device=device, batch_size=batch_size, on_progress=on_progress)
-                fresh, excluded = part.entries, part.excluded
-                scores.record(fresh, {t.id: t.outputs_key for t in missing}, dataset.sha256, part.cost)
-    ordered = order_entries(known + fresh, metric_list[0])
-    if top_k is not None:
-        ordered = ordered[:top_k]
-    return Ranking(dataset.sha256, dataset.classes, len(dataset), metric_list, ordered, DEFAULT_COST,
-                   time.perf_counter() - t0, excluded=excluded), len(known)
-
-
 class SpecStore:
     """The teachers' specifications from the database, decoded once per worker process and kept while their
     hash does not change: a ranking reads only the (id, hash) pairs of 1,000 teachers, and the bytes of the
@@ -317,10 +224,10 @@ class SpecStore:
                     except (ValueError, TypeError):
                         log.warning("unreadable specification of teacher %s: ranked exactly", tid)
                         self._specs.pop(tid, None)
-        weights = {r.id: (r.weights_sha256, r.spec_sha256) for r in rows}
-        keep = [t for t in candidates if t in weights and t in self._specs
-                and self._specs[t][0] == weights[t][1] and self._specs[t][1].is_current(weights[t][0])]
-        key = tuple((t, weights[t][1]) for t in keep)
+        hashes = {r.id: (r.weights_sha256, r.spec_sha256) for r in rows}
+        keep = [t for t in candidates if t in hashes and t in self._specs
+                and self._specs[t][0] == hashes[t][1] and self._specs[t][1].is_current(hashes[t][0])]
+        key = tuple((t, hashes[t][1]) for t in keep)
         if key != self._index_key:
             self._index = SpecIndex.build([self._specs[t][1] for t in keep])
             self._index_key = key

@@ -16,9 +16,9 @@ from typing import Callable
 
 from sqlalchemy import or_, select, update
 
-from app.db import Database, utcnow
-from app.models import SpecStatus, TeacherRow
-from app.settings import Settings
+from service.db import Database, utcnow
+from service.settings import Settings
+from service.tables import SpecStatus, TeacherRow
 
 log = logging.getLogger("hubscout.specs")
 

@@ -1,15 +1,15 @@
-"""Celery configuration, built from app.settings for the API (which only sends) and the workers (which run).
+"""Celery configuration, built from service.settings for the API (which only sends) and the workers (which run).
 
 Tasks are acknowledged only after they finish (acks_late) and handed back if the worker process dies
 (reject_on_worker_lost); with Redis, the task of a worker killed outright is redelivered once the visibility
-timeout passes. The job table's heartbeat sweep (app.jobs) covers every other loss, including the embedded
+timeout passes. The job table's heartbeat sweep (service.jobs) covers every other loss, including the embedded
 filesystem broker, which forgets a message once a worker has taken it.
 """
 from __future__ import annotations
 
 from celery import Celery
 
-from app.settings import Settings
+from service.settings import Settings
 
 TASK_RUN_JOB = "hubscout.run_job"
 TASK_DELIVER_WEBHOOK = "hubscout.deliver_webhook"

@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-from app.settings import Settings
+from service.settings import Settings
 
 log = logging.getLogger("hubscout.db")
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,19 +1,18 @@
-"""Sending jobs to the workers. The API names the task instead of importing it, so it never loads worker code."""
+"""Sending jobs to the workers. It names the task (service.celery_config) instead of importing it, so it never loads
+worker code."""
 from __future__ import annotations
 
 import logging
 import uuid
 
-from app.settings import Settings
+from service.celery_config import TASK_COMPUTE_SPEC, TASK_DELIVER_WEBHOOK, TASK_RUN_JOB, ensure_broker_dirs, make_celery
+from service.settings import Settings
 
 log = logging.getLogger("hubscout.queue")
 
 
 class JobQueue:
     def __init__(self, settings: Settings):
-        from worker.config import (TASK_COMPUTE_SPEC, TASK_DELIVER_WEBHOOK, TASK_RUN_JOB, ensure_broker_dirs,
-                                   make_celery)
-
         self.settings = settings
         ensure_broker_dirs(settings)
         self.celery = make_celery(settings)
@@ -25,7 +24,7 @@ class JobQueue:
         return self._send(self._task, job_id)
 
     def enqueue_webhook(self, job_id: str) -> str:
-        """Deliver the callback of an ended job (app.webhooks); the task retries itself with backoff."""
+        """Deliver the callback of an ended job (service.webhooks); the task retries itself with backoff."""
         return self._send(self._webhook_task, job_id)
 
     def _send(self, task: str, job_id: str) -> str:
@@ -35,7 +34,7 @@ class JobQueue:
         return task_id
 
     def enqueue_spec(self, teacher_id: str) -> str:
-        """Ask a worker for a teacher's specification (app.specs says when to ask again)."""
+        """Ask a worker for a teacher's specification (service.specs says when to ask again)."""
         task_id = uuid.uuid4().hex
         self.celery.send_task(self._spec_task, args=[teacher_id], task_id=task_id, retry=True,
                               retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5})

@@ -20,9 +20,9 @@ from typing import Callable
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.db import Database, utcnow
-from app.models import JobRow, JobStatus
-from app.settings import Settings
+from service.db import Database, utcnow
+from service.settings import Settings
+from service.tables import JobRow, JobStatus
 
 log = logging.getLogger("hubscout.jobs")
 
