@@ -19,7 +19,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from app.problems import Problem
 from service.tables import LOCAL_OWNER
 
-__all__ = ["LOCAL_OWNER", "Owner", "authenticate", "owner_of"]
+__all__ = ["LOCAL_OWNER", "Owner", "authenticate", "is_admin", "owner_of"]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from HUBSCOUT_API_KEYS, as a bearer token.")
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key from HUBSCOUT_API_KEYS.")
@@ -68,12 +68,19 @@ def authenticate(request: Request,
     match = None
     # Compare with every configured key, in constant time: neither a timing nor an early exit tells how close a
     # guess came.
-    for owner in _owners(tuple(settings.api_keys)):
+    for owner in _owners(tuple(settings.all_keys)):
         if hmac.compare_digest(candidate, owner):
             match = owner
     if match is None:
         raise _unauthorized("invalid API key")
     return match
+
+
+def is_admin(settings, owner: str) -> bool:
+    """An admin key's owner, or anyone when keys are off (the one local user owns the whole service)."""
+    if not settings.auth_enabled:
+        return True
+    return owner in _owners(tuple(settings.admin_keys))
 
 
 Owner = Annotated[str, Depends(authenticate)]

@@ -93,7 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                  "embedded" if settings.embedded else "distributed",
                  svc.db.engine.url.render_as_string(hide_password=True), settings.storage_root,
                  settings.repository_dir,
-                 f"{len(settings.api_keys)} API key(s)" if settings.auth_enabled else "no API keys (loopback only)")
+                 f"{len(settings.all_keys)} API key(s)" if settings.auth_enabled else "no API keys (loopback only)")
         _serving.set()
         try:
             yield
@@ -118,6 +118,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     problems.install(app)
+    from app.bodies import BodyLimit
+
+    app.add_middleware(BodyLimit, settings=settings)
     for router in (datasets.router, datasets.demo_router, teachers.router, jobs.router, health.router, web.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=web.WEB_DIR), name="static")
@@ -132,7 +135,7 @@ def check_access(settings: Settings, host: str | None = None) -> None:
     except ConfigError as e:
         log.error("%s", e)
         raise
-    short = [k for k in settings.api_keys if len(k) < 16]
+    short = [k for k in settings.all_keys if len(k) < 16]
     if short:
         log.warning("%d API key(s) shorter than 16 characters: use long random keys (e.g. `openssl rand -hex 32`)",
                     len(short))

@@ -73,6 +73,27 @@ def _validation_detail(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts) + more
 
 
+def allowed_methods(request: Request, given: str = "") -> list[str]:
+    """Every method some route answers at this path. Starlette names only the first matching route's, so the
+    path templates of the OpenAPI document (one entry per path, all its methods) are matched instead."""
+    import re
+
+    table = getattr(request.app.state, "allowed_methods", None)
+    if table is None:
+        table = []
+        for template, ops in request.app.openapi().get("paths", {}).items():
+            parts = re.split(r"(\{[^}]+\})", template)  # literal, {param}, literal, ...
+            pattern = re.compile("".join(re.escape(p) if i % 2 == 0 else "[^/]+" for i, p in enumerate(parts)))
+            methods = {m.upper() for m in ops if m.lower() in ("get", "put", "post", "delete", "patch", "options")}
+            table.append((pattern, methods | ({"HEAD"} if "GET" in methods else set())))
+        request.app.state.allowed_methods = table
+    methods = {m.strip() for m in given.split(",") if m.strip()}
+    for pattern, ms in table:
+        if pattern.fullmatch(request.url.path):
+            methods |= ms
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
@@ -89,11 +110,19 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).description
+        headers = getattr(exc, "headers", None)
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no resource at {request.url.path}"
         elif exc.status_code == 405:
             detail = f"{request.method} is not allowed on {request.url.path}"
-        return problem_response(request, exc.status_code, detail, headers=getattr(exc, "headers", None))
+            given = (headers or {}).get("Allow", "")
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request, given))}
+        elif exc.status_code == 400 and detail == "There was an error parsing the body":
+            # FastAPI's answer to a body its JSON parser chokes on (app.bodies catches the known ones first):
+            # malformed bodies are one status, the documented 422.
+            return problem_response(request, 422, "malformed JSON body", type_="validation-error",
+                                    title="Invalid request")
+        return problem_response(request, exc.status_code, detail, headers=headers)
 
     from sqlalchemy.exc import InterfaceError, OperationalError
     from sqlalchemy.exc import TimeoutError as PoolTimeout

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from hubscout.options import LAM_RANGE, REG_RANGE, TAU_RANGE
 from hubscout.scores import METRICS, resolve_metrics
@@ -13,6 +13,11 @@ from hubscout.scores import METRICS, resolve_metrics
 Metric = Literal[tuple(METRICS)]  # type: ignore[valid-type]
 Direction = Literal["lower", "higher"]
 T = TypeVar("T")
+# Bounded items: with the body limit (HUBSCOUT_MAX_JSON_BODY_BYTES) they keep every request small.
+TeacherId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+Label = Annotated[str, StringConstraints(max_length=512)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 class Page(BaseModel, Generic[T]):
@@ -74,8 +79,9 @@ class InputConfigIn(BaseModel):
 
     size: int = Field(224, ge=8, le=1024)
     channels: Literal[1, 3] = 3
-    mean: list[float] = Field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = Field(default_factory=lambda: [0.229, 0.224, 0.225])
+    mean: list[FiniteFloat] = Field(default_factory=lambda: [0.485, 0.456, 0.406], min_length=1, max_length=3)
+    std: list[PositiveFloat] = Field(default_factory=lambda: [0.229, 0.224, 0.225], min_length=1, max_length=3,
+                                     description="Finite and positive, one per channel.")
 
 
 class TeacherCreate(BaseModel):
@@ -85,7 +91,7 @@ class TeacherCreate(BaseModel):
 
     arch: str = Field(min_length=1, max_length=128, description="timm architecture name")
     name: str = Field(min_length=1, max_length=255)
-    labels: list[str] = Field(min_length=2, max_length=100_000)
+    labels: list[Label] = Field(min_length=2, max_length=100_000)
     input: InputConfigIn = Field(default_factory=InputConfigIn)
     arch_kwargs: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -156,10 +162,10 @@ class RankingCreate(BaseModel):
 
     dataset_id: str = Field(min_length=1, max_length=64)
     metrics: list[Metric | Literal["all"]] = Field(
-        default_factory=lambda: ["ot"], min_length=1,
+        default_factory=lambda: ["ot"], min_length=1, max_length=len(METRICS) + 1,
         description=f"Any of {', '.join(f'{n} ({e.direction} is better)' for n, e in METRICS.items())}, or "
                     "\"all\"; the first orders the ranking. A comma-separated string is accepted too.")
-    teacher_ids: list[str] | None = Field(None, min_length=1, max_length=10_000,
+    teacher_ids: list[TeacherId] | None = Field(None, min_length=1, max_length=10_000,
                                           description="Default: every teacher of the repository.")
     top_k: int | None = Field(None, ge=1, le=10_000, description="Keep the best this many teachers in the result "
                                                                  "(all are scored); default: all.")
@@ -197,7 +203,7 @@ class DistillationCreate(BaseModel):
         {"dataset_id": "ds_3f2a9c0e5b7d4e1f8a6b2c9d0e1f2a3b", "teacher_ids": ["fashion-footwear"], "epochs": 30}]})
 
     dataset_id: str = Field(min_length=1, max_length=64)
-    teacher_ids: list[str] = Field(default_factory=list, max_length=64,
+    teacher_ids: list[TeacherId] = Field(default_factory=list, max_length=64,
                                    description="One or more teachers; several are weighted by OT relatedness. "
                                                "May be empty with ce_only.")
     student_arch: str | None = Field(
@@ -427,6 +433,8 @@ class Schedule(BaseModel):
     min_steps: int
     max_epochs: int | None
     note: str = Field(description="What ran and why (extended for min_steps, capped at max_epochs).")
+    excluded: list[dict[str, str]] = Field(default_factory=list, description=(
+        "Teachers left out of the ranking, with the reason (outputs that are not finite on this dataset)."))
 
 
 class StudentOut(BaseModel):

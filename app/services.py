@@ -6,7 +6,6 @@ request leaves nothing half-stored.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -27,13 +26,13 @@ from service.container import Services
 from service.settings import Settings
 from service.tables import (CallbackState, DatasetRow, JobKind, JobRow, JobStatus, RankingRow, StudentRow, TeacherRow,
                             json_safe, new_id)
-from service.teacher_sync import row_from_teacher
+from service.teacher_sync import OWNER_FILE, row_from_teacher
 
 log = logging.getLogger("hubscout.api")
 
 
 def auth_required(settings: Settings) -> bool:
-    return bool(settings.api_keys)
+    return bool(settings.all_keys)
 
 
 def info(svc: Services) -> dict[str, Any]:
@@ -210,20 +209,22 @@ def _plain_value(v: Any, depth: int = 0) -> bool:
     return False
 
 
-def _parse_teacher_fields(fields: dict[str, str]) -> TeacherCreate:
+def _parse_teacher_fields(fields: dict[str, str], max_depth: int) -> TeacherCreate:
+    from app.bodies import MalformedJSON, loads
+
     data: dict[str, Any] = {}
     for key, value in fields.items():
         if key in ("input", "arch_kwargs", "metadata"):
             try:
-                data[key] = json.loads(value)
-            except json.JSONDecodeError as e:
+                data[key] = loads(value, max_depth)
+            except MalformedJSON as e:
                 raise _invalid(f"{key}: not valid JSON ({e})") from None
         elif key == "labels":
             text = value.strip()
             if text.startswith("["):
                 try:
-                    data[key] = json.loads(text)
-                except json.JSONDecodeError as e:
+                    data[key] = loads(text, max_depth)
+                except MalformedJSON as e:
                     raise _invalid(f"labels: not valid JSON ({e})") from None
             else:
                 data[key] = [line.strip() for line in text.splitlines() if line.strip()]
@@ -258,40 +259,59 @@ def _spec_sample(svc: Services, upload: UploadedFile, labels: list[str]):
 
 
 def add_teacher(svc: Services, upload: UploadedFile | None, fields: dict[str, str],
-                spec_upload: UploadedFile | None = None) -> TeacherRow:
+                spec_upload: UploadedFile | None = None, *, owner: str, admin: bool,
+                replace: str | None = None) -> TeacherRow:
     """Validate and store a teacher (and its optional spec sample); its specification is computed by a worker,
-    so the request does not wait for it."""
+    so the request does not wait for it. An admin's upload joins the shared catalogue, anyone else's belongs to
+    its key. ``replace``: the id of a teacher the caller may change, stored anew under that id."""
     from service import specs
     from hubscout.spec import SPEC_SAMPLE_FILE
     from hubscout.teachers import InputConfig, TeacherError, slugify
 
     if upload is None:
         raise _invalid("no file part named 'weights' (a safetensors state dict)")
-    body = _parse_teacher_fields(fields)
+    body = _parse_teacher_fields(fields, svc.settings.max_json_depth)
     _check_arch_kwargs(body.arch_kwargs)
     sample = _spec_sample(svc, spec_upload, body.labels) if spec_upload is not None else None
     repo = svc.repository
-    teacher_id = body.id or slugify(body.name)
-    if teacher_id in repo:
-        raise Problem(409, f"teacher {teacher_id!r} already exists", type_="conflict", title="Conflict")
+    existing = None
+    if replace is not None:
+        if body.id is not None and body.id != replace:
+            raise _invalid(f"id: {body.id!r} differs from the teacher replaced, {replace!r}")
+        existing = _changeable_teacher(svc, replace, owner, admin)
+        teacher_id = replace
+    else:
+        teacher_id = body.id or slugify(body.name)
+        if teacher_id in repo:
+            raise Problem(409, f"teacher {teacher_id!r} already exists", type_="conflict", title="Conflict")
     try:
         input_cfg = InputConfig(body.input.size, body.input.channels, tuple(body.input.mean), tuple(body.input.std))
         teacher = repo.add(arch=body.arch, weights=upload.path, labels=body.labels, name=body.name, input=input_cfg,
-                           arch_kwargs=body.arch_kwargs, metadata=body.metadata, teacher_id=teacher_id)
+                           arch_kwargs=body.arch_kwargs, metadata=body.metadata, teacher_id=teacher_id,
+                           overwrite=replace is not None, max_params=svc.settings.max_teacher_params)
     except TeacherError as e:
         if "already exists" in str(e):
             raise Problem(409, str(e), type_="conflict", title="Conflict") from None
         raise Problem(422, str(e), type_="invalid-teacher", title="Invalid teacher") from None
+    # A replaced teacher keeps its owner; a new one is the uploader's, or shared when an admin uploads it.
+    if replace is not None:
+        row_owner = existing.owner if existing is not None else None
+    else:
+        row_owner = None if admin else owner
     try:
         if sample is not None:
             sample.save(repo.root / teacher.id / SPEC_SAMPLE_FILE)
+        if row_owner is not None:
+            (repo.root / teacher.id / OWNER_FILE).write_text(row_owner)
         with svc.db.session() as s:
             row = row_from_teacher(teacher)
+            row.owner = row_owner
             specs.set_pending(row, requested=True)
             row = s.merge(row)
             s.commit()
     except BaseException:
-        repo.remove(teacher.id)  # the folder and the table stay in step
+        if replace is None:
+            repo.remove(teacher.id)  # the folder and the table stay in step
         raise
     try:
         svc.queue.enqueue_spec(teacher.id)
@@ -302,10 +322,12 @@ def add_teacher(svc: Services, upload: UploadedFile | None, fields: dict[str, st
 
 
 def list_teachers(svc: Services, limit: int, offset: int, name: str | None, *, after: str | None = None,
-                  spec_status: str | None = None) -> tuple[list[TeacherRow], int, bool]:
-    """A page of teachers in id order (index-backed: primary key, ``ix_teachers_name``,
+                  spec_status: str | None = None, owner: str, admin: bool = False
+                  ) -> tuple[list[TeacherRow], int, bool]:
+    """A page of the teachers this key sees, in id order (index-backed: primary key, ``ix_teachers_name``,
     ``ix_teachers_spec_status_id``), the total matching, and whether more follow."""
-    page, count = teacher_page_queries(limit, offset, name, after, spec_status)
+    page, count = teacher_page_queries(limit, offset, name, after, spec_status, visible=TeacherRow.visible_to(
+        owner, admin))
     with svc.db.session() as s:
         total = s.scalar(count) or 0
         rows = list(s.scalars(page))
@@ -314,47 +336,69 @@ def list_teachers(svc: Services, limit: int, offset: int, name: str | None, *, a
 
 
 def teacher_page_queries(limit: int, offset: int, name: str | None = None, after: str | None = None,
-                         spec_status: str | None = None):
+                         spec_status: str | None = None, visible=None):
     """(page query fetching limit + 1 rows, count query) of ``GET /v1/teachers``; the bytes of specifications
     are never loaded here (deferred column)."""
     q = select(TeacherRow)
     c = select(func.count()).select_from(TeacherRow)
     for cond in ([TeacherRow.name == name] if name else []) + (
-            [TeacherRow.spec_status == spec_status] if spec_status else []):
+            [TeacherRow.spec_status == spec_status] if spec_status else []) + ([visible] if visible is not None
+                                                                                else []):
         q, c = q.where(cond), c.where(cond)
     if after is not None:
         q = q.where(TeacherRow.id > after)
     return q.order_by(TeacherRow.id).limit(limit + 1).offset(offset), c
 
 
-def get_teacher(svc: Services, teacher_id: str) -> TeacherRow:
-    return _get_row(svc, TeacherRow, "teacher", teacher_id)
+def get_teacher(svc: Services, teacher_id: str, owner: str, admin: bool = False) -> TeacherRow:
+    with svc.db.session() as s:
+        row = s.scalar(select(TeacherRow).where(TeacherRow.id == teacher_id, TeacherRow.visible_to(owner, admin)))
+    if row is None:
+        raise not_found("teacher", teacher_id)
+    return row
 
 
-def delete_teacher(svc: Services, teacher_id: str) -> None:
-    from hubscout.teachers import TeacherNotFound
-
-    repo = svc.repository
+def _changeable_teacher(svc: Services, teacher_id: str, owner: str, admin: bool) -> TeacherRow | None:
+    """The row of a teacher this key may delete or replace: its own, or any with an admin key. Another key's
+    teacher is not found (the answer must not tell it exists); the shared catalogue's is a 403."""
     with svc.db.session() as s:
         row = s.get(TeacherRow, teacher_id)
-        in_repo = teacher_id in repo
-        if row is None and not in_repo:
-            raise not_found("teacher", teacher_id)
-        if in_repo:
+    if row is None:
+        if admin and teacher_id in svc.repository:
+            return None  # in the folder, not yet mirrored
+        raise not_found("teacher", teacher_id)
+    if admin or row.owner == owner:
+        return row
+    if row.owner is None:
+        raise Problem(403, f"teacher {teacher_id!r} belongs to the shared catalogue: only an admin key "
+                           f"(HUBSCOUT_ADMIN_KEYS) changes it", type_="forbidden", title="Forbidden")
+    raise not_found("teacher", teacher_id)
+
+
+def delete_teacher(svc: Services, teacher_id: str, owner: str, admin: bool = False) -> None:
+    from hubscout.teachers import TeacherNotFound
+
+    row = _changeable_teacher(svc, teacher_id, owner, admin)
+    repo = svc.repository
+    with svc.db.session() as s:
+        if teacher_id in repo:
             try:
                 repo.remove(teacher_id)
             except TeacherNotFound:
                 pass
         if row is not None:
-            s.delete(row)
+            s.execute(delete(TeacherRow).where(TeacherRow.id == teacher_id))
         s.commit()
 
 
 # ------------------------------------------------------------------------------------------------- jobs
 
-def _check_teachers(svc: Services, teacher_ids: list[str]) -> None:
+def _check_teachers(svc: Services, teacher_ids: list[str], owner: str) -> None:
+    from app.auth import is_admin
+
+    visible = TeacherRow.visible_to(owner, is_admin(svc.settings, owner))
     with svc.db.session() as s:
-        known = set(s.scalars(select(TeacherRow.id).where(TeacherRow.id.in_(teacher_ids))))
+        known = set(s.scalars(select(TeacherRow.id).where(TeacherRow.id.in_(teacher_ids), visible)))
     unknown = [t for t in teacher_ids if t not in known]
     if unknown:
         raise _invalid(f"unknown teacher(s): {', '.join(unknown[:20])}", unknown_teachers=unknown)
@@ -419,10 +463,10 @@ def create_ranking(svc: Services, body: RankingCreate, owner: str) -> JobRow:
     _require_dataset(svc, body.dataset_id, owner)
     _check_callback(svc, body.callback_url)
     if body.teacher_ids is not None:
-        _check_teachers(svc, body.teacher_ids)
+        _check_teachers(svc, body.teacher_ids, owner)
     else:
         with svc.db.session() as s:
-            if not s.scalar(select(func.count()).select_from(TeacherRow)):
+            if not s.scalar(select(func.count()).select_from(TeacherRow).where(TeacherRow.visible_to(owner))):
                 raise Problem(409, "the teacher repository is empty", type_="conflict", title="Conflict")
     # Left out: the service's default; null or 0: exhaustive. The worker shortlists only when there are more
     # candidates than k.
@@ -440,7 +484,7 @@ def create_distillation(svc: Services, body: DistillationCreate, owner: str) -> 
     if not body.teacher_ids and not body.ce_only:
         raise _invalid("teacher_ids: name at least one teacher (or set ce_only)")
     if body.teacher_ids:
-        _check_teachers(svc, body.teacher_ids)
+        _check_teachers(svc, body.teacher_ids, owner)
     if body.epochs is not None and body.epochs > svc.settings.max_epochs:
         raise _invalid(f"epochs: at most {svc.settings.max_epochs}")
     overrides = {k: v for k, v in body.model_dump(include={"student_arch", "epochs", "min_steps", "lam", "tau",

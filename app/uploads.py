@@ -43,6 +43,11 @@ class Form:
         for f in self.files.values():
             f.path.unlink(missing_ok=True)
 
+    def digest(self) -> dict:
+        """The form's content, files by hash: equal for two uploads of the same thing."""
+        return {"fields": dict(sorted(self.fields.items())),
+                "files": {k: [f.sha256, f.filename] for k, f in sorted(self.files.items())}}
+
 
 def _too_large(what: str, limit: int) -> Problem:
     return Problem(413, f"{what} exceeds the limit of {limit} bytes", type_="payload-too-large",

@@ -206,6 +206,17 @@ def _check_members(zf: zipfile.ZipFile, limits: Limits) -> list[zipfile.ZipInfo]
     return infos
 
 
+def _npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype an npz member declares, read from its header alone (nothing allocated)."""
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    return tuple(int(x) for x in shape), dtype
+
+
 def _read_npz(zf: zipfile.ZipFile, limits: Limits) -> Dataset:
     _check_members(zf, limits)
     arrays = {}
@@ -214,10 +225,21 @@ def _read_npz(zf: zipfile.ZipFile, limits: Limits) -> Dataset:
         if key not in ("images", "labels", "classes"):
             continue
         try:
+            shape, dtype = _npy_header(zf, info)
+            if dtype.hasobject:
+                raise ValueError("object arrays are refused")
+            # numpy allocates what the header declares before reading a byte: a few bytes of header must not
+            # claim terabytes, so the declared size has to fit in what the member actually holds.
+            declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if declared > info.file_size:
+                raise DatasetError(f"npz member {key!r} declares shape {shape} ({declared} bytes) but holds "
+                                   f"only {info.file_size} bytes")
             with zf.open(info) as f:
                 # allow_pickle=False: an npz from a user must never run code.
                 arrays[key] = np.lib.format.read_array(io.BufferedReader(f), allow_pickle=False)  # type: ignore[arg-type]
-        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        except DatasetError:
+            raise
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError, SyntaxError) as e:
             raise DatasetError(f"npz member {key!r} is unreadable (object arrays are refused): {e}") from e
     for key in ("images", "labels"):
         if key not in arrays:
@@ -233,9 +255,16 @@ def _read_npz(zf: zipfile.ZipFile, limits: Limits) -> Dataset:
     if not np.issubdtype(labels.dtype, np.integer):
         raise DatasetError(f"npz labels must be integers, got {labels.dtype}")
     if "classes" in arrays:
+        if arrays["classes"].size > limits.max_classes:
+            raise DatasetTooLarge(f"{arrays['classes'].size} classes, more than the limit of {limits.max_classes}",
+                                  limits.max_classes)
         classes = [str(c) for c in arrays["classes"].tolist()]
     else:
+        # Classes are 0..max(label): the bound is checked on the largest label before any list is built.
         n = int(labels.max()) + 1 if len(labels) else 0
+        if n > limits.max_classes:
+            raise DatasetTooLarge(f"labels up to {n - 1} mean {n} classes, more than the limit of "
+                                  f"{limits.max_classes}", limits.max_classes)
         classes = [str(i) for i in range(n)]
     if len(classes) > limits.max_classes:
         raise DatasetTooLarge(f"{len(classes)} classes, more than the limit of {limits.max_classes}",
@@ -281,6 +310,7 @@ def _read_image_folder(zf: zipfile.ZipFile, limits: Limits) -> Dataset:
     if len(files) > limits.max_samples:
         raise DatasetTooLarge(f"{len(files)} images, more than the limit of {limits.max_samples}",
                               limits.max_samples)
+    _check_same_named_classes(files)
     classes = sorted({c for c, _ in files})
     if order is not None:
         if sorted(order) != classes:
@@ -293,17 +323,16 @@ def _read_image_folder(zf: zipfile.ZipFile, limits: Limits) -> Dataset:
         raise DatasetTooLarge(f"{len(classes)} classes, more than the limit of {limits.max_classes}",
                               limits.max_classes)
     index = {c: i for i, c in enumerate(classes)}
+    files.sort(key=lambda t: t[1].filename)
+    _check_decoded_size(zf, [info for _, info in files], limits)
     decoded, labels = [], []
-    for cls, info in sorted(files, key=lambda t: t[1].filename):
+    for cls, info in files:
         try:
             with zf.open(info) as f:
                 data = f.read(info.file_size + 1)
             with Image.open(io.BytesIO(data)) as im:
-                if max(im.size) > limits.max_side:
-                    raise DatasetTooLarge(f"{info.filename!r} is {im.size[0]}×{im.size[1]}, over the "
-                                          f"{limits.max_side}px limit", limits.max_side)
                 im.load()
-                decoded.append(im.convert("RGB") if im.mode not in ("L", "RGB") else im.copy())
+                decoded.append(_to_8bit(im))
         except DatasetError:
             raise
         except Image.DecompressionBombError as e:  # a header claiming a huge image, refused before decoding
@@ -336,6 +365,71 @@ def _read_class_order(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> list[str]:
     if len(set(order)) != len(order):
         raise DatasetError(f"{CLASSES_FILE} names a class twice")
     return order
+
+
+def _check_same_named_classes(files: list[tuple[str, zipfile.ZipInfo]]) -> None:
+    """``p/cat`` and ``q/cat`` would both become class ``cat``: refuse rather than silently merge them."""
+    parents: dict[str, set[str]] = {}
+    for cls, info in files:
+        parents.setdefault(cls, set()).add(str(PurePosixPath(info.filename).parent))
+    clashes = sorted((c, sorted(ps)) for c, ps in parents.items() if len(ps) > 1)
+    if clashes:
+        named = "; ".join(f"{c!r} in {', '.join(ps[:5])}" for c, ps in clashes[:10])
+        raise DatasetError(f"class folders with the same name in different parents would be merged: {named}; "
+                           f"rename them or zip one level")
+
+
+_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+
+def _bands(mode: str) -> int:
+    """uint8 values per pixel once decoded and converted (16-bit grey is scaled to 8 bits, the rest is RGB)."""
+    return 1 if mode in _SIXTEEN_BIT or mode in ("1", "L") else 3
+
+
+def _check_decoded_size(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], limits: Limits) -> None:
+    """Width × height × channels from every image header (PIL reads headers lazily, decoding nothing), summed
+    over the archive and checked against ``max_pixels`` before the first image is decoded; also the stacked
+    array, where every image is resized to the most common size."""
+    from PIL import Image, UnidentifiedImageError
+
+    total = 0
+    sizes: dict[tuple[int, int], int] = {}
+    grey = True
+    for info in infos:
+        try:
+            with zf.open(info) as f, Image.open(f) as im:
+                w, h = im.size
+                mode = im.mode
+        except Image.DecompressionBombError as e:
+            raise DatasetError(f"{info.filename!r} is too large: {e}") from e
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, zipfile.BadZipFile, EOFError) as e:
+            raise DatasetError(f"{info.filename!r} is not a readable image: {e}") from e
+        if max(w, h) > limits.max_side:
+            raise DatasetTooLarge(f"{info.filename!r} is {w}×{h}, over the {limits.max_side}px limit",
+                                  limits.max_side)
+        total += w * h * _bands(mode)
+        if total > limits.max_pixels:
+            raise DatasetTooLarge(f"the images decode to more than the limit of {limits.max_pixels} bytes "
+                                  f"(counted from their headers, up to {info.filename!r})", limits.max_pixels)
+        sizes[(w, h)] = sizes.get((w, h), 0) + 1
+        grey = grey and _bands(mode) == 1
+    w, h = max(sizes, key=sizes.get)
+    stacked = len(infos) * w * h * (1 if grey else 3)
+    if stacked > limits.max_pixels:
+        raise DatasetTooLarge(f"{len(infos)} images resized to the most common size {w}×{h} take {stacked} bytes, "
+                              f"more than the limit of {limits.max_pixels}", limits.max_pixels)
+
+
+def _to_8bit(im):
+    """An image in L or RGB (kept as is) or converted to one; 16-bit grey is scaled (>> 8), not clipped at 255
+    as PIL's own conversion does."""
+    from PIL import Image
+
+    if im.mode in _SIXTEEN_BIT:
+        a = np.asarray(im).astype(np.int64)
+        return Image.fromarray((np.clip(a, 0, 65535) >> 8).astype(np.uint8), mode="L")
+    return im.convert("RGB") if im.mode not in ("L", "RGB") else im.copy()
 
 
 def write_image_folder_zip(dataset: Dataset, path: str | Path, fmt: str = "png") -> Path:

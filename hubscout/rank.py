@@ -57,6 +57,9 @@ class Ranking:
     cost: str = DEFAULT_COST
     elapsed_s: float = 0.0
     shortlist: dict[str, Any] | None = None
+    # Teachers left out, each {"teacher_id", "name", "reason"}: one whose outputs are not finite (NaN, inf) has
+    # no score to rank by, and must not fail the ranking of the others.
+    excluded: list[dict[str, str]] = field(default_factory=list)
     # How many entries came whole from a ScoreStore (not part of the result: the worker logs it).
     n_stored: int = 0
 
@@ -78,6 +81,7 @@ class Ranking:
             "directions": {m: METRICS[m].direction for m in self.metrics},
             "elapsed_s": round(self.elapsed_s, 4),
             "shortlist": self.shortlist,
+            "excluded": list(self.excluded),
             "teachers": [
                 {
                     "rank": e.rank,
@@ -237,15 +241,16 @@ def rank(dataset: Dataset, repo: Repository, *, metrics: str | Iterable[str] | N
     stored = scores.lookup(teachers, dataset.sha256, metric_list, cost) if scores is not None else {}
     missing = [t for t in teachers if t.id not in stored]
     fresh: list[RankEntry] = []
+    excluded: list[dict[str, str]] = []
     if missing:
         with compute_lock() if compute_lock is not None else nullcontext():
             if scores is not None:  # scored meanwhile by the ranking that held the lock?
                 stored.update(scores.lookup(missing, dataset.sha256, metric_list, cost))
                 missing = [t for t in teachers if t.id not in stored]
             if missing:
-                fresh = score_teachers(missing, dataset, metric_list, cache=cache, cost=cost, device=device,
-                                       batch_size=batch_size, show_progress=show_progress,
-                                       on_progress=lambda f, m: progress(lo + (1 - lo) * f, m))
+                fresh, excluded = score_teachers(missing, dataset, metric_list, cache=cache, cost=cost,
+                                                 device=device, batch_size=batch_size, show_progress=show_progress,
+                                                 on_progress=lambda f, m: progress(lo + (1 - lo) * f, m))
                 if scores is not None:
                     scores.record(fresh, {t.id: t.outputs_key for t in missing}, dataset.sha256, cost)
     known = [stored[t.id] for t in teachers if t.id in stored]
@@ -253,15 +258,18 @@ def rank(dataset: Dataset, repo: Repository, *, metrics: str | Iterable[str] | N
     if top_k is not None:
         ordered = ordered[:top_k]
     return Ranking(dataset.sha256, dataset.classes, len(dataset), metric_list, ordered, cost,
-                   time.perf_counter() - t0, shortlist_info, n_stored=len(known))
+                   time.perf_counter() - t0, shortlist_info, excluded=excluded, n_stored=len(known))
 
 
 def score_teachers(teachers: Sequence[Teacher], dataset: Dataset, metrics: Sequence[str], *,
                    cache: OutputsCache | None = None, cost: str = DEFAULT_COST, device=None, batch_size: int = 64,
-                   show_progress: bool = False, on_progress: ProgressFn | None = None) -> list[RankEntry]:
-    """One forward pass (or cached outputs) per teacher, then every metric on them: the entries, in the order of
-    ``teachers``, not ranked."""
+                   show_progress: bool = False, on_progress: ProgressFn | None = None
+                   ) -> tuple[list[RankEntry], list[dict[str, str]]]:
+    """One forward pass (or cached outputs) per teacher, then every metric on them: (the entries in the order of ``teachers``, not ranked, the
+    teachers left out, each {"teacher_id", "name", "reason"}). A teacher whose outputs are not finite (NaN, inf)
+    has no score to rank by, and must not fail the ranking of the others."""
     scored: dict[str, RankEntry] = {}
+    excluded: list[dict[str, str]] = []
     bar = None
     if show_progress:
         from hubscout.progress import progress_bar
@@ -274,11 +282,16 @@ def score_teachers(teachers: Sequence[Teacher], dataset: Dataset, metrics: Seque
 
     def score(teacher: Teacher, outputs: TeacherOutputs, cached: bool, forward_s: float, input_s: float) -> None:
         t2 = time.perf_counter()
-        entry = score_teacher(outputs, teacher, dataset, metrics, cost=cost)
-        entry.cached, entry.forward_s, entry.input_s = cached, forward_s, input_s
-        entry.score_s = time.perf_counter() - t2
-        scored[teacher.id] = entry
-        progress(len(scored), f"scored {teacher.id}")
+        bad = non_finite_outputs(outputs)
+        if bad:
+            excluded.append({"teacher_id": teacher.id, "name": teacher.name,
+                             "reason": f"its {bad} on this dataset are not finite (NaN or inf)"})
+        else:
+            entry = score_teacher(outputs, teacher, dataset, metrics, cost=cost)
+            entry.cached, entry.forward_s, entry.input_s = cached, forward_s, input_s
+            entry.score_s = time.perf_counter() - t2
+            scored[teacher.id] = entry
+        progress(len(scored) + len(excluded), f"scored {teacher.id}")
         if bar is not None:
             bar.update(1)
 
@@ -295,7 +308,7 @@ def score_teachers(teachers: Sequence[Teacher], dataset: Dataset, metrics: Seque
                 todo.append(teacher)
         if not todo:
             continue
-        before = len(scored)
+        before = len(scored) + len(excluded)
         res = extract_group(todo, dataset, device=device, batch_size=batch_size, show_progress=show_progress,
                             on_progress=lambda j, frac, msg: progress(before + frac * len(todo), msg))
         for teacher, outputs, fwd in zip(todo, res.outputs, res.forward_s):
@@ -307,7 +320,15 @@ def score_teachers(teachers: Sequence[Teacher], dataset: Dataset, metrics: Seque
         del res
     if bar is not None:
         bar.close()
-    return [scored[t.id] for t in teachers]
+    return [scored[t.id] for t in teachers if t.id in scored], excluded
+
+
+def non_finite_outputs(outputs: TeacherOutputs) -> str | None:
+    """Which of a teacher's outputs hold NaN or inf ("probabilities", "features"), or None if all are finite."""
+    for name, a in (("probabilities", outputs.probs), ("features", outputs.features)):
+        if a is not None and not np.isfinite(np.asarray(a)).all():
+            return name
+    return None
 
 
 def weights_from_scores(scores: Sequence[float], temperature: float = 0.05) -> list[float]:

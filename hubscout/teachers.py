@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import shutil
 import tempfile
@@ -45,6 +46,8 @@ class InputConfig:
             raise TeacherError(f"input size must be in [8, 1024], got {self.size}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise TeacherError("input mean/std must have one value per channel")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
+            raise TeacherError("input mean/std must be finite numbers")
         if any(s <= 0 for s in self.std):
             raise TeacherError("input std must be positive")
 
@@ -172,13 +175,55 @@ def slugify(name: str) -> str:
     return slug[:64] or "teacher"
 
 
-def validate_weights(arch: str, labels: list[str], input: InputConfig, state: Mapping[str, torch.Tensor],
-                     arch_kwargs: Mapping[str, Any] | None = None) -> torch.nn.Module:
-    """Build ``arch`` and load ``state`` strictly; return the model or raise a TeacherError that names the problem."""
+def weights_header(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a safetensors file, from its header alone (no tensor is read)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise TeacherError(f"weights are not a readable safetensors file: {e}") from e
+
+
+def check_shapes(arch: str, labels: list[str], input: InputConfig, shapes: Mapping[str, tuple[int, ...]],
+                 arch_kwargs: Mapping[str, Any] | None = None, max_params: int | None = None) -> int:
+    """Compare the weights' tensor names and shapes with ``arch`` built on the meta device (no memory, no
+    initialisation), so that an architecture blown up by its options costs nothing before it is refused.
+    Returns the architecture's parameter count."""
     if len(labels) < 2:
         raise TeacherError("a teacher needs at least 2 labels")
     if len(set(labels)) != len(labels):
         raise TeacherError("teacher labels must be unique")
+    with torch.device("meta"):
+        try:
+            model = build_model(arch, len(labels), input.channels, arch_kwargs)
+        except TeacherError:
+            raise
+        except (ValueError, RuntimeError, AssertionError, NotImplementedError) as e:
+            raise TeacherError(f"cannot build {arch} with these options: {e}") from e
+    n_params = sum(p.numel() for p in model.parameters())
+    if max_params is not None and n_params > max_params:
+        raise TeacherError(f"{arch} with these options has {n_params} parameters, more than the limit of "
+                           f"{max_params}")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(shapes) if expected[k] != tuple(shapes[k]))
+    if missing or unexpected or wrong:
+        parts = ([f"missing {', '.join(missing[:3])}"] if missing else []) + (
+            [f"unexpected {', '.join(unexpected[:3])}"] if unexpected else []) + (
+            [f"{k}: {tuple(shapes[k])} instead of {expected[k]}" for k in wrong[:3]])
+        raise TeacherError(f"weights do not fit {arch} with {len(labels)} classes and {input.channels} input "
+                           f"channels: {'; '.join(parts)}")
+    return n_params
+
+
+def validate_weights(arch: str, labels: list[str], input: InputConfig, state: Mapping[str, torch.Tensor],
+                     arch_kwargs: Mapping[str, Any] | None = None, max_params: int | None = None) -> torch.nn.Module:
+    """Check ``state`` against ``arch`` (shapes first, on the meta device), build it and load ``state`` strictly;
+    return the model or raise a TeacherError that names the problem."""
+    check_shapes(arch, labels, input, {k: tuple(t.shape) for k, t in state.items()}, arch_kwargs, max_params)
     for k, t in state.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise TeacherError(f"weights contain NaN or Inf (tensor {k!r})")
@@ -226,12 +271,17 @@ class Repository:
     def add(self, *, arch: str, weights: str | Path | Mapping[str, torch.Tensor], labels: list[str], name: str,
             input: InputConfig, arch_kwargs: Mapping[str, Any] | None = None,
             metadata: Mapping[str, Any] | None = None, teacher_id: str | None = None,
-            overwrite: bool = False) -> Teacher:
-        """Validate and store a teacher. ``weights`` is a safetensors path or an in-memory state dict."""
+            overwrite: bool = False, max_params: int | None = None) -> Teacher:
+        """Validate and store a teacher. ``weights`` is a safetensors path or an in-memory state dict. A file's
+        header is checked against the architecture before any tensor is read; ``max_params`` bounds it."""
         from safetensors.torch import save_file
 
-        state = read_weights(Path(weights)) if isinstance(weights, (str, Path)) else dict(weights)
-        model = validate_weights(arch, list(labels), input, state, arch_kwargs)
+        if isinstance(weights, (str, Path)):
+            check_shapes(arch, list(labels), input, weights_header(Path(weights)), arch_kwargs, max_params)
+            state = read_weights(Path(weights))
+        else:
+            state = dict(weights)
+        model = validate_weights(arch, list(labels), input, state, arch_kwargs, max_params)
         teacher_id = teacher_id or slugify(name)
         if not _safe_id(teacher_id):
             raise TeacherError(f"bad teacher id {teacher_id!r}: use letters, digits, '-', '_' and '.'")

@@ -48,6 +48,12 @@ class Settings(BaseSettings):
         description="Accepted API keys (env: comma-separated). Every route but /healthz, the docs and the web page "
                     "then needs one (Authorization: Bearer KEY, or X-API-Key: KEY), and a key sees only its own "
                     "datasets, jobs and results. None: allowed only for the embedded default bound to loopback.")
+    admin_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="API keys that may also change or delete any teacher, the shared catalogue (the demo "
+                    "repository) included (env: comma-separated). They are accepted as API keys too.")
+    idempotency_ttl_seconds: float = Field(24 * 3600, gt=0, description="How long an Idempotency-Key's first "
+                                                                         "answer is replayed.")
     max_active_jobs_per_key: int = Field(20, ge=1, description="Queued plus running jobs one key may have; past "
                                                                 "it job creation answers 429.")
 
@@ -56,6 +62,14 @@ class Settings(BaseSettings):
     max_teacher_upload_bytes: int = Field(1024 * 1024 * 1024, ge=1, description="Largest teacher weights upload.")
     upload_chunk_bytes: int = Field(1024 * 1024, ge=4096, description="Bytes written to storage per chunk.")
     max_form_field_bytes: int = Field(1024 * 1024, ge=1024, description="Largest non-file multipart field.")
+    max_json_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest body of any request that is not "
+                                                                        "a multipart upload; refused (413) while "
+                                                                        "it is read.")
+    max_json_depth: int = Field(32, ge=2, description="Deepest nesting of arrays and objects in a JSON body or "
+                                                      "JSON form field.")
+    max_teacher_params: int = Field(250_000_000, ge=1, description="Largest teacher (parameters of its "
+                                                                   "architecture with its options), checked "
+                                                                   "before the model is built.")
     max_samples: int = Field(200_000, ge=1)
     max_classes: int = Field(1_000, ge=2)
     max_image_side: int = Field(1024, ge=8)
@@ -105,7 +119,7 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, v):
         return v or None
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
     def _split_keys(cls, v):
         if v is None:
@@ -160,12 +174,17 @@ class Settings(BaseSettings):
     def auth_enabled(self) -> bool:
         """Keys are checked unless none is configured on the embedded default (which must then bind to loopback;
         see ``check_exposure``)."""
-        return bool(self.api_keys) or not self.embedded
+        return bool(self.api_keys or self.admin_keys) or not self.embedded
+
+    @property
+    def all_keys(self) -> list[str]:
+        """Every key a request may send: the API keys and the admin keys."""
+        return list(dict.fromkeys([*self.api_keys, *self.admin_keys]))
 
     def check_exposure(self, host: str | None = None) -> None:
         """Refuse a configuration that would serve without keys beyond this machine. ``host``: the bind address,
         when known (``hubscout serve`` knows it; a bare ``uvicorn app.main:app`` does not)."""
-        if self.api_keys:
+        if self.all_keys:
             return
         if not self.embedded:
             raise ConfigError("no API keys configured: set HUBSCOUT_API_KEYS (comma-separated) — a deployment "

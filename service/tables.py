@@ -110,6 +110,9 @@ class TeacherRow(Base):
     )
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # The key hash of whoever uploaded it; NULL: the shared catalogue (the demo repository, admin uploads),
+    # which every key sees and only an admin key changes.
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     name: Mapped[str] = mapped_column(String(255), index=True)
     arch: Mapped[str] = mapped_column(String(128))
     labels: Mapped[list[Any]]
@@ -130,6 +133,30 @@ class TeacherRow(Base):
     spec_updated_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    @classmethod
+    def visible_to(cls, owner: str, admin: bool = False):
+        """The rows a key sees: the shared catalogue and its own teachers (an admin key: all)."""
+        from sqlalchemy import or_, true
+
+        return true() if admin else or_(cls.owner.is_(None), cls.owner == owner)
+
+
+class IdempotencyRow(Base):
+    """The first answer to a POST sent with an ``Idempotency-Key``, replayed to the same key and body. A row
+    without a status is a request still running; the unique constraint makes two racing requests one."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("owner", "key", name="uq_idempotency_owner_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    response: Mapped[dict[str, Any] | None] = mapped_column(PortableJSON, nullable=True)
+    location: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
 
 
 class JobRow(Base):

@@ -19,6 +19,17 @@ from service.settings import Settings
 from service.tables import SpecStatus, TeacherRow
 
 log = logging.getLogger("hubscout.repository")
+# Beside teacher.json: the key hash of who uploaded the teacher (none: the shared catalogue), so a table rebuilt
+# from the folder keeps the owners.
+OWNER_FILE = "owner"
+
+
+def folder_owner(repo, teacher_id: str) -> str | None:
+    path = repo.root / teacher_id / OWNER_FILE
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def row_from_teacher(teacher, row: TeacherRow | None = None) -> TeacherRow:
@@ -51,6 +62,7 @@ def sync(db: Database, repo) -> dict[str, int]:
             row = rows.get(tid)
             if row is None:
                 row = row_from_teacher(t)
+                row.owner = folder_owner(repo, tid)
                 specs.set_pending(row)
                 s.add(row)
                 specs.sync_row(row, repo, t, weights_changed=True)

@@ -39,11 +39,13 @@ def run_ranking(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: DatasetRo
     def lock():
         return exclusive(ctx.db, ctx.storage, f"rank:{job.owner}:{ds.sha256}", on_wait=wait_for_twin)
 
-    ranking = rank(ds, repo, metrics=params.get("metrics") or ["ot"], teacher_ids=params.get("teacher_ids"),
+    shortlist = DbShortlist(ctx, job.owner, repo)
+    ranking = rank(ds, repo, metrics=params.get("metrics") or ["ot"],
+                   teacher_ids=shortlist.candidates(params.get("teacher_ids")),
                    top_k=params.get("top_k"), cache=outputs, scores=DbScoreStore(ctx.db, owner=job.owner),
                    device=device_for(ctx.settings), batch_size=ctx.settings.batch_size,
                    on_progress=report.scaled(0.0, 0.95), shortlist_k=params.get("shortlist") or None,
-                   shortlist=DbShortlist(ctx, job.owner), compute_lock=lock,
+                   shortlist=shortlist, compute_lock=lock,
                    # Recorded with the job when it was created; older jobs: this worker's setting.
                    exhaustive_max=params.get("exhaustive_max", ctx.settings.exhaustive_max_teachers))
     info = ranking.shortlist
@@ -68,12 +70,20 @@ class DbShortlist:
     """``hubscout.rank.ShortlistStep`` on the service: the candidates and their specifications from the database,
     the target embedded once per dataset content and owner."""
 
-    def __init__(self, ctx: Context, owner: str):
-        self.ctx, self.owner = ctx, owner
+    def __init__(self, ctx: Context, owner: str, repo):
+        self.ctx, self.owner, self.repo = ctx, owner, repo
 
     def candidates(self, teacher_ids) -> list[str]:
+        """``teacher_ids``, or for "every teacher" those this key sees (the shared catalogue and its own), not
+        every folder of the repository."""
+        if teacher_ids:
+            return list(teacher_ids)
         with self.ctx.db.session() as s:
-            return list(teacher_ids or s.scalars(select(TeacherRow.id).order_by(TeacherRow.id)))
+            visible = [t for t in s.scalars(select(TeacherRow.id).where(TeacherRow.visible_to(self.owner))
+                                            .order_by(TeacherRow.id)) if t in self.repo]
+        if not visible:
+            raise ValueError("the repository holds no teacher this key may rank")
+        return visible
 
     def __call__(self, ds, candidates: list[str], k: int) -> tuple[list[str], dict]:
         from hubscout.spec import shortlist_plan

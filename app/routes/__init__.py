@@ -15,11 +15,19 @@ PROBLEM = {"content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/P
 
 
 def problems(*codes: int) -> dict:
-    descriptions = {400: "Bad request", 401: "Missing or invalid API key", 404: "Not found", 409: "Conflict",
-                    410: "Gone", 413: "Upload or dataset too large", 415: "Unsupported media type",
-                    422: "Invalid request", 429: "Too many jobs for this key (see Retry-After)",
+    descriptions = {400: "Bad request", 401: "Missing or invalid API key", 403: "Only an admin key may do this",
+                    404: "Not found", 409: "Conflict (or a request with the same Idempotency-Key still running)",
+                    410: "Gone", 413: "Upload, dataset or JSON body too large", 415: "Unsupported media type",
+                    422: "Invalid request: also every malformed body (invalid JSON or UTF-8, nested too deep) and "
+                         "an Idempotency-Key reused with another body",
+                    429: "Too many jobs for this key (see Retry-After)",
                     503: "A dependency (database, queue) is unavailable; try again"}
     return {c: {"description": descriptions.get(c, "Error"), **PROBLEM} for c in codes}
+
+
+def body_of(model) -> dict:
+    """A JSON body as the client set it (fields left out stay out: some mean 'the server default')."""
+    return model.model_dump(mode="json", exclude_unset=True)
 
 
 def services(request: Request) -> Services:

@@ -3,12 +3,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Query, Response
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
 
+from app import idempotency
 from app import services as ops
 from app.auth import Owner, authenticate
-from app.routes import MAX_INT, ServicesDep, problems, require_json, teachers_ready
+from app.routes import MAX_INT, ServicesDep, body_of, problems, require_json, teachers_ready
 from app.schemas import CallbackOut, DistillationCreate, JobLinks, JobOut, Page, RankingCreate, RankingOut, StudentOut
 from service.db import utcnow
 from service.tables import JobKind, JobRow, JobStatus
@@ -38,25 +39,27 @@ def job_out(row: JobRow, queue: dict | None = None) -> JobOut:
                   computing_s=_seconds(row.started_at, row.finished_at), queue=queue)
 
 
-def _accepted(row: JobRow, response: Response) -> JobOut:
-    response.headers["Location"] = f"/v1/jobs/{row.id}"
-    return job_out(row)
+def _accepted(row: JobRow) -> idempotency.Created:
+    return idempotency.Created(202, job_out(row), f"/v1/jobs/{row.id}")
 
 
-@router.post("/v1/rankings", status_code=202, response_model=JobOut, responses=problems(409, 415, 422, 429),
+@router.post("/v1/rankings", status_code=202, response_model=JobOut, responses=problems(409, 413, 415, 422, 429),
              dependencies=[Depends(require_json), Depends(teachers_ready)],
+             openapi_extra=idempotency.DOC,
              summary="Rank teachers for a dataset (asynchronous: poll the job)")
-def create_ranking(body: RankingCreate, response: Response, owner: Owner,
-                   svc: ServicesDep) -> JobOut:
-    return _accepted(ops.create_ranking(svc, body, owner), response)
+async def create_ranking(body: RankingCreate, request: Request, owner: Owner, svc: ServicesDep) -> JSONResponse:
+    return await idempotency.run(request, svc, owner, idempotency.fingerprint(request, body_of(body)),
+                                 lambda: _accepted(ops.create_ranking(svc, body, owner)))
 
 
-@router.post("/v1/distillations", status_code=202, response_model=JobOut, responses=problems(415, 422, 429),
+@router.post("/v1/distillations", status_code=202, response_model=JobOut,
+             responses=problems(409, 413, 415, 422, 429),
              dependencies=[Depends(require_json), Depends(teachers_ready)],
-             summary="Distil a student from teachers (asynchronous: poll the job)")
-def create_distillation(body: DistillationCreate, response: Response, owner: Owner,
-                        svc: ServicesDep) -> JobOut:
-    return _accepted(ops.create_distillation(svc, body, owner), response)
+             openapi_extra=idempotency.DOC, summary="Distil a student from teachers (asynchronous: poll the job)")
+async def create_distillation(body: DistillationCreate, request: Request, owner: Owner,
+                              svc: ServicesDep) -> JSONResponse:
+    return await idempotency.run(request, svc, owner, idempotency.fingerprint(request, body_of(body)),
+                                 lambda: _accepted(ops.create_distillation(svc, body, owner)))
 
 
 @router.get("/v1/jobs", response_model=Page[JobOut], responses=problems(422))

@@ -3,16 +3,19 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 
+from app import idempotency
 from app import services as ops
-from app.auth import authenticate
+from app.auth import Owner, authenticate, is_admin
 from app.routes import MAX_INT, ServicesDep, problems, teachers_ready
 from app.schemas import SpecInfo, TeacherOut, TeacherPage, TeacherSummary
 from app.uploads import read_multipart
+from service.container import Services
 from service.tables import TeacherRow
 
-# Teachers are one catalogue shared by every key; a key is still needed to see or change it.
+# Every key sees the shared catalogue (the demo repository, admin uploads) and its own uploads; only the owner or
+# an admin key (HUBSCOUT_ADMIN_KEYS) changes a teacher, only an admin the shared ones.
 router = APIRouter(prefix="/v1/teachers", tags=["teachers"],
                    dependencies=[Depends(authenticate), Depends(teachers_ready)],
                    responses=problems(401, 503))
@@ -57,37 +60,54 @@ def list_teachers(svc: ServicesDep, limit: int = Query(50, ge=1, le=MAX_INT), of
                                                                               "sorts after this one"),
                   name: str | None = Query(None, max_length=255, description="exact name"),
                   spec_status: Literal["pending", "ready", "failed"] | None = Query(
-                      None, description="only teachers whose specification is in this state")
-                  ) -> TeacherPage[TeacherSummary]:
+                      None, description="only teachers whose specification is in this state"),
+                  *, owner: Owner) -> TeacherPage[TeacherSummary]:
     limit = min(limit, svc.settings.max_page_size)
-    rows, total, more = ops.list_teachers(svc, limit, offset, name, after=after, spec_status=spec_status)
+    rows, total, more = ops.list_teachers(svc, limit, offset, name, after=after, spec_status=spec_status,
+                                          owner=owner, admin=is_admin(svc.settings, owner))
     return TeacherPage[TeacherSummary](items=[_summary(r) for r in rows], total=total, limit=limit, offset=offset,
                                        next_after=rows[-1].id if more and rows else None)
 
 
 @router.get("/{teacher_id}", response_model=TeacherOut, responses=problems(404))
-def get_teacher(teacher_id: str, svc: ServicesDep) -> TeacherOut:
-    return teacher_out(ops.get_teacher(svc, teacher_id))
+def get_teacher(teacher_id: str, owner: Owner, svc: ServicesDep) -> TeacherOut:
+    return teacher_out(ops.get_teacher(svc, teacher_id, owner, is_admin(svc.settings, owner)))
 
 
-@router.post("", status_code=201, response_model=TeacherOut, openapi_extra=UPLOAD_BODY,
-             responses=problems(409, 413, 415, 422), summary="Add a teacher (validated against its architecture)")
-async def add_teacher(request: Request, response: Response, svc: ServicesDep) -> TeacherOut:
+async def _upload(request: Request, owner: str, svc: Services, replace: str | None = None) -> JSONResponse:
     s = svc.settings
     form = await read_multipart(request, svc.storage, file_limits={"weights": s.max_teacher_upload_bytes,
                                                                    "spec_sample": s.max_upload_bytes},
                                 text_fields=TEXT_FIELDS, max_field_bytes=s.max_form_field_bytes,
                                 chunk_bytes=s.upload_chunk_bytes)
+    admin = is_admin(s, owner)
+
+    def create() -> idempotency.Created:
+        row = ops.add_teacher(svc, form.files.get("weights"), form.fields, form.files.get("spec_sample"),
+                              owner=owner, admin=admin, replace=replace)
+        return idempotency.Created(200 if replace else 201, teacher_out(row), f"/v1/teachers/{row.id}")
+
     try:
-        row = await run_in_threadpool(ops.add_teacher, svc, form.files.get("weights"), form.fields,
-                                      form.files.get("spec_sample"))
+        return await idempotency.run(request, svc, owner, idempotency.fingerprint(request, form.digest()), create)
     finally:
         form.cleanup()
-    response.headers["Location"] = f"/v1/teachers/{row.id}"
-    return teacher_out(row)
 
 
-@router.delete("/{teacher_id}", status_code=204, responses=problems(404))
-def delete_teacher(teacher_id: str, svc: ServicesDep) -> Response:
-    ops.delete_teacher(svc, teacher_id)
+@router.post("", status_code=201, response_model=TeacherOut, openapi_extra={**UPLOAD_BODY, **idempotency.DOC},
+             responses=problems(409, 413, 415, 422), summary="Add a teacher (validated against its architecture)")
+async def add_teacher(request: Request, owner: Owner, svc: ServicesDep) -> JSONResponse:
+    return await _upload(request, owner, svc)
+
+
+@router.put("/{teacher_id}", status_code=200, response_model=TeacherOut, openapi_extra=UPLOAD_BODY,
+            responses=problems(403, 404, 413, 415, 422),
+            summary="Replace a teacher (its owner, or an admin key for any)")
+async def replace_teacher(teacher_id: str, request: Request, owner: Owner, svc: ServicesDep) -> JSONResponse:
+    return await _upload(request, owner, svc, replace=teacher_id)
+
+
+@router.delete("/{teacher_id}", status_code=204, responses=problems(403, 404),
+               summary="Delete a teacher (its owner, or an admin key for any)")
+def delete_teacher(teacher_id: str, owner: Owner, svc: ServicesDep) -> Response:
+    ops.delete_teacher(svc, teacher_id, owner, is_admin(svc.settings, owner))
     return Response(status_code=204)

@@ -5,7 +5,6 @@ teachers."""
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -21,12 +20,11 @@ for _p in (str(ROOT), str(Path(__file__).resolve().parent)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from svc_helpers import (API_KEY, EMBEDDED_MAX_UPLOAD, OTHER_KEY, Proc, base_env, celery_worker,  # noqa: E402
-                         create_database, drop_database, free_port, uvicorn_server)
+from svc_helpers import (API_KEY, EMBEDDED_MAX_UPLOAD, OTHER_KEY, REDIS_BASE, Proc, base_env, celery_worker,  # noqa: E402
+                         claimed_redis_db, create_database, drop_database, free_port, uvicorn_server)
 
 PG_ADMIN_URLS = [os.environ.get("TEST_POSTGRES_URL") or "postgresql://postgres@127.0.0.1:5432/postgres",
                  "postgresql://postgres@127.0.0.1:5432/test"]
-REDIS_URL = os.environ.get("TEST_REDIS_URL") or "redis://127.0.0.1:6379"
 
 
 def copy_repo(quick_repo, dest: Path) -> Path:
@@ -64,21 +62,8 @@ def postgres_url(postgres_admin):
 @pytest.fixture(scope="session")
 def redis_url():
     """An empty Redis db number, claimed for this session (other sessions may share the server), flushed after."""
-    import redis
-
-    claim = f"hubscout-test-claim:{uuid.uuid4().hex}"
-    dbs = list(range(1, 16))
-    random.shuffle(dbs)
-    for db in dbs:
-        r = redis.Redis.from_url(f"{REDIS_URL}/{db}")
-        if r.dbsize() == 0 and r.set("hubscout-test-claim", claim, nx=True, ex=6 * 3600):
-            break
-        r.close()
-    else:
-        raise RuntimeError("no empty Redis db among 1..15")
-    yield f"{REDIS_URL}/{db}"
-    r.flushdb()
-    r.close()
+    with claimed_redis_db(REDIS_BASE) as url:
+        yield url
 
 
 # ------------------------------------------------------------------------------------------------ services

@@ -3,16 +3,21 @@ from __future__ import annotations
 
 import io
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import uuid
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -21,11 +26,14 @@ ROOT = Path(__file__).resolve().parents[2]
 FINAL = {"succeeded", "failed", "cancelled"}
 EMBEDDED_MAX_UPLOAD = 2_000_000  # the embedded test server's upload limit
 PROBLEM_JSON = "application/problem+json"
+REDIS_BASE = os.environ.get("TEST_REDIS_URL") or "redis://127.0.0.1:6379"
 # The keys of the distributed test servers (which, like any deployment with a broker, must have keys).
 API_KEY = "test-key-0d5b8f3c9a7e41d2b6f0c8e4a1d3"
 OTHER_KEY = "test-key-other-7c2e9a4f1b8d6e3a5c0f9b2d"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 OTHER_AUTH = {"Authorization": f"Bearer {OTHER_KEY}"}
+ADMIN_KEY = "test-admin-key-4e1b7a9c2d5f8e0b3a6c9d1f"
+ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def free_port() -> int:
@@ -175,6 +183,46 @@ def zip_bytes(members: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
+def raw_post(base_url: str, path: str, headers: dict[str, str], chunks, chunked: bool = False
+             ) -> tuple[httpx.Response, int]:
+    """POST over a bare socket, sending ``chunks`` until the server answers: a client that does not stop at the
+    limit. Returns the server's answer, however much of the body it read, and the body bytes sent before it."""
+    u = urlsplit(base_url)
+    sock = socket.create_connection((u.hostname, u.port), timeout=60)
+    head = f"POST {path} HTTP/1.1\r\nHost: {u.hostname}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    if chunked:
+        head += "Transfer-Encoding: chunked\r\n"
+    try:
+        sock.sendall((head + "\r\n").encode())
+        sent = 0
+        for chunk in chunks:
+            if select.select([sock], [], [], 0)[0]:
+                break  # the answer came before the end of the body
+            try:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(chunk)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            part = sock.recv(65536)
+            if not part:
+                break
+            data += part
+        head_bytes, _, body = data.partition(b"\r\n\r\n")
+        lines = head_bytes.decode("latin-1").split("\r\n")
+        hdrs = dict(line.split(": ", 1) for line in lines[1:])
+        length = int(next((v for k, v in hdrs.items() if k.lower() == "content-length"), "0"))
+        while len(body) < length:
+            part = sock.recv(65536)
+            if not part:
+                break
+            body += part
+        return httpx.Response(int(lines[0].split()[1]), headers=hdrs, content=body), sent
+    finally:
+        sock.close()
+
+
 def wait_job(client: httpx.Client, job_id: str, timeout: float = 180, until=FINAL, interval: float = 0.05) -> dict:
     deadline = time.monotonic() + timeout
     job: dict = {}
@@ -204,6 +252,69 @@ def create_database(admin: str, name: str) -> str:
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1) + f"/{name}"
+
+
+@contextmanager
+def claimed_redis_db(base_url: str) -> Iterator[str]:
+    """An empty Redis db number, claimed (other sessions may share the server) and flushed after."""
+    import random
+
+    import redis
+
+    claim = f"hubscout-test-claim:{uuid.uuid4().hex}"
+    dbs = list(range(1, 16))
+    random.shuffle(dbs)
+    for db in dbs:
+        r = redis.Redis.from_url(f"{base_url}/{db}")
+        if r.dbsize() == 0 and r.set("hubscout-test-claim", claim, nx=True, ex=6 * 3600):
+            break
+        r.close()
+    else:
+        raise RuntimeError("no empty Redis db among 1..15")
+    try:
+        yield f"{base_url}/{db}"
+    finally:
+        r.flushdb()
+        r.close()
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process, from /proc (Linux)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+class PeakRSS:
+    """Samples a process's RSS every few milliseconds in a thread: ``peak`` is the most seen since ``__enter__``
+    (a request's transient allocation, not only what it leaves behind)."""
+
+    def __init__(self, pid: int, interval: float = 0.005):
+        self.pid, self.interval = pid, interval
+        self.start = self.peak = rss_bytes(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes(self.pid))
+            time.sleep(self.interval)
+
+    def __enter__(self) -> "PeakRSS":
+        self.start = self.peak = rss_bytes(self.pid)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes(self.pid))
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.start
 
 
 def drop_database(admin: str, name: str) -> None:

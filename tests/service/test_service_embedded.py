@@ -2,19 +2,17 @@
 from __future__ import annotations
 
 import io
+import itertools
 import os
-import select
 import signal
-import socket
 import time
 import zipfile
 from pathlib import Path
-from urllib.parse import urlparse
 
 import httpx
 import pytest
 
-from svc_helpers import EMBEDDED_MAX_UPLOAD, wait_job
+from svc_helpers import EMBEDDED_MAX_UPLOAD, assert_problem, raw_post, wait_job
 
 CHANCE = 1 / 3  # three footwear classes: 0.5 is 1.5 times chance on 300 test images
 
@@ -122,35 +120,13 @@ def test_killed_local_worker_is_restarted_and_its_job_recovered(client, dataset,
 def test_oversize_upload_is_cut_off_while_streaming(embedded_service):
     """A chunked upload with no Content-Length, far over the limit: the server answers 413 and stops reading
     long before the client would have finished."""
-    url = urlparse(embedded_service.base_url)
     total, chunk = 64 * 1024 * 1024, 64 * 1024
-    sock = socket.create_connection((url.hostname, url.port), timeout=30)
-    sent = 0
-    try:
-        sock.sendall(b"POST /v1/datasets HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n"
-                     b"Content-Type: multipart/form-data; boundary=xyz\r\n\r\n")
-        head = (b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="big.npz"\r\n'
-                b"Content-Type: application/octet-stream\r\n\r\n")
-        sock.sendall(b"%x\r\n%s\r\n" % (len(head), head))
-        data = b"%x\r\n%s\r\n" % (chunk, b"\1" * chunk)
-        while sent < total:
-            if select.select([sock], [], [], 0)[0]:
-                break  # the answer came before the end of the upload
-            try:
-                sock.sendall(data)
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            sent += chunk
-        response = b""
-        while b"\r\n\r\n" not in response:
-            part = sock.recv(65536)
-            if not part:
-                break
-            response += part
-    finally:
-        sock.close()
-    assert response.startswith(b"HTTP/1.1 413"), response[:200]
-    assert b"application/problem+json" in response
+    head = (b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="big.npz"\r\n'
+            b"Content-Type: application/octet-stream\r\n\r\n")
+    response, sent = raw_post(embedded_service.base_url, "/v1/datasets",
+                              {"Content-Type": "multipart/form-data; boundary=xyz"},
+                              itertools.chain([head], itertools.repeat(b"\1" * chunk, total // chunk)), chunked=True)
+    assert_problem(response, 413)
     # Socket buffers on both sides absorb some megabytes; the point is that the server gave up early.
     assert sent < total // 4, f"sent {sent} bytes of {total} before the server answered"
     assert sent >= EMBEDDED_MAX_UPLOAD - chunk

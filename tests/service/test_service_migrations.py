@@ -16,7 +16,7 @@ from svc_helpers import base_env, create_database, drop_database
 from service.tables import Base
 
 ROOT = Path(__file__).resolve().parents[2]
-TABLES = {"datasets", "teachers", "jobs", "teacher_outputs", "scores", "rankings", "students"}
+TABLES = {"datasets", "teachers", "jobs", "teacher_outputs", "scores", "rankings", "students", "idempotency_keys"}
 
 
 def alembic(*args: str, **env: str) -> None:

@@ -1,7 +1,7 @@
 """datasets: one row per (owner, content, name): a re-upload under another name keeps the content, not the name
 
-Revision ID: 0006_dataset_names
-Revises: 0005_specs
+Revision ID: 0007_dataset_names
+Revises: 0006_teacher_owners_idempotency
 Create Date: 2026-12-01
 """
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Sequence
 
 from alembic import op
 
-revision: str = "0006_dataset_names"
-down_revision: str | None = "0005_specs"
+revision: str = "0007_dataset_names"
+down_revision: str | None = "0006_teacher_owners_idempotency"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
