@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from svc_helpers import free_port
 
-from hubscout.cli import EXIT_INPUT, EXIT_JOB_FAILED, EXIT_REJECTED, EXIT_UNREACHABLE, EXIT_USAGE, app
+from hubscout.cli import EXIT_INPUT, EXIT_JOB_FAILED, EXIT_REJECTED, EXIT_UNREACHABLE, app
 
 runner = CliRunner()
 TEACHERS = "fashion-footwear,fashion-clothes"
