@@ -395,6 +395,8 @@ class RankingOut(BaseModel):
                                          "long it waited and ran: queued_s, computing_s.")
     teachers: list[RankedTeacher]
     shortlist: ShortlistOut | None = Field(None, description="Which teachers ran and why, which were skipped.")
+    excluded: list[dict[str, str]] = Field(default_factory=list, description=(
+        "Teachers left out of the ranking, with the reason (outputs that are not finite on this dataset)."))
 
 
 class StudentSize(BaseModel):
@@ -433,8 +435,6 @@ class Schedule(BaseModel):
     min_steps: int
     max_epochs: int | None
     note: str = Field(description="What ran and why (extended for min_steps, capped at max_epochs).")
-    excluded: list[dict[str, str]] = Field(default_factory=list, description=(
-        "Teachers left out of the ranking, with the reason (outputs that are not finite on this dataset)."))
 
 
 class StudentOut(BaseModel):

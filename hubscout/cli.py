@@ -73,7 +73,7 @@ def _guard(fn):
             from hubscout.client import ClientError, JobFailed
             from hubscout.data import DatasetError
             from hubscout.hub import HubUnavailable
-            from hubscout.students import StudentError
+            from hubscout.students import StudentDoesNotFit, StudentError
             from hubscout.teachers import TeacherError, TeacherNotFound
 
             if isinstance(e, JobFailed):
@@ -86,6 +86,8 @@ def _guard(fn):
                 _fail(f"unknown teacher: {e.args[0]}", EXIT_REJECTED)
             if isinstance(e, HubUnavailable):
                 _fail(str(e), EXIT_UNREACHABLE)
+            if isinstance(e, StudentDoesNotFit):  # a bad --student for this data: a usage error
+                _fail(str(e), EXIT_USAGE)
             if isinstance(e, (DatasetError, TeacherError, StudentError, FileNotFoundError)):
                 _fail(str(e), EXIT_INPUT)
             if isinstance(e, ValueError):

@@ -265,8 +265,8 @@ def score_teachers(teachers: Sequence[Teacher], dataset: Dataset, metrics: Seque
                    cache: OutputsCache | None = None, cost: str = DEFAULT_COST, device=None, batch_size: int = 64,
                    show_progress: bool = False, on_progress: ProgressFn | None = None
                    ) -> tuple[list[RankEntry], list[dict[str, str]]]:
-    """One forward pass (or cached outputs) per teacher, then every metric on them: (the entries in the order of ``teachers``, not ranked, the
-    teachers left out, each {"teacher_id", "name", "reason"}). A teacher whose outputs are not finite (NaN, inf)
+    """One forward pass (or cached outputs) per teacher, then every metric on them: (the entries in the order of
+    ``teachers``, not ranked; the teachers left out, each {"teacher_id", "name", "reason"}). A teacher whose outputs are not finite (NaN, inf)
     has no score to rank by, and must not fail the ranking of the others."""
     scored: dict[str, RankEntry] = {}
     excluded: list[dict[str, str]] = []

@@ -20,14 +20,18 @@ import torch
 
 from hubscout.options import MAX_DEFAULT_PARAMS, size_listing
 
-__all__ = ["AUTO", "MAX_DEFAULT_PARAMS", "STUDENT_SIZES", "StudentChoice", "StudentError", "StudentSize",
-           "check_input", "choose_student", "count_params", "fit_student", "size_table", "student_side"]
+__all__ = ["AUTO", "MAX_DEFAULT_PARAMS", "STUDENT_SIZES", "StudentChoice", "StudentDoesNotFit", "StudentError",
+           "StudentSize", "check_input", "choose_student", "count_params", "fit_student", "size_table", "student_side"]
 
 AUTO = "auto"
 
 
 class StudentError(ValueError):
     """A student folder that cannot be loaded, or a distillation request that cannot run; the message says why."""
+
+
+class StudentDoesNotFit(StudentError):
+    """The student asked for cannot take this task's images or classes: a bad choice of option, not bad data."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,7 @@ def _count(arch: str, kwargs_json: str, num_classes: int, channels: int) -> int:
 
 
 def check_input(arch: str, kwargs: Mapping[str, Any] | None, num_classes: int, channels: int, size: int) -> None:
-    """Raise :class:`StudentError` unless ``arch`` takes ``channels``×``size``×``size`` images: a dry forward of
+    """Raise :class:`StudentDoesNotFit` unless ``arch`` takes ``channels``×``size``×``size`` images: a dry forward of
     two images on the meta device (shapes only; fixed-size models and inputs too small for the downsampling fail
     here, in well under a second, rather than in the worker)."""
     model = _meta_model(arch, kwargs, num_classes, channels).train()  # training mode: BatchNorm sees the batch
@@ -102,10 +106,11 @@ def check_input(arch: str, kwargs: Mapping[str, Any] | None, num_classes: int, c
         pcfg = timm.models.get_pretrained_cfg(arch) if timm.is_model(arch) else None
         if pcfg is not None and pcfg.fixed_input_size:
             hint = f" ({arch} takes only {pcfg.input_size[-1]}-px inputs, unless its img_size option says otherwise)"
-        raise StudentError(f"student {arch} cannot take this dataset's {channels}×{size}×{size} input{hint}: "
+        raise StudentDoesNotFit(f"student {arch} cannot take this dataset's {channels}×{size}×{size} input{hint}: "
                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     if tuple(out.shape) != (2, num_classes):
-        raise StudentError(f"student {arch} gives outputs of shape {tuple(out.shape)}, not (batch, {num_classes})")
+        raise StudentDoesNotFit(f"student {arch} gives outputs of shape {tuple(out.shape)}, "
+                                f"not (batch, {num_classes})")
 
 
 def choose_student(student: str, kwargs: Mapping[str, Any] | None, num_classes: int, channels: int,
