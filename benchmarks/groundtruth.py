@@ -6,7 +6,8 @@
   more (the ImageNet EfficientNet-Lites) keep their trunk frozen and train a new head on their cached pooled
   features.
 * **B, distillation** (:func:`distillation_cell`): the test accuracy of the student distilled from that teacher
-  alone with the product's defaults (``hubscout.distill.DistillConfig()``, only the seed set).
+  alone with the distillation method the product defaulted to, at the benchmark's budget (:data:`B_DISTILL`: one
+  fixed ``micro`` student, 2 teacher views; PROTOCOL.md §3, amendment 2).
 
 A cell is (kind, task data, teacher weights sha256, budget, seed); its key is a hash of those (:func:`cell_key`,
 never the task's pool, relation or half, which do not change the cell), and its result one small JSON file under
@@ -67,14 +68,24 @@ def cell_key(kind: str, task: dict[str, Any], teacher_sha: str, budget: dict[str
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
+# Ground truth B's budget (PROTOCOL.md §3, amendment 2, fixed before any B cell was computed): the distillation
+# method the product defaulted to when the protocol was written, pinned here so that a later change of the
+# product's defaults (the distillation issue may change them) never moves the ground truth, with one fixed small
+# student for every teacher (the teacher is then the only thing a B cell varies, and one CE-only cell a task and
+# seed is its reference) and 2 teacher views instead of 10 (the 224-px teachers' views were most of B's cost).
+B_DISTILL = {"student_arch": "micro", "teacher_views": 2, "kd": "ot", "cost": "proto-softmax", "lam": 1.0,
+             "tau": 4.0, "reg": 0.05, "epochs": None, "min_steps": None}
+
 # ``--quick`` only (its cells have their own keys): a tiny student budget, so that the smoke run stays short.
 QUICK_DISTILL = {"student_arch": "test_resnet", "epochs": 3, "min_steps": 60, "teacher_views": 1}
 
 
 def distill_budget(seed: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The full distillation config of a B or CE cell: :data:`B_DISTILL` (or ``overrides``, e.g. the quick
+    budget) over :class:`~hubscout.distill.DistillConfig`'s defaults, with ``seed``."""
     from hubscout.distill import DistillConfig
 
-    return DistillConfig(**{**(overrides or {}), "seed": seed}).to_dict()
+    return DistillConfig(**{**(B_DISTILL if overrides is None else overrides), "seed": seed}).to_dict()
 
 
 # ------------------------------------------------------------------------------------------------ the cache
@@ -233,10 +244,11 @@ def transfer_cell(teacher, train, test, seed: int, budget: TransferBudget = TRAN
 
 def distillation_cell(repo, teacher_id: str | None, train, test, seed: int,
                       overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Ground truth B (``teacher_id``) or the CE-only reference (``None``) at the product's defaults."""
+    """Ground truth B (``teacher_id``) or the CE-only reference (``None``, the same student) at B's budget."""
     from hubscout.distill import DistillConfig, distill, evaluate
 
-    cfg = DistillConfig(**{**(overrides or {}), "seed": seed, "ce_only": teacher_id is None})
+    cfg = DistillConfig(**{**(B_DISTILL if overrides is None else overrides), "seed": seed,
+                           "ce_only": teacher_id is None})
     t0 = time.perf_counter()
     student = distill(train, repo, [teacher_id] if teacher_id else [], cfg, device="cpu")
     t1 = time.perf_counter()

@@ -79,11 +79,14 @@ def test_cell_key_depends_on_what_fixes_the_cell_only():
     assert len(set(different + [k])) == len(different) + 1
     with pytest.raises(ValueError):
         gtm.cell_key("nonsense", t, "sha-a", b, 0)
-    # the distillation budget is the product's full default config, seed included
+    # B's budget is a full distillation config, seed included: the pinned method with one fixed student, so a
+    # later change of the product's defaults cannot move it (PROTOCOL.md §3, amendment 2)
     from hubscout.distill import DistillConfig
 
-    assert gtm.distill_budget(1) == {**DistillConfig().to_dict(), "seed": 1}
-    assert gtm.distill_budget(1)["student_arch"] == "auto"  # the product's default student, sized by its rule
+    b1 = gtm.distill_budget(1)
+    assert b1 == {**DistillConfig(**gtm.B_DISTILL).to_dict(), "seed": 1}
+    assert set(b1) == set(DistillConfig().to_dict())
+    assert (b1["student_arch"], b1["teacher_views"], b1["kd"]) == ("micro", 2, "ot")
     assert gtm.distill_budget(0, gtm.QUICK_DISTILL) != gtm.distill_budget(0)
 
 
