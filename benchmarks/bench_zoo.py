@@ -10,7 +10,8 @@ the benchmark needs, so that ``hubscout zoo demo`` stays small and fast:
 Built under ``benchmarks/.cache/zoo-v2`` (not committed). The build is seeded; every ground-truth cell is keyed
 by the teacher's weights sha256, so a rebuilt teacher that came out different recomputes its cells, never mixes.
 
-    python -m benchmarks.bench_zoo          # build what is missing (~20 min on 2 busy cores, 1 thread)
+    python -m benchmarks.bench_zoo          # restore the committed small teachers, build what is missing
+    python -m benchmarks.bench_zoo --freeze # ... and commit newly built small teachers to benchmarks/zoo-v2
 """
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ from pathlib import Path
 from benchmarks._common import ROOT
 
 ZOO_DIR = ROOT / "benchmarks" / ".cache" / "zoo-v2"
+# The small teachers as built once, committed: training is seeded but not bit-identical across machines (the
+# 2026-12-01 build and the 2026-12-05 build differ), and ground-truth cells are keyed by the weights' sha256, so a
+# rebuild elsewhere would orphan every cell computed so far. The ImageNet teachers come from their packages.
+FROZEN_DIR = ROOT / "benchmarks" / "zoo-v2"
 IMAGENET_VARIANTS = ("lite0", "lite1", "lite2")
 
 
@@ -59,11 +64,14 @@ def build(out: Path = ZOO_DIR, num_threads: int = 1, demo: bool = True):
 
     out.mkdir(parents=True, exist_ok=True)
     repo = Repository(out)
-    demo_ids = [f"imagenet-efficientnet-{v}" for v in ("lite0", "lite1")] + [s.id for s in FULL_SPECS]
-    if demo and any(t not in repo for t in demo_ids):
+    restore(repo)
+    # The demo build replaces every teacher it makes, so it runs only when a small demo teacher is missing (no
+    # committed copy); the ImageNet teachers alone come from their packages.
+    if demo and any(s.id not in repo for s in FULL_SPECS):
         build_demo_zoo(out, quick=False, seed=0, num_threads=num_threads)
-    if "imagenet-efficientnet-lite2" not in repo:
-        add_imagenet_teacher(repo, "lite2")
+    for v in IMAGENET_VARIANTS:
+        if f"imagenet-efficientnet-{v}" not in repo:
+            add_imagenet_teacher(repo, v)
     threads = torch.get_num_threads()
     torch.set_num_threads(num_threads)
     torch.set_flush_denormal(True)
@@ -78,6 +86,30 @@ def build(out: Path = ZOO_DIR, num_threads: int = 1, demo: bool = True):
         torch.set_num_threads(threads)
     return repo
 
+
+
+def restore(repo, frozen: Path = FROZEN_DIR) -> int:
+    """Copy the committed small teachers into ``repo`` where missing; returns how many."""
+    import shutil
+
+    n = 0
+    for folder in sorted(frozen.glob("*/teacher.json")) if frozen.is_dir() else []:
+        if folder.parent.name not in repo:
+            shutil.copytree(folder.parent, repo.root / folder.parent.name)
+            n += 1
+    return n
+
+
+def freeze(repo, frozen: Path = FROZEN_DIR) -> int:
+    """Copy ``repo``'s small (non-ImageNet) teachers into the committed folder; returns how many were new."""
+    import shutil
+
+    n = 0
+    for tid in repo.ids():
+        if not tid.startswith("imagenet-") and not (frozen / tid).is_dir():
+            shutil.copytree(repo.root / tid, frozen / tid)
+            n += 1
+    return n
 
 
 def catalogue():
@@ -99,4 +131,6 @@ if __name__ == "__main__":
     import sys
 
     r = build(demo="--variants-only" not in sys.argv)
+    if "--freeze" in sys.argv:
+        print(f"froze {freeze(r)} teachers into {FROZEN_DIR}")
     print(f"{r.root}: {len(r)} teachers")
