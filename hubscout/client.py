@@ -167,13 +167,15 @@ class Client:
     def teacher(self, teacher_id: str) -> dict:
         return self._json("GET", f"/v1/teachers/{teacher_id}")
 
-    def rank(self, dataset: str | Mapping[str, Any], metrics: str | Iterable[str] = ("ot",), *,
+    def rank(self, dataset: str | Mapping[str, Any], metrics: str | Iterable[str] | None = None, *,
              teachers: Iterable[str] | None = None, top_k: int | None = None,
              callback_url: str | None = None, shortlist: int | None = None) -> dict:
         """Start ranking the teachers (all, or ``teachers``) for a dataset; returns the queued job.
-        ``shortlist``: as the API's field (None: the server's default; 0: exhaustive)."""
-        body: dict[str, Any] = {"dataset_id": _dataset_id(dataset),
-                                "metrics": [metrics] if isinstance(metrics, str) else list(metrics)}
+        ``metrics``: None for the server's default metric. ``shortlist``: as the API's field (None: the server's
+        default; 0: exhaustive)."""
+        body: dict[str, Any] = {"dataset_id": _dataset_id(dataset)}
+        if metrics is not None:
+            body["metrics"] = [metrics] if isinstance(metrics, str) else list(metrics)
         if teachers is not None:
             body["teacher_ids"] = list(teachers)
         if top_k is not None:

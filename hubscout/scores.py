@@ -19,12 +19,15 @@ from hubscout.ot._validation import _as_labels, _as_matrix, _as_probs, _class_co
 from hubscout.registry import Entry, Registry
 
 __all__ = ["ot_score", "leep", "nce", "hscore", "logme", "nleep", "sfda", "ncti", "ncti_terms", "ncti_combine", "gbc",
-           "transrate", "param_count", "source_accuracy", "Metric", "METRICS", "resolve_metrics"]
+           "transrate", "param_count", "source_accuracy", "Metric", "METRICS", "DEFAULT_METRIC", "resolve_metrics"]
 
 #: The teacher-ranking scores, in the order "all" lists them (the first, OT, orders by default). A score is
 #: ``@METRICS.register(name, direction="higher"|"lower", needs="probs"|"features"|"both"|"teacher")`` on a function of the
 #: teacher's outputs on the target (``probs``, ``features``, ``classifier_weight``), ``labels`` and ``n_classes``.
 METRICS = Registry("metric")
+
+#: The metric a ranking orders by when a request names none (API, CLI, client, library); docs/method.md says why.
+DEFAULT_METRIC = "ot"
 #: A registered score: name, direction ("higher" or "lower" is better), needs (which teacher outputs it reads),
 #: fn (called as ``fn(*, probs, features, classifier_weight, labels, n_classes, **kw)``, ignoring what it does not
 #: use).
@@ -537,7 +540,7 @@ def ncti(features, labels, n_classes: int) -> float:
 def resolve_metrics(metrics: str | Iterable[str] | None) -> list[str]:
     """``"all"``, a comma list or an iterable of names → validated list, order kept (first is primary)."""
     if metrics is None:
-        return ["ot"]
+        return [DEFAULT_METRIC]
     if isinstance(metrics, str):
         metrics = [m.strip() for m in metrics.split(",") if m.strip()]
     out: list[str] = []

@@ -291,3 +291,32 @@ def test_end_to_end_quick_repo_footwear(request, tmp_path):
     s = distill(train, repo, [best], cfg)
     acc = evaluate(load_student(s.save(tmp_path / "s")), test)["accuracy"]
     assert acc > 0.6, acc  # chance is 1/3
+
+
+def test_true_class_margin_hand_example():
+    from hubscout.distill._losses import true_class_margin
+
+    q = torch.tensor([[0.7, 0.2, 0.1], [0.3, 0.5, 0.2], [0.4, 0.4, 0.2]])
+    y = torch.tensor([0, 0, 1])
+    # 0.7 - 0.2; the teacher prefers another class: 0; a tie with another class: 0
+    assert true_class_margin(q, y).tolist() == pytest.approx([0.5, 0.0, 0.0])
+
+
+def test_weighted_terms_ignore_images_the_teacher_gets_wrong():
+    from hubscout.distill._losses import WeightedProtoTerm
+
+    term = WeightedProtoTerm(centres=torch.eye(2), temperature=0.1, tau=4.0)
+    t = torch.tensor([[5.0, -5.0], [5.0, -5.0]])  # the teacher says class 0 for both images
+    s = torch.zeros(2, 2, requires_grad=True)
+    wrong = term.loss(t, s, torch.tensor([1, 1]))
+    assert float(wrong) == 0.0  # wrong on both: nothing to learn from it
+    right = term.loss(t, s, torch.tensor([0, 0]))
+    assert float(right) > 0 and float(right) < float(term.loss(t, s))  # weighted by a margin below 1
+
+
+@pytest.mark.parametrize("kd", ["ot+proto", "ot-w", "proto-w"])
+def test_distillation_candidates_train(toy, tiny_repo, student, kd):
+    s = distill(toy, tiny_repo, ["t-one"], DistillConfig(**FAST, seed=3, kd=kd), device="cpu")
+    assert all(v is not None and np.isfinite(v) and v >= 0 for v in s.metrics["curves"]["kd"])
+    assert s.config.kd == kd
+    assert not np.array_equal(s.predict_proba(toy), student.predict_proba(toy))

@@ -50,7 +50,7 @@ class OTTerm:
     def logits(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x).float()
 
-    def loss(self, teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    def loss(self, teacher_logits: torch.Tensor, student_logits: torch.Tensor, y=None) -> torch.Tensor:
         return ot_loss(teacher_logits, student_logits, self.M, tau=self.tau, reg=self.reg, n_iter=self.n_iter)
 
 
@@ -66,7 +66,7 @@ class ProtoTerm:
     def logits(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(features_and_logits(model, x)[0].float(), dim=1) @ self.centres.T / self.temperature
 
-    def loss(self, teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    def loss(self, teacher_logits: torch.Tensor, student_logits: torch.Tensor, y=None) -> torch.Tensor:
         return kl_loss(teacher_logits, student_logits, tau=self.tau)
 
 
@@ -84,3 +84,98 @@ def proto_term(outputs, labels: np.ndarray, n_classes: int, cfg, device: torch.d
     centres = np.stack([outputs.features[labels == c].mean(axis=0) for c in range(n_classes)])
     return ProtoTerm(F.normalize(torch.as_tensor(centres, dtype=torch.float32, device=device), dim=1),
                      cfg.proto_temperature, cfg.tau)
+
+
+@dataclass
+class OTProtoTerm:
+    """Both terms at once: the OT term on the teacher's own prediction and the prototype term on its features,
+    averaged. The OT term carries what the teacher's head says (which of its classes an image resembles); the
+    prototype term what its features say (which target class), which stays right when the head is wrong on the
+    target's domain."""
+
+    ot: OTTerm
+    proto: ProtoTerm
+
+    def logits(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        feats, logits = features_and_logits(model, x)
+        proto = F.normalize(feats.float(), dim=1) @ self.proto.centres.T / self.proto.temperature
+        return torch.cat([logits.float(), proto], dim=1)
+
+    def loss(self, teacher_logits: torch.Tensor, student_logits: torch.Tensor, y=None) -> torch.Tensor:
+        K = self.ot.M.shape[0]
+        return 0.5 * (self.ot.loss(teacher_logits[:, :K], student_logits)
+                      + self.proto.loss(teacher_logits[:, K:], student_logits))
+
+
+@KD_METHODS.register("ot+proto")
+def ot_proto_term(outputs, labels: np.ndarray, n_classes: int, cfg, device: torch.device) -> OTProtoTerm:
+    """The OT term (cost ``cfg.cost``) and the prototype term, averaged."""
+    return OTProtoTerm(ot_term(outputs, labels, n_classes, cfg, device),
+                       proto_term(outputs, labels, n_classes, cfg, device))
+
+
+# ------------------------------------------------------------------------------------ instance-weighted terms
+# REFILLED (Ye et al., CVPR 2020) weights each instance by how sure the teacher is of it. On the training images
+# the label is known, so the weight here is the teacher's margin for the *true* class, read through the bridge to
+# the target's labels: its probability minus the largest other class's, zero when negative. An image the teacher
+# gets wrong teaches nothing, and a teacher that is wrong on the target's domain teaches little overall, the
+# student then learning from cross-entropy alone.
+
+
+def true_class_margin(q: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """max(0, q[y] - max over the other classes of q), per row of the (B, C) probabilities ``q``."""
+    own = q.gather(1, y[:, None])[:, 0]
+    other = q.scatter(1, y[:, None], float("-inf")).max(dim=1).values
+    return (own - other).clamp_min(0.0)
+
+
+def _bridge(outputs, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """P(c | k) (K×C): the teacher-class to target-class bridge of the empirical joint (LEEP's), smoothed."""
+    from hubscout.ot import cost_joint
+
+    return 1.0 - cost_joint(outputs.probs, labels, n_classes)
+
+
+@dataclass
+class WeightedOTTerm(OTTerm):
+    """The OT term, each instance weighted by the teacher's bridged probability of its true class."""
+
+    bridge: torch.Tensor = None  # type: ignore[assignment]
+
+    def loss(self, teacher_logits: torch.Tensor, student_logits: torch.Tensor, y=None) -> torch.Tensor:
+        log_a = F.log_softmax(teacher_logits.detach().float() / self.tau, dim=1)
+        per = sinkhorn_log_torch(log_a, F.log_softmax(student_logits.float() / self.tau, dim=1), self.M, self.reg,
+                                 n_iter=self.n_iter)
+        if y is None:
+            return per.mean()
+        w = true_class_margin(F.softmax(teacher_logits.detach().float(), dim=1) @ self.bridge, y)
+        return (w * per).mean()
+
+
+@dataclass
+class WeightedProtoTerm(ProtoTerm):
+    """The prototype term, each instance weighted by the prototype teacher's probability of its true class."""
+
+    def loss(self, teacher_logits: torch.Tensor, student_logits: torch.Tensor, y=None) -> torch.Tensor:
+        log_q = F.log_softmax(student_logits.float() / self.tau, dim=1)
+        p = F.softmax(teacher_logits.detach().float() / self.tau, dim=1)
+        per = (p * (torch.log(p.clamp_min(1e-12)) - log_q)).sum(dim=1)
+        if y is None:
+            return per.mean()
+        w = true_class_margin(F.softmax(teacher_logits.detach().float(), dim=1), y)
+        return (w * per).mean()
+
+
+@KD_METHODS.register("ot-w")
+def weighted_ot_term(outputs, labels: np.ndarray, n_classes: int, cfg, device: torch.device) -> WeightedOTTerm:
+    """:func:`ot_term` with instance weights from the bridge of the empirical joint."""
+    base = ot_term(outputs, labels, n_classes, cfg, device)
+    bridge = torch.as_tensor(_bridge(outputs, labels, n_classes), dtype=torch.float32, device=device)
+    return WeightedOTTerm(base.M, base.tau, base.reg, base.n_iter, bridge)
+
+
+@KD_METHODS.register("proto-w")
+def weighted_proto_term(outputs, labels: np.ndarray, n_classes: int, cfg, device: torch.device) -> WeightedProtoTerm:
+    """:func:`proto_term` with instance weights from the prototype teacher's own probabilities."""
+    base = proto_term(outputs, labels, n_classes, cfg, device)
+    return WeightedProtoTerm(base.centres, base.temperature, base.tau)

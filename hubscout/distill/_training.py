@@ -260,7 +260,7 @@ def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[st
             ce = F.cross_entropy(logits, y)
             kd_term = torch.zeros((), device=dev)  # the mixed distillation term (OT, or KL under kd="proto")
             for wt, tl, term in zip(w, t_logits, t_terms):
-                kd_term = kd_term + float(wt) * term.loss(tl[idx_d], logits)
+                kd_term = kd_term + float(wt) * term.loss(tl[idx_d], logits, y)
             loss = ce + kd_scale * kd_term if ids else ce
             if not math.isfinite(loss_v := loss.item()):
                 raise StudentError(

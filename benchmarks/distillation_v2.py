@@ -1,0 +1,194 @@
+"""Distillation v2 on benchmark v2 (issue 14): does the default distillation beat cross-entropy and the prototype
+baseline, with the teacher the ranking itself picks?
+
+For each task of the chosen halves: the teacher the product's default ranking metric puts first in the task's pool
+(scored on the train split, as a user's ranking would), then 3 seeds of each method at ground truth B's budget
+(``groundtruth.B_DISTILL``: the ``micro`` student, 2 teacher views, the default schedule) with only ``kd`` changed:
+``ce`` (no teacher: B's CE-only cells), ``ot`` (B's own cells: the OT term), ``proto`` (the prototype cross-task
+KD baseline), ``ot+proto`` (both terms). Cells are cached with the ground truth's (``benchmarks/.cache/gt``), so a
+rerun only recomputes what is missing. Also per task: the chosen teacher's linear-probe accuracy on the same test
+set (logistic regression on its features of the train split), and per student size its parameters, MB and ONNX
+latency at batch 1 on the CPU.
+
+    python -m benchmarks.distillation_v2 --halves dev          # choose on the dev half
+    python -m benchmarks.distillation_v2 --halves dev,test     # report (the test half once)
+
+Writes ``results/distillation_v2.{md,json}``: ``default_method`` and ``summary[half][method]`` =
+``{accuracy, accuracy_ci, gain_vs_ce, gain_vs_ce_ci, worst_task_gain_vs_ce, tasks_better_than_ce}``.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import numpy as np
+
+from benchmarks import groundtruth as gtm
+from benchmarks._common import limit_threads, machine, machine_md, md_table, write_results
+from benchmarks.stats import bootstrap_ci
+
+METHODS = ("ce", "ot", "proto", "ot+proto", "ot-w", "proto-w")
+
+
+def default_method() -> str:
+    from hubscout.distill import DistillConfig
+
+    return DistillConfig().kd
+
+
+def method_budget(method: str) -> dict[str, Any] | None:
+    """The distillation overrides of a method's cells (None: B's own budget, whose cells B computes)."""
+    return None if method in ("ce", "ot") else {**gtm.B_DISTILL, "kd": method}
+
+
+def chosen_teacher(train, repo, pool: list[str], outputs) -> tuple[str, str, dict[str, float]]:
+    """The pool teacher the product's default ranking metric puts first on the train split."""
+    from hubscout.extract import outputs_for
+    from hubscout.rank import order_entries, score_teacher
+    from hubscout.scores import DEFAULT_METRIC
+
+    entries = [score_teacher(outputs_for(repo.get(tid), train, outputs, device="cpu")[0], repo.get(tid), train,
+                             [DEFAULT_METRIC]) for tid in pool]
+    ordered = order_entries(entries, DEFAULT_METRIC)
+    return ordered[0].teacher_id, DEFAULT_METRIC, {e.teacher_id: e.scores[DEFAULT_METRIC] for e in ordered}
+
+
+def linear_probe(teacher, train, test, outputs) -> float:
+    """Test accuracy of a logistic regression on the teacher's features (fit on the train split only)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from hubscout.extract import outputs_for
+
+    f_tr = outputs_for(teacher, train, outputs, device="cpu")[0].features
+    f_te = outputs_for(teacher, test, outputs, device="cpu")[0].features
+    sc = StandardScaler().fit(f_tr)
+    clf = LogisticRegression(max_iter=2000, C=1.0).fit(sc.transform(f_tr), train.labels)
+    return float((clf.predict(sc.transform(f_te)) == test.labels).mean())
+
+
+def student_cost(n_classes: int, channels: int, side: int) -> dict[str, Any]:
+    """The ``micro`` student's parameters, safetensors MB and ONNX latency at batch 1 (median of 50 runs)."""
+    import io
+
+    import onnxruntime as ort
+    import torch
+
+    from hubscout.students import fit_student
+    from hubscout.teachers import build_model
+
+    choice = fit_student(gtm.B_DISTILL["student_arch"], {}, n_classes, (side, side, channels), None, [])
+    torch.manual_seed(0)
+    model = build_model(choice.arch, n_classes, channels, dict(choice.kwargs)).eval()
+    x = torch.zeros(1, channels, max(32, side), max(32, side))
+    buf = io.BytesIO()
+    torch.onnx.export(model, x, buf, input_names=["x"], output_names=["y"], dynamo=False)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+    xn = x.numpy()
+    for _ in range(5):
+        sess.run(None, {"x": xn})
+    ts = []
+    for _ in range(50):
+        t0 = time.perf_counter()
+        sess.run(None, {"x": xn})
+        ts.append(time.perf_counter() - t0)
+    return {"size": choice.size, "params": choice.params, "mb": round(choice.params * 4 / 2 ** 20, 3),
+            "onnx_latency_ms_b1": round(1000 * float(np.median(ts)), 3)}
+
+
+def summarise(per_task: list[dict[str, Any]], methods) -> dict[str, Any]:
+    out = {}
+    for m in methods:
+        rows = [t for t in per_task if t["accuracy"].get(m) is not None and t["accuracy"].get("ce") is not None]
+        if not rows:
+            continue
+        acc = [t["accuracy"][m] for t in rows]
+        gain = [100 * (t["accuracy"][m] - t["accuracy"]["ce"]) for t in rows]
+        out[m] = {"n_tasks": len(rows), "accuracy": float(np.mean(acc)), "accuracy_ci": bootstrap_ci(acc),
+                  "gain_vs_ce": float(np.mean(gain)), "gain_vs_ce_ci": bootstrap_ci(gain),
+                  "worst_task_gain_vs_ce": float(np.min(gain)),
+                  "tasks_better_than_ce": int(np.sum(np.array(gain) > 0))}
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--halves", default="dev")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--no-compute", action="store_true", help="report from cached cells only")
+    ap.add_argument("--tasks", default=None, help="comma list of task ids (default: every task of the halves)")
+    args = ap.parse_args(argv)
+    limit_threads(1)
+    import torch
+
+    torch.set_flush_denormal(True)
+    from functools import lru_cache
+
+    from benchmarks import bench_zoo
+    from benchmarks.tasks import load_manifest, pool_ids, task_data
+    from hubscout.extract import FileCache
+    from hubscout.teachers import Repository
+
+    halves = args.halves.split(",")
+    methods = args.methods.split(",")
+    repo = Repository(bench_zoo.ZOO_DIR)
+    outputs = FileCache(gtm.OUTPUTS)
+    cache = gtm.CellCache()
+    per_task, costs = [], {}
+    tasks = [t for t in load_manifest() if t["half"] in halves and (not args.tasks or t["id"] in args.tasks.split(","))]
+    for task in gtm.task_order(tasks):
+        data = lru_cache(maxsize=1)(lambda task=task: (task_data(task, "train"), task_data(task, "test")))
+        train, test = data()
+        pool = [t for t in pool_ids(task, bench_zoo.catalogue()) if t in repo]
+        tid, metric, _ = chosen_teacher(train, repo, pool, outputs)
+        accs: dict[str, float | None] = {}
+        seeds_acc: dict[str, list[float]] = {}
+        for m in methods:
+            kind = "ce" if m == "ce" else "distillation"
+            cells = [gtm.cell(cache, kind, task, repo, None if m == "ce" else tid, s, data, outputs_cache=outputs,
+                              compute=not args.no_compute, distill=method_budget(m)) for s in gtm.SEEDS]
+            got = [c["accuracy"] for c in cells if c is not None]
+            seeds_acc[m] = got
+            accs[m] = float(np.mean(got)) if len(got) == len(gtm.SEEDS) else None
+        key = (train.num_classes, train.images.shape[-1], int(train.images.shape[1]))
+        if key not in costs:
+            costs[key] = student_cost(*key)
+        entry = {"id": task["id"], "half": task["half"], "relation": task["relation"], "teacher": tid,
+                 "ranking_metric": metric, "teacher_params": repo.get(tid).num_params,
+                 "teacher_linear_probe": linear_probe(repo.get(tid), train, test, outputs),
+                 "accuracy": accs, "seed_accuracy": seeds_acc, "student": costs[key]}
+        per_task.append(entry)
+        print(f"{task['id']:40} {tid:28} " + " ".join(
+            f"{m}={a:.3f}" if a is not None else f"{m}=-" for m, a in accs.items()), flush=True)
+    summary = {h: summarise([t for t in per_task if h == "all" or t["half"] == h], methods)
+               for h in [*halves, "all"]}
+    result = {"benchmark": "distillation-v2", "default_method": default_method(), "halves": halves,
+              "budget": gtm.distill_budget(0), "methods": methods, "machine": machine(),
+              "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "tasks": per_task,
+              "summary": summary}
+    md = ["# Distillation v2 (issue 14)", "", machine_md(result["machine"]), "",
+          f"Default method: `{result['default_method']}`. Budget: ground truth B's (`micro` student, 2 teacher "
+          "views, default schedule), only `kd` changed; the teacher is the default ranking's first; 3 seeds.", ""]
+    for h, s in summary.items():
+        md += [f"## {h}", "", md_table(
+            ["method", "accuracy [95% CI]", "gain vs CE (points) [95% CI]", "worst task gain", "tasks > CE"],
+            [[m, f"{v['accuracy']:.3f} [{v['accuracy_ci'][0]:.3f}, {v['accuracy_ci'][1]:.3f}]",
+              f"{v['gain_vs_ce']:+.1f} [{v['gain_vs_ce_ci'][0]:+.1f}, {v['gain_vs_ce_ci'][1]:+.1f}]",
+              f"{v['worst_task_gain_vs_ce']:+.1f}", f"{v['tasks_better_than_ce']}/{v['n_tasks']}"]
+             for m, v in s.items()]), ""]
+    md += ["## Per task", "", md_table(
+        ["task", "half", "teacher", "linear probe", *methods, "student params / MB / ONNX ms"],
+        [[t["id"], t["half"], t["teacher"], f"{t['teacher_linear_probe']:.3f}",
+          *[f"{t['accuracy'][m]:.3f}" if t["accuracy"][m] is not None else "-" for m in methods],
+          f"{t['student']['params']:,} / {t['student']['mb']} / {t['student']['onnx_latency_ms_b1']}"]
+         for t in per_task])]
+    write_results("distillation_v2", result, "\n".join(md) + "\n")
+    print("\n".join(md[:40]))
+    return result
+
+
+if __name__ == "__main__":
+    main()
