@@ -28,7 +28,7 @@ from benchmarks import groundtruth as gtm
 from benchmarks._common import limit_threads, machine, machine_md, md_table, write_results
 from benchmarks.stats import bootstrap_ci
 
-METHODS = ("ce", "ot", "proto", "ot+proto", "ot-w", "proto-w")
+METHODS = ("ce", "ot", "proto", "ot+proto", "ot-w", "proto-w", "ot,lam=0.1", "proto,lam=0.1")
 
 
 def default_method() -> str:
@@ -38,20 +38,26 @@ def default_method() -> str:
 
 
 def method_budget(method: str) -> dict[str, Any] | None:
-    """The distillation overrides of a method's cells (None: B's own budget, whose cells B computes)."""
-    return None if method in ("ce", "ot") else {**gtm.B_DISTILL, "kd": method}
+    """The distillation overrides of a method's cells (None: B's own budget, whose cells B computes). A method is
+    a ``kd`` name, optionally with options: ``"ot,lam=0.1"``."""
+    if method in ("ce", "ot"):
+        return None
+    kd, *opts = method.split(",")
+    extra = {k: float(v) for k, v in (o.split("=") for o in opts)}
+    return {**gtm.B_DISTILL, "kd": kd, **extra}
 
 
-def chosen_teacher(train, repo, pool: list[str], outputs) -> tuple[str, str, dict[str, float]]:
-    """The pool teacher the product's default ranking metric puts first on the train split."""
+def chosen_teacher(train, repo, pool: list[str], outputs, metric: str | None = None) -> tuple[str, str, dict]:
+    """The pool teacher a ranking metric (default: the product's) puts first on the train split."""
     from hubscout.extract import outputs_for
     from hubscout.rank import order_entries, score_teacher
     from hubscout.scores import DEFAULT_METRIC
 
+    metric = metric or DEFAULT_METRIC
     entries = [score_teacher(outputs_for(repo.get(tid), train, outputs, device="cpu")[0], repo.get(tid), train,
-                             [DEFAULT_METRIC]) for tid in pool]
-    ordered = order_entries(entries, DEFAULT_METRIC)
-    return ordered[0].teacher_id, DEFAULT_METRIC, {e.teacher_id: e.scores[DEFAULT_METRIC] for e in ordered}
+                             [metric]) for tid in pool]
+    ordered = order_entries(entries, metric)
+    return ordered[0].teacher_id, metric, {e.teacher_id: e.scores[metric] for e in ordered}
 
 
 def linear_probe(teacher, train, test, outputs) -> float:
@@ -119,6 +125,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--halves", default="dev")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--no-compute", action="store_true", help="report from cached cells only")
+    ap.add_argument("--ranking-metric", default=None, help="the metric that picks the teacher (default: the "
+                    "product's default)")
     ap.add_argument("--tasks", default=None, help="comma list of task ids (default: every task of the halves)")
     args = ap.parse_args(argv)
     limit_threads(1)
@@ -143,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data = lru_cache(maxsize=1)(lambda task=task: (task_data(task, "train"), task_data(task, "test")))
         train, test = data()
         pool = [t for t in pool_ids(task, bench_zoo.catalogue()) if t in repo]
-        tid, metric, _ = chosen_teacher(train, repo, pool, outputs)
+        tid, metric, _ = chosen_teacher(train, repo, pool, outputs, args.ranking_metric)
         accs: dict[str, float | None] = {}
         seeds_acc: dict[str, list[float]] = {}
         for m in methods:

@@ -36,9 +36,11 @@ QUICK_TEACHERS = ("fashion-footwear", "fashion-clothes", "fashion-all", "mnist-d
 
 
 def default_metric() -> str:
+    """The product's default metric under its report name (``ot`` is reported with its cost)."""
     from hubscout.ot import DEFAULT_COST
+    from hubscout.scores import DEFAULT_METRIC
 
-    return f"ot[{DEFAULT_COST}]"
+    return f"ot[{DEFAULT_COST}]" if DEFAULT_METRIC == "ot" else DEFAULT_METRIC
 
 
 def metric_names() -> list[str]:

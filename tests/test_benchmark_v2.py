@@ -155,3 +155,34 @@ def test_summarise_against_itself_and_random():
     s = summarise(q, q)
     assert s["tau_w"] == pytest.approx(0.0) and s["top1_hit"] == 0.5 and s["regret"] == pytest.approx(10.0)
     assert s["paired_vs_default"]["ties"] == 2 and s["n_tasks"] == 2
+
+
+def test_committed_teachers_restore_with_their_weights(tmp_path):
+    """The benchmark's small teachers are committed (cells are keyed by their weights' sha256): every one of the
+    catalogue's non-ImageNet teachers is there, its file hashes to what its metadata says, and restore() copies
+    them into an empty repository unchanged."""
+    from benchmarks import bench_zoo
+    from hubscout.teachers import Repository, file_sha256
+
+    small = {t.id for t in catalogue() if not t.id.startswith("imagenet-")}
+    assert {p.name for p in bench_zoo.FROZEN_DIR.iterdir() if p.is_dir()} == small
+    repo = Repository(tmp_path / "zoo")
+    assert bench_zoo.restore(repo) == len(small)
+    for tid in small:
+        t = repo.get(tid)
+        assert file_sha256(t.root / "model.safetensors") == t.weights_sha256
+    assert bench_zoo.restore(repo) == 0  # nothing missing, nothing copied
+
+
+def test_distillation_v2_methods_and_summary_hand_example():
+    from benchmarks import distillation_v2 as dv2
+
+    assert dv2.method_budget("ce") is None and dv2.method_budget("ot") is None  # ground truth B's own cells
+    assert dv2.method_budget("proto") == {**gtm.B_DISTILL, "kd": "proto"}
+    assert dv2.method_budget("ot,lam=0.1") == {**gtm.B_DISTILL, "kd": "ot", "lam": 0.1}
+    tasks = [{"accuracy": {"ce": 0.50, "ot": 0.56}}, {"accuracy": {"ce": 0.70, "ot": 0.69}},
+             {"accuracy": {"ce": 0.60, "ot": None}}]  # a task whose cells are not all done is left out
+    s = dv2.summarise(tasks, ["ce", "ot"])
+    assert s["ot"]["n_tasks"] == 2 and s["ot"]["accuracy"] == pytest.approx(0.625)
+    assert s["ot"]["gain_vs_ce"] == pytest.approx(2.5) and s["ot"]["worst_task_gain_vs_ce"] == pytest.approx(-1.0)
+    assert s["ot"]["tasks_better_than_ce"] == 1 and s["ce"]["gain_vs_ce"] == 0.0
