@@ -28,7 +28,7 @@ from benchmarks import groundtruth as gtm
 from benchmarks._common import limit_threads, machine, machine_md, md_table, write_results
 from benchmarks.stats import bootstrap_ci
 
-METHODS = ("ce", "ot", "proto", "ot+proto", "ot-w", "proto-w", "ot,lam=0.1", "proto,lam=0.1")
+METHODS = ("ce", "ot", "proto", "ot+proto", "ot-w", "proto-w", "ot[lam=0.1]", "proto[lam=0.1]")
 
 
 def default_method() -> str:
@@ -39,11 +39,11 @@ def default_method() -> str:
 
 def method_budget(method: str) -> dict[str, Any] | None:
     """The distillation overrides of a method's cells (None: B's own budget, whose cells B computes). A method is
-    a ``kd`` name, optionally with options: ``"ot,lam=0.1"``."""
+    a ``kd`` name, optionally with options: ``"ot[lam=0.1]"``, ``"proto[lam=0.3;tau=2]"``."""
     if method in ("ce", "ot"):
         return None
-    kd, *opts = method.split(",")
-    extra = {k: float(v) for k, v in (o.split("=") for o in opts)}
+    kd, _, opts = method.rstrip("]").partition("[")
+    extra = {k: float(v) for k, v in (o.split("=") for o in opts.split(";") if o)}
     return {**gtm.B_DISTILL, "kd": kd, **extra}
 
 

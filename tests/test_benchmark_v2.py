@@ -179,7 +179,8 @@ def test_distillation_v2_methods_and_summary_hand_example():
 
     assert dv2.method_budget("ce") is None and dv2.method_budget("ot") is None  # ground truth B's own cells
     assert dv2.method_budget("proto") == {**gtm.B_DISTILL, "kd": "proto"}
-    assert dv2.method_budget("ot,lam=0.1") == {**gtm.B_DISTILL, "kd": "ot", "lam": 0.1}
+    assert dv2.method_budget("ot[lam=0.1]") == {**gtm.B_DISTILL, "kd": "ot", "lam": 0.1}
+    assert dv2.method_budget("proto[lam=0.3;tau=2]") == {**gtm.B_DISTILL, "kd": "proto", "lam": 0.3, "tau": 2.0}
     tasks = [{"accuracy": {"ce": 0.50, "ot": 0.56}}, {"accuracy": {"ce": 0.70, "ot": 0.69}},
              {"accuracy": {"ce": 0.60, "ot": None}}]  # a task whose cells are not all done is left out
     s = dv2.summarise(tasks, ["ce", "ot"])
