@@ -7,7 +7,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from hubscout.options import LAM_RANGE, REG_RANGE, TAU_RANGE
-from hubscout.scores import DEFAULT_METRIC, METRICS, resolve_metrics
+from hubscout.scores import DEFAULT_METRICS, METRICS, resolve_metrics
 
 # The enum in the OpenAPI schema is the registry's names: registering a metric is the whole change.
 Metric = Literal[tuple(METRICS)]  # type: ignore[valid-type]
@@ -162,7 +162,7 @@ class RankingCreate(BaseModel):
 
     dataset_id: str = Field(min_length=1, max_length=64)
     metrics: list[Metric | Literal["all"]] = Field(
-        default_factory=lambda: [DEFAULT_METRIC], min_length=1, max_length=len(METRICS) + 1,
+        default_factory=lambda: list(DEFAULT_METRICS), min_length=1, max_length=len(METRICS) + 1,
         description=f"Any of {', '.join(f'{n} ({e.direction} is better)' for n, e in METRICS.items())}, or "
                     "\"all\"; the first orders the ranking. A comma-separated string is accepted too.")
     teacher_ids: list[TeacherId] | None = Field(None, min_length=1, max_length=10_000,
@@ -477,6 +477,8 @@ class Info(BaseModel):
     auth_required: bool = Field(description="Whether requests must carry an API key (Authorization: Bearer).")
     mode: Literal["embedded", "distributed"]
     metrics: list[str]
+    default_metrics: list[str] = Field(description="What a ranking that names no metric computes; the first "
+                                                   "orders it.")
     max_upload_bytes: int
     max_epochs: int
     student_sizes: list[StudentSize] = Field(description="Students by size, smallest first (`student_arch` names).")

@@ -37,11 +37,12 @@ def auth_required(settings: Settings) -> bool:
 
 def info(svc: Services) -> dict[str, Any]:
     from hubscout.options import DEFAULT_STUDENT_RULE, size_listing
-    from hubscout.scores import METRICS
+    from hubscout.scores import DEFAULT_METRICS, METRICS
 
     s = svc.settings
     return {"version": _version(), "auth_required": auth_required(s),
             "mode": "embedded" if s.embedded else "distributed", "metrics": list(METRICS),
+            "default_metrics": list(DEFAULT_METRICS),
             "max_upload_bytes": s.max_upload_bytes, "max_epochs": s.max_epochs,
             "student_sizes": size_listing(), "default_student": DEFAULT_STUDENT_RULE,
             "repository": repository_state(s)}

@@ -17,7 +17,7 @@ import numpy as np
 from hubscout.data import Dataset
 from hubscout.extract import OutputsCache, TeacherOutputs, extract_group, input_groups
 from hubscout.ot import DEFAULT_COST
-from hubscout.scores import DEFAULT_METRIC, METRICS, resolve_metrics
+from hubscout.scores import DEFAULT_METRICS, METRICS, resolve_metrics
 from hubscout.teachers import Repository, Teacher, TeacherNotFound
 
 #: The registered metrics in the order "all" lists them (read from the registry, hubscout.scores.METRICS).
@@ -195,7 +195,7 @@ class SpecShortlist:
         return run, info
 
 
-def rank(dataset: Dataset, repo: Repository, *, metrics: str | Iterable[str] | None = (DEFAULT_METRIC,),
+def rank(dataset: Dataset, repo: Repository, *, metrics: str | Iterable[str] | None = DEFAULT_METRICS,
          teacher_ids: Sequence[str] | None = None, top_k: int | None = None, cache: OutputsCache | None = None,
          cost: str = DEFAULT_COST, device=None, batch_size: int = 64, show_progress: bool = False,
          on_progress: ProgressFn | None = None, shortlist_k: int | None = None,

@@ -19,15 +19,20 @@ from hubscout.ot._validation import _as_labels, _as_matrix, _as_probs, _class_co
 from hubscout.registry import Entry, Registry
 
 __all__ = ["ot_score", "leep", "nce", "hscore", "logme", "nleep", "sfda", "ncti", "ncti_terms", "ncti_combine", "gbc",
-           "transrate", "param_count", "source_accuracy", "Metric", "METRICS", "DEFAULT_METRIC", "resolve_metrics"]
+           "transrate", "param_count", "source_accuracy", "Metric", "METRICS", "DEFAULT_METRIC", "DEFAULT_METRICS",
+           "resolve_metrics"]
 
 #: The teacher-ranking scores, in the order "all" lists them (the first, OT, orders by default). A score is
 #: ``@METRICS.register(name, direction="higher"|"lower", needs="probs"|"features"|"both"|"teacher")`` on a function of the
 #: teacher's outputs on the target (``probs``, ``features``, ``classifier_weight``), ``labels`` and ``n_classes``.
 METRICS = Registry("metric")
 
-#: The metric a ranking orders by when a request names none (API, CLI, client, library); docs/method.md says why.
+#: The metric a ranking orders by when a request names none (API, CLI, client, library, web page); docs/method.md
+#: §7 says why.
 DEFAULT_METRIC = "ot"
+#: What a request that names no metric computes: the default metric first (it orders), then OT whatever orders,
+#: because OT's plan and correspondences are the ranking's explanation (which teacher class meets which of yours).
+DEFAULT_METRICS: tuple[str, ...] = tuple(dict.fromkeys((DEFAULT_METRIC, "ot")))
 #: A registered score: name, direction ("higher" or "lower" is better), needs (which teacher outputs it reads),
 #: fn (called as ``fn(*, probs, features, classifier_weight, labels, n_classes, **kw)``, ignoring what it does not
 #: use).
@@ -540,7 +545,7 @@ def ncti(features, labels, n_classes: int) -> float:
 def resolve_metrics(metrics: str | Iterable[str] | None) -> list[str]:
     """``"all"``, a comma list or an iterable of names → validated list, order kept (first is primary)."""
     if metrics is None:
-        return [DEFAULT_METRIC]
+        return list(DEFAULT_METRICS)
     if isinstance(metrics, str):
         metrics = [m.strip() for m in metrics.split(",") if m.strip()]
     out: list[str] = []

@@ -5,7 +5,7 @@ import logging
 
 from sqlalchemy import select
 
-from hubscout.scores import DEFAULT_METRIC
+from hubscout.scores import DEFAULT_METRICS
 
 from service import jobs
 from service.tables import DatasetRow, JobRow, RankingRow, TeacherRow, json_safe, result_id_for
@@ -42,7 +42,7 @@ def run_ranking(ctx: Context, claim: jobs.Claim, job: JobRow, dataset: DatasetRo
         return exclusive(ctx.db, ctx.storage, f"rank:{job.owner}:{ds.sha256}", on_wait=wait_for_twin)
 
     shortlist = DbShortlist(ctx, job.owner, repo)
-    ranking = rank(ds, repo, metrics=params.get("metrics") or [DEFAULT_METRIC],
+    ranking = rank(ds, repo, metrics=params.get("metrics") or list(DEFAULT_METRICS),
                    teacher_ids=shortlist.candidates(params.get("teacher_ids")),
                    top_k=params.get("top_k"), cache=outputs, scores=DbScoreStore(ctx.db, owner=job.owner),
                    device=device_for(ctx.settings), batch_size=ctx.settings.batch_size,

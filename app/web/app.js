@@ -194,7 +194,7 @@ function metricBoxes() {
     const box = document.createElement("input");
     box.type = "checkbox";
     box.value = m;
-    box.checked = m === "ot" || m === "logme";
+    box.checked = (state.info.default_metrics || ["ot"]).includes(m);
     label.append(box, ` ${metricName(m)}`);
     fs.append(label);
   }
@@ -203,8 +203,9 @@ function metricBoxes() {
 async function startRanking(button, metrics, extra = {}) {
   await busy(button, async () => {
     if (!metrics.length) throw new Error("choose at least one metric");
-    // OT first: it orders the table and gives the plans.
-    metrics.sort((a, b) => (b === "ot") - (a === "ot"));
+    // The server's default metric first when it is chosen: it orders the table (OT, when chosen, gives the plans).
+    const primary = (state.info.default_metrics || ["ot"])[0];
+    metrics.sort((a, b) => (b === primary) - (a === primary));
     const job = await api("/v1/rankings", {method: "POST", json: {dataset_id: state.dataset.id, metrics, ...extra}});
     setHash({rank: job.id, distil: ""});
     await showRanking(job.id);

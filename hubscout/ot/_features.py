@@ -173,6 +173,59 @@ def both_separations(features, labels, n_classes: int, probs=None, classifier_we
                                            classifier_weight=classifier_weight))
 
 
+def embed_whitened(features, labels, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The features in the span of the target samples, centred on the class-balanced mean and whitened by the
+    pooled within-class covariance (Ledoit-Wolf shrunk towards a multiple of I, as H-score's): a Gaussian
+    class-conditional model with a shared covariance, in which the class posterior of a sample is the softmax of
+    minus half its squared distances to the class means (linear discriminant analysis). Returns (X, y)."""
+    from hubscout.scores import _ledoit_wolf_shrinkage
+
+    F = _as_matrix(features, "features")
+    y = _as_labels(labels, n_classes, F.shape[0])
+    counts = _class_counts(y, n_classes)
+    present = counts > 0
+    means = _class_sums(F, y, n_classes) / np.maximum(counts, 1.0)[:, None]
+    Fc = F - means[present].mean(axis=0)
+    U, S, _ = np.linalg.svd(Fc, full_matrices=False)
+    r = int(np.sum(S > 1e-10 * max(S[0], 1e-300)))
+    X = U[:, :r] * S[:r]
+    mx = _class_sums(X, y, n_classes) / np.maximum(counts, 1.0)[:, None]
+    R = X - mx[y]
+    Sw = R.T @ R / len(y)
+    lam = _ledoit_wolf_shrinkage(R, Sw)
+    Sw = (1.0 - lam) * Sw
+    Sw[np.diag_indices(r)] += lam * np.trace(R.T @ R / len(y)) / r
+    w, V = np.linalg.eigh(Sw)
+    return X @ (V / np.sqrt(np.maximum(w, 1e-12 * w.max()))), y
+
+
+def lda_loo_loglik(features, labels, n_classes: int, **_) -> float:
+    """Mean leave-one-out log-posterior of the true class under :func:`embed_whitened`'s Gaussian model."""
+    X, y = embed_whitened(features, labels, n_classes)
+    D = _loo_sq_dist(X, y, n_classes) / 2.0
+    logits = np.where(np.isfinite(D), -D, -1e30)
+    m = logits.max(1, keepdims=True)
+    lse = np.log(np.sum(np.exp(logits - m), axis=1)) + m[:, 0]
+    ok = np.isfinite(D[np.arange(len(y)), y])
+    return float(np.mean((logits[np.arange(len(y)), y] - lse)[ok])) if ok.any() else float("nan")
+
+
+def lda_loo_transport(features, labels, n_classes: int, **_) -> float:
+    r"""Share of the target's mass that entropic OT (ε = 1) carries to its own label under the leave-one-out
+    Gaussian cost of :func:`embed_whitened`: with ε = 1 the Gibbs kernel is the model's likelihood, so the plan
+    is its class posterior made to respect the label marginals (Sinkhorn as a balanced Bayes assignment)."""
+    X, y = embed_whitened(features, labels, n_classes)
+    D = _loo_sq_dist(X, y, n_classes) / 2.0
+    counts = _class_counts(y, n_classes)
+    cols = counts > 0
+    D = D[:, cols]
+    D = np.where(np.isfinite(D), D, D[np.isfinite(D)].max() + 10.0)
+    D = D - D.min(axis=1, keepdims=True)  # a per-sample constant changes neither the plan nor the score
+    P = sinkhorn_log(np.full(len(y), 1.0 / len(y)), counts[cols] / counts.sum(), D, 1.0, n_iter=200)
+    col_of = np.cumsum(cols) - 1
+    return float(len(y) * np.sum(P[np.arange(len(y)), col_of[y]]))
+
+
 CANDIDATES = {
     "f:loo-loglik": loo_prototype_loglik,
     "f:loo-transport": loo_transport,
@@ -181,4 +234,6 @@ CANDIDATES = {
     "f:label-ot": label_transport,
     "f:label-w": label_wasserstein_separation,
     "f:both-w": both_separations,
+    "f:lda-loglik": lda_loo_loglik,
+    "f:lda-transport": lda_loo_transport,
 }
