@@ -29,7 +29,7 @@ METRICS = Registry("metric")
 
 #: The metric a ranking orders by when a request names none (API, CLI, client, library, web page); docs/method.md
 #: §7 says why.
-DEFAULT_METRIC = "ot"
+DEFAULT_METRIC = "hscore"
 #: What a request that names no metric computes: the default metric first (it orders), then OT whatever orders,
 #: because OT's plan and correspondences are the ranking's explanation (which teacher class meets which of yours).
 DEFAULT_METRICS: tuple[str, ...] = tuple(dict.fromkeys((DEFAULT_METRIC, "ot")))

@@ -194,7 +194,8 @@ function metricBoxes() {
     const box = document.createElement("input");
     box.type = "checkbox";
     box.value = m;
-    box.checked = (state.info.default_metrics || ["ot"]).includes(m);
+    // The server's defaults (the metric that orders, and OT for the plans), and LogME to compare with.
+    box.checked = (state.info.default_metrics || ["ot"]).includes(m) || m === "logme";
     label.append(box, ` ${metricName(m)}`);
     fs.append(label);
   }

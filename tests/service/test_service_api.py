@@ -108,8 +108,11 @@ def test_info_is_public_and_tells_the_page_what_it_needs(client):
     info = client.get("/v1/info").json()
     assert info["auth_required"] is False  # no API key configured
     assert info["mode"] == "embedded" and info["max_upload_bytes"] == MAX_UPLOAD
-    # The registry's names in registration order: the first five are v1's, OT (the default) first.
+    # The registry's names in registration order: the first five are v1's; the defaults, the first orders.
     assert info["metrics"] == list(METRICS) and info["metrics"][:5] == ["ot", "leep", "nce", "hscore", "logme"]
+    from hubscout.scores import DEFAULT_METRICS
+
+    assert info["default_metrics"] == list(DEFAULT_METRICS) and "ot" in info["default_metrics"]
     assert info["repository"]["state"] == "ready"  # the folder was there: nothing to build
 
 

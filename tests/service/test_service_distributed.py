@@ -83,13 +83,17 @@ def test_rank_then_rerank_from_cache(client, dataset, pg_service, quick_repo):
     assert job["links"]["result"] == f"/v1/rankings/{job['result_id']}"
     # The library's JSON (what `hubscout rank --json` prints), with the ids around it.
     assert ranking["job_id"] == job["id"] and ranking["dataset_id"] == dataset["id"]
-    assert ranking["metrics"] == ["ot"] and ranking["primary"] == "ot" and ranking["directions"] == {"ot": "lower"}
+    # No metric named: the defaults, the default metric first (it orders), OT beside it for the plan.
+    from hubscout.scores import DEFAULT_METRIC, DEFAULT_METRICS, METRICS
+
+    assert ranking["metrics"] == list(DEFAULT_METRICS) and ranking["primary"] == DEFAULT_METRIC
+    assert ranking["directions"] == {m: METRICS[m].direction for m in DEFAULT_METRICS}
     assert ranking["classes"] == ["sandal", "sneaker", "ankle-boot"] and ranking["n_samples"] == 30
     teachers = ranking["teachers"]
     assert sorted(t["teacher_id"] for t in teachers) == sorted(quick_repo.ids())
     assert [t["rank"] for t in teachers] == list(range(1, n_teachers + 1))
-    ot = [t["scores"]["ot"]["value"] for t in teachers]
-    assert ot == sorted(ot)
+    primary = [t["scores"][DEFAULT_METRIC]["value"] for t in teachers]
+    assert primary == sorted(primary, reverse=METRICS[DEFAULT_METRIC].direction == "higher")
     assert set(teachers[0]["correspondences"]) == {"sandal", "sneaker", "ankle-boot"}
     rows, hits = outputs_rows(pg_service)
     assert rows == n_teachers  # one cached forward pass per teacher

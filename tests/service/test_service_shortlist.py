@@ -180,13 +180,15 @@ def test_a_ranking_runs_exact_ot_only_on_the_shortlist(client, db, catalogue, fo
     assert all(s["lower_bound"] > sl["bound"] for s in sl["skipped"]) and sl["rank_all"] == {"shortlist": 0}
     # The teachers that know the footwear classes are found without running the others.
     assert all(t.startswith("fashion-footwear") for t in sl["shortlisted"][:3])
-    assert ranking["teachers"][0]["teacher_id"].startswith("fashion-footwear")
 
-    again = client.post("/v1/rankings", json={"dataset_id": dataset_id, "shortlist": 5}).json()
+    # Exact OT (the score the specifications emulate) puts one of them first among those it runs.
+    again = client.post("/v1/rankings", json={"dataset_id": dataset_id, "shortlist": 5, "metrics": ["ot"]}).json()
     job = wait_job(client, again["id"], timeout=300, interval=0.2)
-    second = client.get(job["links"]["result"]).json()["shortlist"]
+    second_ranking = client.get(job["links"]["result"]).json()
+    second = second_ranking["shortlist"]
     assert second["embed_target_cached"] and second["kept"] == 5 + len(second["uncertain_run"])
     assert second["shortlisted"] == sl["shortlisted"][:5]
+    assert second_ranking["teachers"][0]["teacher_id"].startswith("fashion-footwear")
 
 
 def test_a_photo_ranking_keeps_the_imagenet_teacher_its_specification_cannot_rule_out(client, catalogue):
