@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             return "–"
         return f"{t['mean'][m]:.3f} ± {t['std'][m]:.3f}" if t["std"][m] is not None else f"{t['mean'][m]:.3f}"
 
-    name = "distillation_quick" if args.quick else "distillation"
+    name = "distillation_v1_quick" if args.quick else "distillation_v1"
     md = [f"# Distillation quality{' (--quick)' if args.quick else ''}\n", machine_md(mach),
           f"\nRepository `{repo_dir}` ({len(tids)} teachers). {len(per_task)} tasks, training seeds {seeds} (the "
           f"few-shot training set is fixed). Student `{cfg_d['student_arch']}`, epochs={cfg_d['epochs']}, "

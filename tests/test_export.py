@@ -69,7 +69,7 @@ def test_model_card_names_task_classes_teachers_metrics_and_data(saved):
     assert [t["weight"] for t in cfg["teachers"]] == pytest.approx(weights_from_scores(scores))
     assert f"`{target.sha256}`" in card and student.dataset_sha256 == target.sha256
     assert f"| train_accuracy | {student.metrics['train_accuracy']:.4f} |" in card
-    assert "| lam | 1.0000 |" in card and "| student_arch | test_resnet |" in card
+    assert f"| lam | {student.config.lam:.4f} |" in card and "| student_arch | test_resnet |" in card
     assert f"hubscout {hubscout.__version__}" in card and ONNX_FILE in card
 
 
