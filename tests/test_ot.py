@@ -448,3 +448,23 @@ def test_plan_summary_cuts_many_target_classes():
     s = plan_summary(plan, list("abcd"), [f"c{j}" for j in range(100)], max_target_classes=60)
     assert s["target_classes"] == [f"c{j}" for j in range(60)] and s["target_num_classes"] == 100
     assert s["truncated"] and np.asarray(s["share"]).shape == (4, 60)
+
+
+def test_feature_transport_candidates_separate_from_mixed_and_ignore_scale():
+    """The ranking-v2 candidates (benchmarks.ranking_dev): well-separated classes score higher than mixed ones,
+    and a rescaled or higher-dimensional copy of the same embedding scores the same."""
+    from hubscout.ot import _features as F
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 8)
+    centres = 4.0 * rng.normal(size=(3, 16))
+    apart = centres[y] + rng.normal(size=(24, 16))
+    mixed = rng.normal(size=(24, 16))
+    padded = np.concatenate([apart, np.zeros((24, 48))], axis=1)  # same geometry in 64 dimensions
+    for name in ("f:loo-loglik", "f:loo-transport", "f:class-w", "f:lda-loglik", "f:lda-transport"):
+        fn = F.CANDIDATES[name]
+        assert fn(apart, y, 3) > fn(mixed, y, 3), name
+        assert fn(10.0 * apart, y, 3) == pytest.approx(fn(apart, y, 3), rel=1e-6), name
+        assert fn(padded, y, 3) == pytest.approx(fn(apart, y, 3), rel=1e-6), name
+    # Perfectly separated: the transport carries (nearly) all of each sample's mass to its own label.
+    assert F.loo_transport(apart, y, 3) > 0.95 and F.loo_transport(mixed, y, 3) < 0.6

@@ -46,34 +46,44 @@ def _loo_sq_dist(Z: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
     return np.maximum(D, 0.0)
 
 
-def loo_prototype_loglik(features, labels, n_classes: int, temperature: float = 1.0, **_) -> float:
-    """Mean log-probability of the true class under a leave-one-out nearest-mean softmax on :func:`embed`."""
-    Z, y = embed(features, labels, n_classes)
+def _loo_loglik(Z: np.ndarray, y: np.ndarray, n_classes: int, temperature: float) -> float:
+    """Mean leave-one-out log-softmax of minus the halved squared distances (over ``temperature``) at the own
+    class."""
     D = _loo_sq_dist(Z, y, n_classes)
-    logits = -D / (2 * temperature)
-    finite = np.isfinite(logits)
-    logits = np.where(finite, logits, -1e30)
-    lse = np.log(np.sum(np.exp(logits - logits.max(1, keepdims=True)), axis=1)) + logits.max(1)
+    logits = np.where(np.isfinite(D), -D / (2 * temperature), -1e30)
+    m = logits.max(1, keepdims=True)
+    lse = np.log(np.sum(np.exp(logits - m), axis=1)) + m[:, 0]
     ok = np.isfinite(D[np.arange(len(y)), y])
     return float(np.mean((logits[np.arange(len(y)), y] - lse)[ok])) if ok.any() else float("nan")
 
 
-def loo_transport(features, labels, n_classes: int, reg: float = 1.0, **_) -> float:
-    r"""Share of the target's mass that entropic OT carries to its own label: the samples (uniform) are
-    transported onto the label distribution (the class frequencies) under the cost of :func:`_loo_sq_dist`
-    (halved: a unit-variance Gaussian's log-likelihood), ε = ``reg``. The label marginal makes the transport
-    balanced: a teacher that squeezes every target image towards one class cannot score by it."""
+def loo_prototype_loglik(features, labels, n_classes: int, temperature: float = 1.0, **_) -> float:
+    """Mean log-probability of the true class under a leave-one-out nearest-mean softmax on :func:`embed`."""
     Z, y = embed(features, labels, n_classes)
+    return _loo_loglik(Z, y, n_classes, temperature)
+
+
+def _transport_share(Z: np.ndarray, y: np.ndarray, n_classes: int, reg: float) -> float:
+    """The share of the mass the entropic OT plan from the samples (uniform) to the label frequencies, under the
+    leave-one-out Gaussian cost (half the squared distance), carries to each sample's own label (in [0, 1])."""
     D = _loo_sq_dist(Z, y, n_classes) / 2.0
     counts = _class_counts(y, n_classes)
     cols = counts > 0
     D = D[:, cols]
     D = np.where(np.isfinite(D), D, D[np.isfinite(D)].max() + 10.0)
-    a = np.full(len(y), 1.0 / len(y))
-    b = counts[cols] / counts.sum()
-    P = sinkhorn_log(a, b, D, reg, n_iter=200)
+    D = D - D.min(axis=1, keepdims=True)  # a per-sample constant changes neither the plan nor the score
+    P = sinkhorn_log(np.full(len(y), 1.0 / len(y)), counts[cols] / counts.sum(), D, reg, n_iter=200)
     col_of = np.cumsum(cols) - 1
-    return float(len(y) * np.sum(P[np.arange(len(y)), col_of[y]]))
+    return float(np.sum(P[np.arange(len(y)), col_of[y]]))
+
+
+def loo_transport(features, labels, n_classes: int, reg: float = 1.0, **_) -> float:
+    r"""Share of the target's mass that entropic OT carries to its own label: the samples (uniform) are
+    transported onto the label distribution (the class frequencies) under the cost of :func:`_loo_sq_dist`
+    (halved: a unit-variance Gaussian's log-likelihood), ε = ``reg``, in :func:`embed`. The label marginal makes
+    the transport balanced: a teacher that squeezes every target image towards one class cannot score by it."""
+    Z, y = embed(features, labels, n_classes)
+    return _transport_share(Z, y, n_classes, reg)
 
 
 def class_wasserstein_separation(features, labels, n_classes: int, reg: float = 0.1, **_) -> float:
@@ -202,12 +212,7 @@ def embed_whitened(features, labels, n_classes: int) -> tuple[np.ndarray, np.nda
 def lda_loo_loglik(features, labels, n_classes: int, **_) -> float:
     """Mean leave-one-out log-posterior of the true class under :func:`embed_whitened`'s Gaussian model."""
     X, y = embed_whitened(features, labels, n_classes)
-    D = _loo_sq_dist(X, y, n_classes) / 2.0
-    logits = np.where(np.isfinite(D), -D, -1e30)
-    m = logits.max(1, keepdims=True)
-    lse = np.log(np.sum(np.exp(logits - m), axis=1)) + m[:, 0]
-    ok = np.isfinite(D[np.arange(len(y)), y])
-    return float(np.mean((logits[np.arange(len(y)), y] - lse)[ok])) if ok.any() else float("nan")
+    return _loo_loglik(X, y, n_classes, 1.0)
 
 
 def lda_loo_transport(features, labels, n_classes: int, **_) -> float:
@@ -215,16 +220,7 @@ def lda_loo_transport(features, labels, n_classes: int, **_) -> float:
     Gaussian cost of :func:`embed_whitened`: with ε = 1 the Gibbs kernel is the model's likelihood, so the plan
     is its class posterior made to respect the label marginals (Sinkhorn as a balanced Bayes assignment)."""
     X, y = embed_whitened(features, labels, n_classes)
-    D = _loo_sq_dist(X, y, n_classes) / 2.0
-    counts = _class_counts(y, n_classes)
-    cols = counts > 0
-    D = D[:, cols]
-    D = np.where(np.isfinite(D), D, D[np.isfinite(D)].max() + 10.0)
-    D = D - D.min(axis=1, keepdims=True)  # a per-sample constant changes neither the plan nor the score
-    P = sinkhorn_log(np.full(len(y), 1.0 / len(y)), counts[cols] / counts.sum(), D, 1.0, n_iter=200)
-    col_of = np.cumsum(cols) - 1
-    return float(len(y) * np.sum(P[np.arange(len(y)), col_of[y]]))
-
+    return _transport_share(X, y, n_classes, 1.0)
 
 CANDIDATES = {
     "f:loo-loglik": loo_prototype_loglik,
