@@ -323,7 +323,8 @@ def data_targets() -> None:
 def rank_cmd(
     dataset: Path = typer.Argument(..., callback=_existing, dir_okay=False, help=".zip (ImageFolder) or .npz"),
     repo: str = RepoOpt,
-    metric: str = typer.Option(",".join(DEFAULT_METRICS), help=f"{', '.join(METRICS)}, a comma list, or all (first orders)"),
+    metric: str = typer.Option(",".join(DEFAULT_METRICS),
+                               help=f"{', '.join(METRICS)}, a comma list, or all (first orders)"),
     top: Optional[int] = typer.Option(None, "--top", help="show the best K"),
     teachers: Optional[str] = typer.Option(None, "--teachers", help="comma-separated teacher ids"),
     cost: str = typer.Option(DEFAULT_COST, help="OT cost matrix: " + ", ".join(COSTS)),
@@ -368,7 +369,8 @@ def rank_cmd(
     if as_json:
         _print_json(result)
         return
-    again = ["hubscout", "rank", str(dataset), "--shortlist", "0"] + (["--metric", metric] if metric != ",".join(DEFAULT_METRICS) else []) \
+    named = ["--metric", metric] if metric != ",".join(DEFAULT_METRICS) else []
+    again = ["hubscout", "rank", str(dataset), "--shortlist", "0"] + named \
         + (["--teachers", teachers] if teachers else []) + (["--server", server] if server else ["--repo", repo])
     _print_ranking(result, where=f" on {server}" if server else "", again=shlex.join(again), job=job)
 

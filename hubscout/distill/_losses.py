@@ -138,7 +138,7 @@ def _bridge(outputs, labels: np.ndarray, n_classes: int) -> np.ndarray:
 
 @dataclass
 class WeightedOTTerm(OTTerm):
-    """The OT term, each instance weighted by the teacher's bridged probability of its true class."""
+    """The OT term, each instance weighted by the teacher's margin for its true class through the bridge."""
 
     bridge: torch.Tensor = None  # type: ignore[assignment]
 
@@ -154,7 +154,7 @@ class WeightedOTTerm(OTTerm):
 
 @dataclass
 class WeightedProtoTerm(ProtoTerm):
-    """The prototype term, each instance weighted by the prototype teacher's probability of its true class."""
+    """The prototype term, each instance weighted by the prototype teacher's margin for its true class."""
 
     def loss(self, teacher_logits: torch.Tensor, student_logits: torch.Tensor, y=None) -> torch.Tensor:
         log_q = F.log_softmax(student_logits.float() / self.tau, dim=1)

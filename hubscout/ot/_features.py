@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from hubscout.ot._sinkhorn import sinkhorn_log
-from hubscout.ot._validation import _as_labels, _as_matrix, _class_counts, _class_sums
+from hubscout.ot._validation import _as_labels, _as_matrix, _class_counts, _class_sums, _logsumexp
 
 
 def embed(features, labels, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,16 +131,10 @@ def _batched_sinkhorn_cost(A: np.ndarray, B: np.ndarray, G: np.ndarray, reg: flo
     f = np.zeros_like(A)
     g = np.zeros_like(B)
     for _ in range(n_iter):
-        g = lb - _lse(f[:, :, None] + logK[None], axis=1)
-        f = la - _lse(g[:, None, :] + logK[None], axis=2)
+        g = lb - _logsumexp(f[:, :, None] + logK[None], axis=1)
+        f = la - _logsumexp(g[:, None, :] + logK[None], axis=2)
     logP = f[:, :, None] + logK[None] + g[:, None, :]
     return np.sum(np.exp(logP) * G[None], axis=(1, 2))
-
-
-def _lse(x: np.ndarray, axis: int) -> np.ndarray:
-    m = np.max(x, axis=axis, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    return np.squeeze(m, axis) + np.log(np.sum(np.exp(x - m), axis=axis))
 
 
 def label_wasserstein_separation(features, labels, n_classes: int, probs=None, classifier_weight=None,
