@@ -12,7 +12,9 @@ teacher fits the task; lower is better.
 Conventions: K = number of teacher classes (rows), C = number of target classes (columns), N = samples.
 
 Modules, one concern each: ``_validation`` (input checks), ``_sinkhorn`` (solvers), ``_costs`` (ground costs, the
-:data:`COSTS` registry), ``_relatedness`` (the score), ``_readout`` (plans and costs as class names).
+:data:`COSTS` registry), ``_relatedness`` (the score), ``_readout`` (plans and costs as class names),
+``_features`` (transport in the teacher's feature and label spaces: the ranking-v2 candidates measured on the
+benchmark's dev half, none of them a default; docs/method.md §7).
 """
 from hubscout.ot._costs import (BRIDGE_COST, COSTS, DEFAULT_COST, DEFAULT_DISTILL_COST, cost_joint, cost_matrix,
                                 cost_prototype, cost_prototype_softmax)
