@@ -308,10 +308,10 @@ def test_weighted_terms_ignore_images_the_teacher_gets_wrong():
     term = WeightedProtoTerm(centres=torch.eye(2), temperature=0.1, tau=4.0)
     t = torch.tensor([[5.0, -5.0], [5.0, -5.0]])  # the teacher says class 0 for both images
     s = torch.zeros(2, 2, requires_grad=True)
-    wrong = term.loss(t, s, torch.tensor([1, 1]))
-    assert float(wrong) == 0.0  # wrong on both: nothing to learn from it
-    right = term.loss(t, s, torch.tensor([0, 0]))
-    assert float(right) > 0 and float(right) < float(term.loss(t, s))  # weighted by a margin below 1
+    wrong = term.loss(t, s, torch.tensor([1, 1])).item()
+    assert wrong == 0.0  # wrong on both: nothing to learn from it
+    right = term.loss(t, s, torch.tensor([0, 0])).item()
+    assert 0 < right < term.loss(t, s).item()  # weighted by a margin below 1
 
 
 @pytest.mark.parametrize("kd", ["ot+proto", "ot-w", "proto-w"])
