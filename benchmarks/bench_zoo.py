@@ -7,8 +7,9 @@ the benchmark needs, so that ``hubscout zoo demo`` stays small and fast:
 * harder cases inside a family: the same classes as a demo teacher at a smaller training budget, another width,
   or with label noise, so that a ranking must tell near-identical teachers apart.
 
-Built under ``benchmarks/.cache/zoo-v2`` (not committed). The build is seeded; every ground-truth cell is keyed
-by the teacher's weights sha256, so a rebuilt teacher that came out different recomputes its cells, never mixes.
+Built under ``benchmarks/.cache/zoo-v2`` (not committed), from the small teachers committed in
+``benchmarks/zoo-v2`` and the ImageNet packages. Every ground-truth cell is keyed by the teacher's weights sha256,
+so a rebuilt teacher that came out different recomputes its cells, never mixes.
 
     python -m benchmarks.bench_zoo          # restore the committed small teachers, build what is missing
     python -m benchmarks.bench_zoo --freeze # ... and commit newly built small teachers to benchmarks/zoo-v2

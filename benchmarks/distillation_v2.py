@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,31 +79,33 @@ def linear_probe(teacher, train, test, outputs) -> float:
 
 
 def student_cost(n_classes: int, channels: int, side: int) -> dict[str, Any]:
-    """The ``micro`` student's parameters, safetensors MB and ONNX latency at batch 1 (median of 50 runs)."""
-    import io
+    """The ``micro`` student's parameters, MB of float32 weights and the latency at batch 1 (median of 50 runs,
+    one thread) of its ONNX file as users download it (:func:`hubscout.export.export_onnx`)."""
+    import tempfile
 
     import onnxruntime as ort
     import torch
 
-    from hubscout.students import fit_student
-    from hubscout.teachers import build_model
+    from hubscout.export import INPUT_NAME, export_onnx
+    from hubscout.students import fit_student, student_side
+    from hubscout.teachers import InputConfig, build_model
 
     choice = fit_student(gtm.B_DISTILL["student_arch"], {}, n_classes, (side, side, channels), None, [])
     torch.manual_seed(0)
     model = build_model(choice.arch, n_classes, channels, dict(choice.kwargs)).eval()
-    x = torch.zeros(1, channels, max(32, side), max(32, side))
-    buf = io.BytesIO()
-    torch.onnx.export(model, x, buf, input_names=["x"], output_names=["y"], dynamo=False)
+    in_cfg = InputConfig(student_side(side, None), channels, (0.5,) * channels, (0.5,) * channels)
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
-    xn = x.numpy()
+    with tempfile.TemporaryDirectory() as tmp:
+        sess = ort.InferenceSession(str(export_onnx(model, in_cfg, Path(tmp) / "student.onnx")), so,
+                                    providers=["CPUExecutionProvider"])
+    x = {INPUT_NAME: np.zeros((1, channels, in_cfg.size, in_cfg.size), dtype=np.float32)}
     for _ in range(5):
-        sess.run(None, {"x": xn})
+        sess.run(None, x)
     ts = []
     for _ in range(50):
         t0 = time.perf_counter()
-        sess.run(None, {"x": xn})
+        sess.run(None, x)
         ts.append(time.perf_counter() - t0)
     return {"size": choice.size, "params": choice.params, "mb": round(choice.params * 4 / 2 ** 20, 3),
             "onnx_latency_ms_b1": round(1000 * float(np.median(ts)), 3)}

@@ -247,8 +247,7 @@ def distillation_cell(repo, teacher_id: str | None, train, test, seed: int,
     """Ground truth B (``teacher_id``) or the CE-only reference (``None``, the same student) at B's budget."""
     from hubscout.distill import DistillConfig, distill, evaluate
 
-    cfg = DistillConfig(**{**(B_DISTILL if overrides is None else overrides), "seed": seed,
-                           "ce_only": teacher_id is None})
+    cfg = DistillConfig(**{**distill_budget(seed, overrides), "ce_only": teacher_id is None})
     t0 = time.perf_counter()
     student = distill(train, repo, [teacher_id] if teacher_id else [], cfg, device="cpu")
     t1 = time.perf_counter()
