@@ -46,8 +46,15 @@ def method_budget(method: str) -> dict[str, Any] | None:
     a ``kd`` name, optionally with options: ``"ot[lam=0.1]"``, ``"proto[lam=0.3;tau=2]"``."""
     if method in ("ce", "ot"):
         return None
+    if method.startswith("ce["):  # a CE-only control with other views; its kd is B's, unused
+        return {**method_budget("ot" + method[2:]), "kd": gtm.B_DISTILL["kd"]}
+    import dataclasses
+
+    from hubscout.distill import DistillConfig
+
     kd, _, opts = method.rstrip("]").partition("[")
-    extra = {k: float(v) for k, v in (o.split("=") for o in opts.split(";") if o)}
+    ints = {f.name for f in dataclasses.fields(DistillConfig) if f.type in ("int", "int | None")}
+    extra = {k: int(v) if k in ints else float(v) for k, v in (o.split("=") for o in opts.split(";") if o)}
     return {**gtm.B_DISTILL, "kd": kd, **extra}
 
 
@@ -157,6 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--ranking-metric", default=None, help="the metric that picks the teacher (default: the "
                     "product's default)")
     ap.add_argument("--tasks", default=None, help="comma list of task ids (default: every task of the halves)")
+    ap.add_argument("--out", default="distillation", help="results/<out>.{md,json} (another name for a trial)")
     args = ap.parse_args(argv)
     limit_threads(1)
     import torch
@@ -184,8 +192,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         accs: dict[str, float | None] = {}
         seeds_acc: dict[str, list[float]] = {}
         for m in methods:
-            kind = "ce" if m == "ce" else "distillation"
-            cells = [gtm.cell(cache, kind, task, repo, None if m == "ce" else tid, s, data, outputs_cache=outputs,
+            kind = "ce" if m.partition("[")[0] == "ce" else "distillation"
+            cells = [gtm.cell(cache, kind, task, repo, None if kind == "ce" else tid, s, data, outputs_cache=outputs,
                               compute=not args.no_compute, distill=method_budget(m)) for s in gtm.SEEDS]
             got = [c["accuracy"] for c in cells if c is not None]
             seeds_acc[m] = got
@@ -235,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           *[f"{t['accuracy'][m]:.3f}" if t["accuracy"][m] is not None else "-" for m in methods],
           f"{t['student']['params']:,} / {t['student']['mb']} / {t['student']['onnx_latency_ms_b1']}"]
          for t in per_task])]
-    write_results("distillation", result, "\n".join(md) + "\n")
+    write_results(args.out, result, "\n".join(md) + "\n")
     print("\n".join(md[:40]))
     return result
 

@@ -74,10 +74,19 @@ def cell_key(kind: str, task: dict[str, Any], teacher_sha: str, budget: dict[str
 # student for every teacher (the teacher is then the only thing a B cell varies, and one CE-only cell a task and
 # seed is its reference) and 2 teacher views instead of 10 (the 224-px teachers' views were most of B's cost).
 B_DISTILL = {"student_arch": "micro", "teacher_views": 2, "kd": "ot", "cost": "proto-softmax", "lam": 1.0,
-             "tau": 4.0, "reg": 0.05, "epochs": None, "min_steps": None}
+             "tau": 4.0, "reg": 0.05, "epochs": None, "min_steps": None, "mixup": 0.0}
+
+# Distillation options added after B's cells were first computed, with the value that means "off": a cell's key
+# leaves them out at that value, so a new option never orphans the cells computed before it existed.
+LATER_OPTIONS = {"mixup": 0.0}
 
 # ``--quick`` only (its cells have their own keys): a tiny student budget, so that the smoke run stays short.
 QUICK_DISTILL = {"student_arch": "test_resnet", "epochs": 3, "min_steps": 60, "teacher_views": 1}
+
+
+def budget_key(budget: dict[str, Any]) -> dict[str, Any]:
+    """What of a distillation budget goes into a cell's key: all of it but :data:`LATER_OPTIONS` left off."""
+    return {k: v for k, v in budget.items() if not (k in LATER_OPTIONS and v == LATER_OPTIONS[k])}
 
 
 def distill_budget(seed: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -328,8 +337,8 @@ def run(kinds: Iterable[str], halves: Iterable[str] = ("dev", "test"), seeds: It
 def cell_key_for(kind: str, task: dict[str, Any], repo, teacher_id: str | None, seed: int,
                  distill: dict[str, Any] | None = None) -> str:
     if kind == "ce":
-        return cell_key(kind, task, "none", dict(distill_budget(seed, distill), ce_only=True), seed)
-    budget = TRANSFER.to_dict() if kind == "transfer" else distill_budget(seed, distill)
+        return cell_key(kind, task, "none", dict(budget_key(distill_budget(seed, distill)), ce_only=True), seed)
+    budget = TRANSFER.to_dict() if kind == "transfer" else budget_key(distill_budget(seed, distill))
     return cell_key(kind, task, repo.get(teacher_id).weights_sha256, budget, seed)
 
 

@@ -66,6 +66,10 @@ class DistillConfig:
     augment: bool = True
     hflip: bool = True  # part of the augmentation; turn off for data where a mirror changes the class (digits)
     teacher_views: int = 10  # augmented views whose teacher logits are computed once and reused across epochs
+    # mixup (Zhang et al., ICLR 2018) inside the views: each image of a view blended with another of the same view,
+    # weight ~ Beta(mixup, mixup), the teachers labelling the blend itself (Beyer et al., CVPR 2022: a consistent
+    # teacher). 0: off.
+    mixup: float = 0.0
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -92,6 +96,7 @@ class DistillConfig:
         need(math.isfinite(self.proto_temperature) and self.proto_temperature > 0, "proto_temperature must be > 0")
         need(0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)")
         need(int(self.teacher_views) >= 1, "teacher_views must be >= 1")
+        need(math.isfinite(self.mixup) and 0 <= self.mixup <= 10, "mixup must be in [0, 10]")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
