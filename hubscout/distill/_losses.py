@@ -2,7 +2,9 @@
 
 A method is registered as a function of one teacher's outputs on the clean training split that returns its term:
 ``logits(model, x)``, what the teacher says about a batch (computed once per augmented view), and
-``loss(teacher_logits, student_logits)``, what the student is trained to match.
+``loss(teacher_logits, student_logits)``, what the student is trained to match; optionally
+``view_logits(logits)``, applied to a whole view's logits once they are all computed (a term that looks at the
+view as a set, e.g. a transport over its images).
 """
 from __future__ import annotations
 
@@ -179,3 +181,73 @@ def weighted_proto_term(outputs, labels: np.ndarray, n_classes: int, cfg, device
     """:func:`proto_term` with instance weights from the prototype teacher's own probabilities."""
     base = proto_term(outputs, labels, n_classes, cfg, device)
     return WeightedProtoTerm(base.centres, base.temperature, base.tau)
+
+
+# --------------------------------------------------------------------------------- view-level transport terms
+
+
+@dataclass
+class ProtoOTTerm(ProtoTerm):
+    """The prototype term, its soft labels an entropic OT plan between the view's images and the target classes.
+
+    The prototype teacher gives image i the class distribution softmax(cos(f_i, μ_c) / T). When the teacher's
+    features are shifted on the target's domain (every image a little closer to one centre), those labels pile up
+    on a few classes. Here they are the rows of the entropic OT plan between the view's images (uniform mass) and
+    the target classes (mass = the training labels' frequencies) under the cost 1 − cos(f_i, μ_c), with ε = T:
+    the same softmax with one additive correction per class that makes the view's labels, summed, match the class
+    frequencies (the self-labelling of Asano, Rupprecht & Vedaldi, ICLR 2020; Caron et al.'s SwAV, NeurIPS 2020).
+    """
+
+    class_mass: np.ndarray = None  # type: ignore[assignment]
+
+    def view_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        from hubscout.ot import sinkhorn_log
+
+        cos = logits.double().cpu().numpy() * self.temperature
+        n = len(cos)
+        P = sinkhorn_log(np.full(n, 1.0 / n), self.class_mass, 1.0 - cos, self.temperature, n_iter=200)
+        rows = np.log(np.maximum(P * n, 1e-30))  # log of each row's conditional, P_i· / (1/n)
+        return torch.as_tensor(rows, dtype=torch.float32, device=logits.device)
+
+
+@KD_METHODS.register("proto-ot")
+def proto_ot_term(outputs, labels: np.ndarray, n_classes: int, cfg, device: torch.device) -> ProtoOTTerm:
+    """:func:`proto_term` with its labels balanced by an entropic OT over each view (:class:`ProtoOTTerm`)."""
+    base = proto_term(outputs, labels, n_classes, cfg, device)
+    mass = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    return ProtoOTTerm(base.centres, base.temperature, base.tau, mass / mass.sum())
+
+
+@dataclass
+class ProbeTerm:
+    """A linear probe on the teacher's features: a multinomial logistic regression fitted on the training split
+    (standardised features, L2), its logits over the target classes matched by KL. The learned counterpart of the
+    prototype bridge (REFILLED's stage 2 uses centres; a probe weighs the feature dimensions)."""
+
+    mean: torch.Tensor
+    scale: torch.Tensor
+    W: torch.Tensor
+    b: torch.Tensor
+    tau: float
+
+    def logits(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        f = (features_and_logits(model, x)[0].float() - self.mean) / self.scale
+        return f @ self.W.T + self.b
+
+    def loss(self, teacher_logits: torch.Tensor, student_logits: torch.Tensor, y=None) -> torch.Tensor:
+        return kl_loss(teacher_logits, student_logits, tau=self.tau)
+
+
+@KD_METHODS.register("probe")
+def probe_term(outputs, labels: np.ndarray, n_classes: int, cfg, device: torch.device) -> ProbeTerm:
+    """Logistic regression (C=1, lbfgs) on the standardised teacher features of the training split."""
+    from sklearn.linear_model import LogisticRegression
+
+    f = np.asarray(outputs.features, dtype=np.float64)
+    mean, scale = f.mean(axis=0), np.maximum(f.std(axis=0), 1e-6)
+    clf = LogisticRegression(C=1.0, max_iter=2000).fit((f - mean) / scale, labels)
+    W, b = clf.coef_, clf.intercept_
+    if W.shape[0] == 1:  # sklearn's binary case: one row for class 1; logits (-z/2, z/2) give the same softmax
+        W, b = np.concatenate([-W / 2, W / 2]), np.concatenate([-b / 2, b / 2])
+    t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
+    return ProbeTerm(t(mean), t(scale), t(W), t(b), cfg.tau)

@@ -251,7 +251,8 @@ def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[st
                 for t, tm, term in zip(teachers, t_models, t_terms):
                     with autocast(dev):  # bf16 on CUDA, nothing on the CPU
                         z = [term.logits(tm, to_device(x, dev)).float() for x in iter_batches(images, t.input, 64)]
-                    logits.append(torch.cat(z).to(dev))
+                    z = torch.cat(z).to(dev)
+                    logits.append(term.view_logits(z) if hasattr(term, "view_logits") else z)
             view_cache[v] = logits
         return images, view_cache[v], mix
 
