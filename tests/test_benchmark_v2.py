@@ -1,4 +1,5 @@
 """Benchmark v2 (issue 12): the task manifest, the ground-truth cache keys and the statistics helpers."""
+import json
 import math
 from collections import Counter, defaultdict
 
@@ -88,6 +89,19 @@ def test_cell_key_depends_on_what_fixes_the_cell_only():
     assert set(b1) == set(DistillConfig().to_dict())
     assert (b1["student_arch"], b1["teacher_views"], b1["kd"]) == ("micro", 2, "ot")
     assert gtm.distill_budget(0, gtm.QUICK_DISTILL) != gtm.distill_budget(0)
+
+
+def test_options_added_later_keep_the_committed_cells_keys():
+    # A distillation option added after B's cells were computed (mixup) is left out of a key at its off value:
+    # the committed CE-only cells of B's budget are still found under the keys computed today.
+    cells = json.loads(gtm.CONSOLIDATED.read_text())["cells"]
+    pairs = {(v["task"], v["seed"]) for v in cells.values() if v["kind"] == "ce"}
+    assert len(pairs) >= 9
+    by_id = {t["id"]: t for t in TASKS}
+    for task, seed in pairs:
+        assert gtm.cell_key_for("ce", by_id[task], None, None, seed) in cells, (task, seed)
+    assert gtm.distill_budget(0)["mixup"] == 0.0 and "mixup" not in gtm.budget_key(gtm.distill_budget(0))
+    assert gtm.budget_key(gtm.distill_budget(0, {**gtm.B_DISTILL, "mixup": 0.4}))["mixup"] == 0.4
 
 
 def test_cell_cache_roundtrip_and_consolidation(tmp_path):

@@ -314,9 +314,65 @@ def test_weighted_terms_ignore_images_the_teacher_gets_wrong():
     assert 0 < right < term.loss(t, s).item()  # weighted by a margin below 1
 
 
-@pytest.mark.parametrize("kd", ["ot+proto", "ot-w", "proto-w"])
+@pytest.mark.parametrize("kd", ["ot+proto", "ot-w", "proto-w", "proto-ot", "probe"])
 def test_distillation_candidates_train(toy, tiny_repo, student, kd):
     s = distill(toy, tiny_repo, ["t-one"], DistillConfig(**FAST, seed=3, kd=kd), device="cpu")
     assert all(v is not None and np.isfinite(v) and v >= 0 for v in s.metrics["curves"]["kd"])
     assert s.config.kd == kd
     assert not np.array_equal(s.predict_proba(toy), student.predict_proba(toy))
+
+
+def test_mixup_blends_each_image_mostly_with_itself():
+    from hubscout.distill._training import mix_images
+
+    images = np.random.default_rng(0).integers(0, 256, (12, 8, 8, 1), dtype=np.uint8)
+    mixed, mix = mix_images(images, 0.4, seed=5)
+    again, mix2 = mix_images(images, 0.4, seed=5)
+    assert np.array_equal(mixed, again) and torch.equal(mix.partner, mix2.partner)  # seeded
+    assert sorted(mix.partner.tolist()) == list(range(12))  # a permutation of the view
+    lam = mix.weight.numpy()
+    assert np.all((lam >= 0.5) & (lam <= 1.0))
+    i, j = 3, int(mix.partner[3])
+    expected = np.rint(lam[i] * images[i].astype(np.float32) + (1 - lam[i]) * images[j].astype(np.float32))
+    assert np.array_equal(mixed[i], expected.astype(np.uint8))
+
+
+def test_mixup_changes_training_and_keeps_ce_only_possible(toy, tiny_repo, student):
+    s = distill(toy, tiny_repo, ["t-one"], DistillConfig(**FAST, seed=3, mixup=0.4))
+    assert not np.array_equal(s.predict_proba(toy), student.predict_proba(toy))
+    assert np.isfinite(s.metrics["curves"]["loss"]).all()
+    ce = distill(toy, None, [], DistillConfig(**FAST, seed=3, mixup=0.4, ce_only=True))
+    assert np.isfinite(ce.metrics["curves"]["ce"]).all()
+    with pytest.raises(ValueError, match="mixup"):
+        DistillConfig(mixup=-1.0)
+
+
+def test_proto_ot_labels_are_the_prototype_softmax_balanced_per_class():
+    from hubscout.distill._losses import ProtoOTTerm
+
+    rng = np.random.default_rng(1)
+    cos = torch.as_tensor(rng.uniform(-1, 1, (30, 3)), dtype=torch.float32)
+    cos[:, 0] += 1.0  # a shifted domain: every image leans to class 0
+    mass = np.array([0.5, 0.3, 0.2])
+    term = ProtoOTTerm(centres=torch.eye(3), temperature=0.1, tau=4.0, class_mass=mass)
+    base = cos / 0.1
+    out = term.view_logits(base)
+    p = torch.softmax(out.double(), dim=1)
+    assert torch.allclose(p.sum(dim=1), torch.ones(30, dtype=torch.float64), atol=1e-6)  # rows are distributions
+    assert np.allclose(p.mean(dim=0).numpy(), mass, atol=1e-3)  # summed, they match the class frequencies
+    assert torch.softmax(base, 1).mean(0)[0] > 0.6  # whereas the plain prototype labels pile up on class 0
+    shift = (out - base).double()  # one additive correction per class, the same for every image
+    assert torch.allclose(shift - shift[:, :1], (shift - shift[:, :1])[0].expand_as(shift), atol=1e-3)
+
+
+def test_probe_term_fits_the_teacher_features():
+    from types import SimpleNamespace
+
+    from hubscout.distill._losses import probe_term
+
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(3), 10)
+    feats = rng.normal(size=(30, 6)) + 3 * np.eye(3, 6)[labels]
+    term = probe_term(SimpleNamespace(features=feats), labels, 3, DistillConfig(), torch.device("cpu"))
+    z = ((torch.as_tensor(feats, dtype=torch.float32) - term.mean) / term.scale) @ term.W.T + term.b
+    assert (z.argmax(1).numpy() == labels).mean() == 1.0
