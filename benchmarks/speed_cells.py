@@ -212,14 +212,19 @@ def cell_distill(quick: bool) -> dict[str, Any]:
         def raw_step_loop():
             # A plain timm training step of the same student: the uint8 batch converted, forward, CE, backward,
             # AdamW (the library's optimiser, at its learning rate).
+            # Denormals flushed, as distill() trains (it switches that back off when it returns).
             model = student_model
             model.train()
             opt = torch.optim.AdamW(model.parameters(), lr=base.lr, weight_decay=base.weight_decay)
-            for idx in batches:
-                loss = F.cross_entropy(model(to_tensor(train_x[idx], in_cfg)), torch.from_numpy(train_y[idx]))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+            torch.set_flush_denormal(True)
+            try:
+                for idx in batches:
+                    loss = F.cross_entropy(model(to_tensor(train_x[idx], in_cfg)), torch.from_numpy(train_y[idx]))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+            finally:
+                torch.set_flush_denormal(False)
 
         def teacher_forward_loop():
             with torch.inference_mode():
@@ -227,13 +232,9 @@ def cell_distill(quick: bool) -> dict[str, Any]:
                     for x in iter_batches(train_x[idx], teacher.input, b):
                         tm(x)
 
-        torch.set_flush_denormal(True)  # as the library trains (it flushes denormals during distill)
-        try:
-            best = paired({"ot_e1": lambda: lib(e1), "ot_e2": lambda: lib(e2), "ce_e1": lambda: lib(e1, True),
-                           "ce_e2": lambda: lib(e2, True), "raw_steps": raw_step_loop,
-                           "teacher_forwards": teacher_forward_loop}, reps)
-        finally:
-            torch.set_flush_denormal(False)
+        best = paired({"ot_e1": lambda: lib(e1), "ot_e2": lambda: lib(e2), "ce_e1": lambda: lib(e1, True),
+                       "ce_e2": lambda: lib(e2, True), "raw_steps": raw_step_loop,
+                       "teacher_forwards": teacher_forward_loop}, reps)
         steps1, steps2 = e1 * spe, e2 * spe
         t = {k: v[0] for k, v in best.items()}
         step_ot = (t["ot_e2"] - t["ot_e1"]) / (steps2 - steps1)
