@@ -144,9 +144,11 @@ def _run(settings: Settings, p: BuildProgress, build_fn, after, wait_for, then) 
             p.built, p.total, p.current = built, total, teacher_id
         log.info("demo zoo: built teacher %s (%d/%d) in %.1f s", teacher_id, built, total, seconds)
 
+    built_here = False
     try:
         with teacher_sync.file_lock(settings.data_dir.resolve() / "repository.lock"):
             if not root.exists():
+                built_here = True
                 _remove_stale_builds(root)
                 tmp = root.parent / f".{root.name}.building-{uuid.uuid4().hex[:8]}"
                 log.info("teacher repository %s is missing: building the %sdemo zoo there in the background "
@@ -165,6 +167,8 @@ def _run(settings: Settings, p: BuildProgress, build_fn, after, wait_for, then) 
         log.exception("building the demo zoo failed")
         with _lock:
             p.state, p.error, p.finished = "failed", f"{type(e).__name__}: {e}"[:500], time.monotonic()
+        return
+    if not built_here:  # another process built it and computes its specifications
         return
     t0 = time.monotonic()
     try:
