@@ -32,6 +32,8 @@ COPY service ./service
 COPY app ./app
 COPY worker ./worker
 COPY migrations ./migrations
+# The demo zoo's small teachers, restored on first start instead of trained (hubscout.zoo.committed_teachers_dir).
+COPY benchmarks/zoo-v2 ./benchmarks/zoo-v2
 COPY alembic.ini ./
 # Editable install: the service finds alembic.ini and migrations/ beside its packages.
 RUN pip install --no-deps -e .

@@ -34,7 +34,7 @@ def prepare(settings: Settings) -> None:
     """Everything before the first request: folders, schema, teacher repository and its table mirror. A missing
     demo repository is built in the background (``service.zoo_build``): the API answers meanwhile."""
     from hubscout.teachers import Repository  # torch: loaded when the service starts, not on import
-    from service import zoo_build
+    from service import specs, zoo_build
 
     def mirror(root) -> None:
         db = Database(settings)
@@ -50,7 +50,8 @@ def prepare(settings: Settings) -> None:
     try:
         if settings.auto_migrate:
             migrate(settings, db.engine)
-        root = teacher_sync.ensure_repository(settings, background=True, after=mirror, wait_for=_serving)
+        root = teacher_sync.ensure_repository(settings, background=True, after=mirror, wait_for=_serving,
+                                              then=lambda root: specs.compute_local(settings, root))
         if not zoo_build.is_building(settings):
             teacher_sync.sync(db, Repository(root))
     finally:

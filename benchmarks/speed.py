@@ -4,8 +4,8 @@
   same teacher over the same images in the same run (``model(x)`` batch by batch): the overhead ratio;
 * time split between forward and scoring (OT vs the baselines);
 * peak memory (tracemalloc: Python/numpy allocations; ``resource.getrusage`` max RSS: the whole process) of
-  ranking a large dataset (20k images: Fashion-MNIST test 10k + 10k train) against what the whole dataset would
-  take as model-ready floats, to show that inputs are streamed;
+  ranking a large dataset (20k images: Fashion-MNIST test 10k + 10k train; every registered metric) against what the
+  whole dataset would take as model-ready floats, to show that inputs are streamed;
 * scaling: time vs number of teachers and vs dataset size (PNG).
 
     python -m benchmarks.speed [--quick] [--repo DIR]
@@ -109,9 +109,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     big = fashion_dataset(big_n)
     t_mem = repo.get(args.memory_teacher) if args.memory_teacher else teachers[0]
     raw_forward_s(t_mem, fashion_dataset(64))  # warm-up: model load, allocator
+    from hubscout.scores import METRICS
+
+    all_metrics = list(METRICS)  # every registered metric: the default ones and the baselines
     rss0 = _maxrss_mb()
     tracemalloc.start()
-    mem_s, r_mem = rank_once(big, repo, [t_mem.id], metrics=("ot", "leep", "nce", "hscore", "logme"))
+    mem_s, r_mem = rank_once(big, repo, [t_mem.id], metrics=all_metrics)
     _, tm_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     rss1 = _maxrss_mb()
@@ -125,13 +128,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "maxrss_growth_mb": rss1 - rss0, "dataset_uint8_mb": big.images.nbytes / 2 ** 20,
               "all_inputs_as_float_mb": in_float_mb,
               "outputs_float32_mb": outputs_mb, "one_input_batch_mb": batch_mb, "feature_dim": head.in_features, "channels": t_mem.input.channels,
-              "input_size": t_mem.input.size,
+              "input_size": t_mem.input.size, "metrics": all_metrics,
               "forward_s": e.forward_s, "score_s": e.score_s}
     del big
     print(f"memory: {memory}", flush=True)
     if args.memory_only:
         mach = machine()
-        name = f"speed_memory_{t_mem.id}"
+        # A smaller run (a --quick check) must not overwrite the 20,000-image figure.
+        name = f"speed_memory_{t_mem.id}" + ("" if big_n == 20000 else f"_{big_n}")
         md = [f"# Ranking memory: {big_n} images, `{t_mem.id}` ({t_mem.input.channels}×{t_mem.input.size}² inputs)\n",
               machine_md(mach), "\n", memory_table(memory, head),
               f"\nRanked (all metrics) in {mem_s:.1f} s ({big_n / mem_s:.1f} img/s; forward {e.forward_s:.1f} s, "

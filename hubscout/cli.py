@@ -271,13 +271,15 @@ def teachers_show(teacher_id: str, repo: str = RepoOpt, server: Optional[str] = 
 @_guard
 def zoo_demo(out: Path = typer.Option(Path(DEFAULT_REPO), help="output folder"),
              quick: bool = typer.Option(False, help="a small repository (for tests)"),
-             seed: int = typer.Option(0)) -> None:
+             seed: int = typer.Option(0),
+             train: bool = typer.Option(False, help="train the small teachers from scratch (minutes) instead of "
+                                                    "restoring their committed, sha256-checked weights")) -> None:
     """Build the demo repository offline: ImageNet EfficientNet-Lite teachers + small teachers on real data."""
     from hubscout.zoo import build_demo_zoo
 
     from hubscout.spec import ensure_specifications
 
-    repo = build_demo_zoo(out, quick=quick, seed=seed, show_progress=True)
+    repo = build_demo_zoo(out, quick=quick, seed=seed, show_progress=True, restore=not train)
     ensure_specifications(repo, show_progress=True)
     console.print(f"demo repository at {out}: {len(repo)} teachers")
 

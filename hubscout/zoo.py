@@ -14,12 +14,20 @@ held-out test split of its classes, licence and seed. The build is seeded: the s
 number of torch threads gives the same weights (a different thread count changes float rounding). The small
 teachers train side by side in up to two child processes (``python -m hubscout.zoo train``), one torch thread
 each, so a two-process build gives the weights of a one-process, one-thread build.
+
+The full zoo's twelve small teachers are not trained by default: they are restored from the copies committed
+with benchmark v2 (:func:`committed_teachers_dir`, safetensors, each checked against its pinned sha256 in
+:data:`DEMO_TEACHER_SHA256` and against its :class:`TeacherSpec`); ``restore=False`` trains them all again, and a
+teacher whose committed copy is missing or does not check out is trained.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
+import shutil
+import tempfile
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,7 +40,10 @@ import torch
 from hubscout.data import Dataset, iter_batches, to_tensor
 from hubscout.pretrained import EFFICIENTNET_LITE, efficientnet_lite_state_dict, imagenet_input_config
 from hubscout.sources import SOURCES, sample_per_class, task_data
-from hubscout.teachers import InputConfig, Repository, Teacher, build_model
+from hubscout.teachers import (InputConfig, Repository, Teacher, TeacherError, build_model, check_shapes,
+                               file_sha256, weights_header)
+
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------- ImageNet teachers
 
@@ -285,15 +296,118 @@ def teacher_task_data(teacher: Teacher, split: str = "test") -> Dataset:
     return ds
 
 
+# ------------------------------------------------------------------------------- committed small teachers
+
+# The full zoo's small teachers as built once (seed 0, one torch thread) and committed with benchmark v2 in
+# benchmarks/zoo-v2. Restoring them takes seconds where training takes minutes of both cores, which is what kept a
+# first `hubscout serve` from answering a ranking within two minutes; every checkout also gets the very weights
+# the benchmarks measured (seeded training is not bit-identical across machines), at no extra repository size.
+# Pinned here rather than trusted from the teacher.json beside them: a file edited together with its teacher.json
+# still fails.
+DEMO_TEACHER_SHA256 = {
+    "fashion-footwear": "e01e06dda9a108c83219b3c679a0a80a1b1dc528bca892b9bf9a7f28d8e3d03f",
+    "fashion-clothes": "e41a8ef8363d74022a95576b31762bd3ab0f2106914f65880b4209d8ab9f3fee",
+    "fashion-all": "02ff724a2a035c7ee89a0c5a4dacbaacdd1e207087422ab3732e9adb05b16d02",
+    "fashion-lowdata": "1fb2cf10afc256525405c62a911a03a4ef3aea391131372930c6431637d4158e",
+    "mnist-digits": "e302d8cc1b6941c2112a1a394f2b16e3d8ed605455f836d24746b16ba76b1d6d",
+    "mnist-low": "2735443dc37a0faedc060fab8715acaefff880d9e94cebec163575e0916e43e9",
+    "mnist-high": "85e1b8ecee57703958924923083e67e98a2768e95f8177b913324dd55011fe74",
+    "handwritten-digits": "615c70aba226db9361b548dfa562d616323832839740c149fa5c46c88afa7cb5",
+    "animals-farm": "dd1ac4df061610c2cf7b2afcf3caf5c1cc08f5cba796ede768172f8891cd1474",
+    "animals-wild": "d15f253881f68401e40c821e4966a9b692158c4fdcdc5b6c754dff2f5157dac2",
+    "animals-all": "14199a975661001af799905b4eddb0925c2c5e1a29993de173cf2250540f7d54",
+    "pets-and-fashion": "c99222f94154e301692bef58a58a6163c22cb0773af7fc20ce0fa70ef5640949",
+}
+
+
+def committed_teachers_dir() -> Path | None:
+    """The folder of committed small teachers in this checkout, or None (an installed wheel has none)."""
+    d = Path(__file__).resolve().parents[1] / "benchmarks" / "zoo-v2"
+    return d if d.is_dir() else None
+
+
+def _committed_mismatch(folder: Path, spec: TeacherSpec, seed: int) -> str | None:
+    """Why the committed copy in ``folder`` is not the teacher ``spec`` trained with ``seed`` (None: it is)."""
+    import json
+
+    weights, meta_file = folder / "model.safetensors", folder / "teacher.json"
+    if not weights.is_file() or not meta_file.is_file():
+        return "no committed copy"
+    pinned = DEMO_TEACHER_SHA256.get(spec.id)
+    if pinned is None:
+        return "no pinned sha256"
+    sha = file_sha256(weights)
+    if sha != pinned:
+        return f"weights sha256 {sha[:12]} is not the pinned {pinned[:12]}"
+    try:
+        t = Teacher.from_dict(json.loads(meta_file.read_text()))
+    except (ValueError, TeacherError) as e:
+        return f"unreadable teacher.json: {e}"
+    m = t.metadata
+    # What the spec fixes, so that a changed TeacherSpec (classes, architecture, budget) trains anew rather than
+    # restoring weights of the old one.
+    expected = {"id": spec.id, "weights_sha256": pinned, "arch": spec.arch, "arch_kwargs": dict(spec.arch_kwargs),
+                "labels": spec.classes, "size": spec.size, "channels": spec.channels, "seed": seed,
+                "epochs": spec.epochs, "label_noise": spec.label_noise,
+                "classes_from": {src: list(cls) for src, cls in spec.parts}}
+    found = {"id": t.id, "weights_sha256": t.weights_sha256, "arch": t.arch, "arch_kwargs": t.arch_kwargs,
+             "labels": t.labels, "size": t.input.size, "channels": t.input.channels, "seed": m.get("seed"),
+             "epochs": m.get("epochs"), "label_noise": m.get("label_noise"), "classes_from": m.get("classes_from")}
+    diff = [k for k in expected if expected[k] != found[k]]
+    if diff:
+        return f"differs from its TeacherSpec in {', '.join(diff)}"
+    try:
+        check_shapes(t.arch, t.labels, t.input, weights_header(weights), t.arch_kwargs)
+    except TeacherError as e:
+        return str(e)
+    return None
+
+
+def restore_committed_teacher(repo: Repository, spec: TeacherSpec, seed: int,
+                              committed: str | Path | None = None) -> Teacher | None:
+    """Copy the committed weights of ``spec`` (trained with ``seed``) into ``repo`` when they check out, replacing
+    any teacher of that id; None, with the reason logged, when they do not (the caller trains it)."""
+    committed = Path(committed) if committed is not None else committed_teachers_dir()
+    if committed is None:
+        return None
+    folder = committed / spec.id
+    why = _committed_mismatch(folder, spec, seed)
+    if why is not None:
+        log.info("demo teacher %s is trained, not restored: %s", spec.id, why)
+        return None
+    repo.root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".restore-", dir=repo.root))
+    try:
+        for name in ("model.safetensors", "teacher.json"):
+            shutil.copyfile(folder / name, tmp / name)
+        if file_sha256(tmp / "model.safetensors") != DEMO_TEACHER_SHA256[spec.id]:
+            raise OSError(f"{spec.id}: the copied weights do not hash to their pin")
+        dest = repo.root / spec.id
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("demo teacher %s restored from its committed weights (sha256 %s)", spec.id,
+             DEMO_TEACHER_SHA256[spec.id][:12])
+    return repo.get(spec.id)
+
+
 TeacherBuilt = Callable[[str, int, int, float], None]  # (teacher id, built so far, total, seconds it took)
 
 
 def build_demo_zoo(out_dir: str | Path, quick: bool = False, seed: int = 0, show_progress: bool = False,
                    num_threads: int | None = None, workers: int | None = None,
-                   on_teacher: TeacherBuilt | None = None) -> Repository:
+                   on_teacher: TeacherBuilt | None = None, restore: bool = True,
+                   committed: str | Path | None = None) -> Repository:
     """Build the demo repository in ``out_dir``: EfficientNet-Lite ImageNet teachers plus small teachers trained
     here. ``quick``: lite0 and four small, briefly trained teachers; otherwise lite0, lite1 and twelve teachers.
     Teachers already there are replaced. ``on_teacher`` is called as each teacher is stored.
+
+    ``restore`` (full zoo, seed 0): the small teachers are copied from their committed, sha256-pinned weights
+    (``committed``, default :func:`committed_teachers_dir`) instead of trained; any that is missing or does not
+    check out is trained. ``restore=False`` trains every one.
 
     ``workers``: processes that train the small teachers side by side, one torch thread each (default: up to 2,
     one per core); independent small models keep two cores busier this way than two threads on one model do.
@@ -309,7 +423,10 @@ def build_demo_zoo(out_dir: str | Path, quick: bool = False, seed: int = 0, show
     if num_threads is not None:
         torch.set_num_threads(int(num_threads))
     try:
-        return _build(Path(out_dir), quick, seed, show_progress, workers, on_teacher)
+        source = None
+        if restore and not quick and seed == 0:  # what was committed: the full zoo's seed-0 teachers
+            source = committed_teachers_dir() if committed is None else Path(committed)
+        return _build(Path(out_dir), quick, seed, show_progress, workers, on_teacher, source)
     finally:
         torch.set_flush_denormal(False)
         torch.set_num_threads(threads)
@@ -324,7 +441,7 @@ def default_workers() -> int:
 
 
 def _build(out_dir: Path, quick: bool, seed: int, show_progress: bool, workers: int,
-           on_teacher: TeacherBuilt | None) -> Repository:
+           on_teacher: TeacherBuilt | None, committed: Path | None) -> Repository:
     repo = Repository(out_dir)
     variants = ["lite0"] if quick else ["lite0", "lite1"]
     specs = QUICK_SPECS if quick else FULL_SPECS
@@ -347,6 +464,14 @@ def _build(out_dir: Path, quick: bool, seed: int, show_progress: bool, workers: 
         if on_teacher is not None:
             on_teacher(teacher_id, done, total, seconds)
 
+    if committed is not None:
+        restored = set()
+        for spec, s in trained:
+            t0 = time.perf_counter()
+            if restore_committed_teacher(repo, spec, s, committed) is not None:
+                restored.add(spec.id)
+                built(spec.id, time.perf_counter() - t0)
+        trained = [(spec, s) for spec, s in trained if spec.id not in restored]
     if workers > 1 and len(trained) > 1:
         _train_in_processes(out_dir, trained, workers, variants, repo, built)
     else:

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     build_demo_zoo: bool = Field(True, description="Build the demo zoo on first start when the repository "
                                                    "folder is missing.")
     demo_zoo_quick: bool = Field(False, description="Build the small (test) demo zoo instead of the full one.")
+    demo_zoo_train: bool = Field(False, description="Train the full demo zoo's small teachers from scratch "
+                                                    "(minutes) instead of restoring their committed, "
+                                                    "sha256-checked weights (seconds).")
     zoo_build_workers: int | None = Field(None, ge=1, description="Processes that train the demo teachers on "
                                                                   "first start (one torch thread each); default: "
                                                                   "up to 2, one per core.")

@@ -5,7 +5,8 @@ Lifecycle of a row's specification: ``pending`` (a worker is to compute it; ``sp
 last asked) → ``ready`` (``spec`` holds ``Specification.to_bytes()``) or ``failed`` (``spec_error`` says why). A
 teacher whose specification is not ready is still ranked: always exactly, never shortlisted away. A lost request
 (a worker killed mid-way, a broker that forgot it) is sent again by the workers' sweep once
-``stale_after_seconds`` have passed.
+``stale_after_seconds`` have passed. The demo repository's first build is the exception: the API's build thread
+computes its teachers' specifications itself, after the repository is ready (:func:`compute_local`).
 """
 from __future__ import annotations
 
@@ -112,3 +113,57 @@ def request_due(db: Database, settings: Settings, send: Callable[[str], object])
         except Exception:
             log.warning("could not request the specification of %s; the sweep will retry", tid, exc_info=True)
     return n
+
+
+def hold(db: Database, teacher_ids: list[str]) -> int:
+    """Mark pending teachers as asked for now, so that the sweep leaves them alone for ``stale_after_seconds``:
+    the process computing them itself calls this again before that runs out."""
+    if not teacher_ids:
+        return 0
+    with db.session() as s:
+        res = s.execute(update(TeacherRow).where(TeacherRow.id.in_(teacher_ids),
+                                                 TeacherRow.spec_status == SpecStatus.PENDING)
+                        .values(spec_requested_at=utcnow()))
+        s.commit()
+        return res.rowcount or 0
+
+
+def store_ready(db: Database, spec) -> bool:
+    """Store a computed specification in its teacher's row, if the row still has the weights it describes."""
+    with db.session() as s:
+        row = s.get(TeacherRow, spec.teacher_id)
+        if row is None or row.weights_sha256 != spec.weights_sha256:
+            return False
+        set_ready(row, spec.to_bytes())
+        s.commit()
+        return True
+
+
+def compute_local(settings: Settings, root) -> int:
+    """Compute the missing specifications of the repository at ``root`` in this process (the API's first-start
+    thread), one teacher at a time, each stored in its folder and its row as soon as it is done; returns how many.
+
+    Meanwhile the teachers still to do are held (:func:`hold`), renewed after each one: otherwise the workers'
+    sweep would queue a specification task per teacher ahead of the users' first jobs. If this process dies, the
+    holds run out and the sweep asks the workers."""
+    from hubscout.spec import ensure_specifications
+    from hubscout.teachers import Repository
+
+    db = Database(settings)
+    todo: list[str] = []
+
+    def on_missing(ids: list[str]) -> None:
+        todo.extend(ids)
+        hold(db, todo)
+
+    def on_spec(spec) -> None:
+        store_ready(db, spec)
+        if spec.teacher_id in todo:
+            todo.remove(spec.teacher_id)
+        hold(db, todo)
+
+    try:
+        return ensure_specifications(Repository(root), device=settings.device, on_missing=on_missing,
+                                     on_spec=on_spec)
+    finally:
+        db.dispose()

@@ -97,10 +97,11 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def ensure_repository(settings: Settings, background: bool = False, after=None, wait_for=None) -> Path:
+def ensure_repository(settings: Settings, background: bool = False, after=None, wait_for=None,
+                      then=None) -> Path:
     """Build the demo zoo when the repository folder is missing (and the setting allows it): in a background
-    thread with ``background`` (``service.zoo_build``; ``after(root)`` runs when it is in place), else before
-    returning.
+    thread with ``background`` (``service.zoo_build``; ``after(root)`` runs when it is in place, ``then(root)``
+    once it is ready: the specifications), else before returning.
 
     Built beside the target and renamed into place, under a lock: an interrupted build leaves no half zoo that a
     later start would mistake for a complete one, and two processes starting together build it once."""
@@ -113,5 +114,5 @@ def ensure_repository(settings: Settings, background: bool = False, after=None, 
         log.warning("teacher repository %s does not exist; starting with no teachers "
                     "(HUBSCOUT_BUILD_DEMO_ZOO is off)", root)
         return root
-    zoo_build.start(settings, join=not background, after=after, wait_for=wait_for)
+    zoo_build.start(settings, join=not background, after=after, wait_for=wait_for, then=then)
     return root

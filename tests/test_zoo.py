@@ -283,3 +283,87 @@ def test_parallel_build_gives_the_weights_of_a_one_thread_build(tmp_path, monkey
         assert par.get(s.id).weights_sha256 == one.get(s.id).weights_sha256
     assert [a[1:3] for a in seen] == [(1, 3), (2, 3), (3, 3)]
     assert {a[0] for a in seen} == {"imagenet-efficientnet-lite0", *(s.id for s in tiny)} and all(a[3] >= 0 for a in seen)
+
+
+# ---------------------------------------------------------------------------------- committed small teachers
+
+def _no_training(monkeypatch):
+    """Training and the ImageNet teachers out of the way: what is built was restored."""
+    from hubscout import zoo
+
+    trained = []
+    monkeypatch.setattr(zoo, "train_teacher", lambda repo, spec, seed=0, **kw: trained.append(spec.id))
+    monkeypatch.setattr(zoo, "add_imagenet_teacher", lambda repo, variant: None)
+    return trained
+
+
+def test_the_full_zoo_restores_its_small_teachers_with_their_pinned_hashes(tmp_path, monkeypatch):
+    """The first start's small teachers come from the committed safetensors: every file hashes to its pin, its
+    teacher.json is the spec's, and the network is the one that was trained (it scores its own recorded held-out
+    accuracy again)."""
+    from hubscout import zoo
+    from hubscout.sources import task_data
+    from hubscout.teachers import file_sha256
+
+    trained = _no_training(monkeypatch)
+    seen = []
+    repo = build_demo_zoo(tmp_path / "zoo", workers=1, on_teacher=lambda *a: seen.append(a[:3]))
+    assert trained == []
+    assert sorted(repo.ids()) == sorted(s.id for s in zoo.FULL_SPECS) == sorted(zoo.DEMO_TEACHER_SHA256)
+    # Restored first (seconds), then the ImageNet teachers: the progress counts all fourteen.
+    assert [b for _, b, _ in seen] == list(range(1, 15)) and {t for _, _, t in seen} == {14}
+    assert [a for a, _, _ in seen[:12]] == [s.id for s in zoo.FULL_SPECS]
+    for i, spec in enumerate(zoo.FULL_SPECS):
+        t = repo.get(spec.id)
+        assert t.weights_sha256 == zoo.DEMO_TEACHER_SHA256[spec.id] == file_sha256(t.weights_path)
+        assert (t.arch, t.labels, t.input.size, t.input.channels) == (spec.arch, spec.classes, spec.size,
+                                                                       spec.channels)
+        assert t.metadata["seed"] == 2 + i and t.metadata["trained_here"] is True
+    for tid in ("fashion-footwear", "mnist-low", "animals-wild"):  # a cheap few: the whole held-out split each
+        t, spec = repo.get(tid), next(s for s in zoo.FULL_SPECS if s.id == tid)
+        val = sample_per_class(task_data(spec.parts, "test"), t.metadata["val_samples"] // len(spec.classes),
+                               seed=t.metadata["seed"])
+        acc = evaluate(t.load_model(), val, t.input)
+        assert abs(acc - t.metadata["val_accuracy"]) <= 0.005, (tid, acc, t.metadata["val_accuracy"])
+
+
+def test_a_committed_teacher_that_does_not_check_out_is_trained(tmp_path, monkeypatch):
+    """A weights file that is not its pin (even with a matching teacher.json), or a teacher.json that no longer
+    matches its TeacherSpec, is not restored: that teacher is trained, the others restored."""
+    import json
+    import shutil
+
+    from hubscout import zoo
+    from hubscout.teachers import file_sha256
+
+    committed = tmp_path / "committed"
+    shutil.copytree(zoo.committed_teachers_dir(), committed)
+    w = committed / "fashion-footwear" / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 1  # one bit of one weight
+    w.write_bytes(bytes(data))
+    meta = json.loads((committed / "fashion-footwear" / "teacher.json").read_text())
+    meta["weights_sha256"] = file_sha256(w)  # edited together: the pin still refuses it
+    (committed / "fashion-footwear" / "teacher.json").write_text(json.dumps(meta))
+    meta = json.loads((committed / "mnist-low" / "teacher.json").read_text())
+    meta["metadata"]["epochs"] += 1  # the spec changed since these weights were trained
+    (committed / "mnist-low" / "teacher.json").write_text(json.dumps(meta))
+    shutil.rmtree(committed / "animals-all")
+
+    trained = _no_training(monkeypatch)
+    repo = build_demo_zoo(tmp_path / "zoo", workers=1, committed=committed)
+    assert sorted(trained) == ["animals-all", "fashion-footwear", "mnist-low"]
+    assert sorted(repo.ids()) == sorted(set(zoo.DEMO_TEACHER_SHA256) - set(trained))
+    assert all(repo.get(t).weights_sha256 == zoo.DEMO_TEACHER_SHA256[t] for t in repo.ids())
+    assert not list((tmp_path / "zoo").glob(".restore-*"))
+
+
+def test_restore_off_and_other_seeds_train_every_teacher(tmp_path, monkeypatch):
+    from hubscout import zoo
+
+    trained = _no_training(monkeypatch)
+    build_demo_zoo(tmp_path / "a", workers=1, restore=False)
+    assert sorted(trained) == sorted(s.id for s in zoo.FULL_SPECS)
+    trained.clear()
+    build_demo_zoo(tmp_path / "b", workers=1, seed=1)  # only seed 0 was committed
+    assert sorted(trained) == sorted(s.id for s in zoo.FULL_SPECS)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 from hubscout.spec._format import SPEC_FILE, Specification
 from hubscout.spec._images import EmbedCache, specification_for
@@ -33,10 +34,14 @@ def save_specification(repo_or_root, spec: Specification) -> Path:
 
 
 def ensure_specifications(repo, embedder: ReferenceEmbedder | None = None, show_progress: bool = False,
-                          device=None) -> int:
+                          device=None, on_missing: Callable[[list[str]], None] | None = None,
+                          on_spec: Callable[[Specification], None] | None = None) -> int:
     """Compute and store the specification of every teacher in ``repo`` that lacks a current one; returns how
-    many were computed."""
+    many were computed. ``on_missing(ids)`` hears which before the first is computed, ``on_spec(spec)`` each one
+    once it is stored."""
     missing = [t for t in repo.list() if load_specification(repo, t.id) is None]
+    if on_missing is not None:
+        on_missing([t.id for t in missing])
     if not missing:
         return 0
     embedder = embedder or ReferenceEmbedder(device=device)
@@ -47,8 +52,10 @@ def ensure_specifications(repo, embedder: ReferenceEmbedder | None = None, show_
         it = progress_bar(missing, desc="specifications", unit="teacher")
     cache: EmbedCache = {}
     for t in it:
-        save_specification(repo, specification_for(t, embedder, embed_cache=cache, device=device,
-                                                   probe_cache_dir=repo_cache_dir(repo)))
+        spec = specification_for(t, embedder, embed_cache=cache, device=device, probe_cache_dir=repo_cache_dir(repo))
+        save_specification(repo, spec)
+        if on_spec is not None:
+            on_spec(spec)
     return len(missing)
 
 

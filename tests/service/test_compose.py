@@ -104,7 +104,7 @@ def test_commands(compose):
 
 def test_dockerfile_matches(compose):
     text = (ROOT / "Dockerfile").read_text()
-    for path in ("hubscout", "app", "worker", "migrations", "alembic.ini", "pyproject.toml"):
+    for path in ("hubscout", "app", "worker", "migrations", "alembic.ini", "pyproject.toml", "benchmarks/zoo-v2"):
         assert re.search(rf"^COPY .*\b{re.escape(path)}\b", text, re.M), f"Dockerfile does not copy {path}"
     api_port = command_of(compose["services"]["api"])[-1]
     assert re.search(rf"^EXPOSE {api_port}\b", text, re.M)

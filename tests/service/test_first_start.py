@@ -103,3 +103,79 @@ def test_a_failed_build_is_reported_and_the_api_stays_up(tmp_path, monkeypatch):
         assert r.status_code == 503 and r.json()["type"].endswith("repository-build-failed")
         assert "disk full" in r.json()["detail"]
     assert not (tmp_path / "zoo").exists() and not list(tmp_path.glob(".zoo.building-*"))
+
+
+def test_the_repository_is_ready_before_its_specifications(tmp_path, monkeypatch):
+    """First start: rankings are accepted as soon as the teachers are in place; the specifications come after, in
+    the build thread at a lower priority, held from the workers' sweep meanwhile (it would queue them ahead of
+    the first ranking), and each is stored in its row and folder once done."""
+    import os
+    import threading
+
+    import numpy as np
+    import torch
+    from fastapi.testclient import TestClient
+
+    import hubscout.spec._files as spec_files
+    import hubscout.zoo
+    from app.main import create_app
+    from hubscout.spec import SPEC_FILE, TeacherView, build_specification
+    from hubscout.teachers import InputConfig, Repository, build_model
+    from service import specs
+    from service.db import Database
+    from service.settings import Settings
+
+    from svc_helpers import toy_dataset
+
+    def build(out, quick=False, on_teacher=None, **kw):
+        repo = Repository(out)
+        for i in range(2):
+            torch.manual_seed(i)
+            repo.add(arch="test_resnet", weights=build_model("test_resnet", 2, 1).state_dict(), labels=["a", "b"],
+                     name=f"t{i}", input=InputConfig(32, 1, (0.5,), (0.5,)), teacher_id=f"t{i}")
+            on_teacher(f"t{i}", i + 1, 2, 0.1)
+        return repo
+
+    release, started = threading.Event(), threading.Event()
+    nice = {}
+
+    def slow_spec(teacher, embedder, **kw):
+        nice.setdefault("spec", os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        started.set()
+        assert release.wait(60)
+        rng = np.random.default_rng(0)
+        view = TeacherView(rng.normal(size=(4, 8)), np.full((4, 2), 0.5), rng.normal(size=(2, 8)))
+        return build_specification(teacher, None, None, np.array([0, 0, 1, 1]), embeddings=rng.normal(size=(4, 16)),
+                                   view=view)
+
+    monkeypatch.setattr(hubscout.zoo, "build_demo_zoo", build)
+    monkeypatch.setattr(spec_files, "ReferenceEmbedder", lambda device=None: None)
+    monkeypatch.setattr(spec_files, "specification_for", slow_spec)
+    s = Settings(data_dir=tmp_path / "var", repository_dir=tmp_path / "zoo", stale_after_seconds=30)
+    nice["main"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    try:
+        with TestClient(create_app(s)) as c:
+            assert started.wait(30), c.get("/v1/info").json()
+            assert c.get("/v1/info").json()["repository"]["state"] == "ready"
+            assert c.get("/healthz").json()["status"] == "ok"
+            items = c.get("/v1/teachers").json()["items"]
+            assert {(t["id"], t["spec"]["status"]) for t in items} == {("t0", "pending"), ("t1", "pending")}
+            ds = c.post("/v1/datasets", files={"file": ("t.npz", npz_bytes(toy_dataset()))}).json()
+            assert c.post("/v1/rankings", json={"dataset_id": ds["id"]}).status_code == 202
+            db = Database(s)
+            try:
+                assert specs.due(db, s) == []  # held: no specification task queued in front of that ranking
+            finally:
+                db.dispose()
+            release.set()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                statuses = {t["spec"]["status"] for t in c.get("/v1/teachers").json()["items"]}
+                if statuses == {"ready"}:
+                    break
+                time.sleep(0.05)
+            assert statuses == {"ready"}
+            assert all((tmp_path / "zoo" / t / SPEC_FILE).is_file() for t in ("t0", "t1"))
+    finally:
+        release.set()
+    assert nice["spec"] >= min(19, nice["main"] + 10)  # the specifications yield the cores to the workers

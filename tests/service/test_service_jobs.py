@@ -298,7 +298,8 @@ def test_missing_repository_is_built_once_on_first_start(tmp_path, monkeypatch, 
     import hubscout.zoo
 
     built = []
-    monkeypatch.setattr(hubscout.spec, "ensure_specifications", lambda repo, **kw: built.append("specs"))
+    monkeypatch.setattr(hubscout.spec, "ensure_specifications",
+                        lambda repo, **kw: built.append(("specs", repo.root, repo.ids())))
 
     def fake_build(out, quick=False, **kw):
         built.append((out, quick))
@@ -310,7 +311,8 @@ def test_missing_repository_is_built_once_on_first_start(tmp_path, monkeypatch, 
     with caplog.at_level(logging.INFO, logger="hubscout.repository"):
         root = teacher_sync.ensure_repository(s)
     assert root == (tmp_path / "zoo").resolve() and Repository(root).ids() == ["demo"]
-    assert built[1] == "specs"  # with the zoo, before it is renamed into place
+    # After the repository is in place (no ranking of the demo zoo waits for them).
+    assert built[1] == ("specs", root, ["demo"])
     built.pop()
     assert len(built) == 1 and built[0][1] is True and built[0][0] != root  # built aside, then renamed
     assert "building the quick demo zoo" in caplog.text
