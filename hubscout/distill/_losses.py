@@ -251,3 +251,17 @@ def probe_term(outputs, labels: np.ndarray, n_classes: int, cfg, device: torch.d
         W, b = np.concatenate([-W / 2, W / 2]), np.concatenate([-b / 2, b / 2])
     t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
     return ProbeTerm(t(mean), t(scale), t(W), t(b), cfg.tau)
+
+
+@dataclass
+class WeightedProtoOTTerm(ProtoOTTerm, WeightedProtoTerm):
+    """:class:`ProtoOTTerm`'s balanced labels, each instance weighted by their margin for its true class
+    (:class:`WeightedProtoTerm`): a teacher that is wrong on the target's images teaches little."""
+
+
+@KD_METHODS.register("proto-ot-w")
+def weighted_proto_ot_term(outputs, labels: np.ndarray, n_classes: int, cfg,
+                           device: torch.device) -> WeightedProtoOTTerm:
+    """:func:`proto_ot_term` with instance weights from its own labels' margin for the true class."""
+    base = proto_ot_term(outputs, labels, n_classes, cfg, device)
+    return WeightedProtoOTTerm(base.centres, base.temperature, base.tau, base.class_mass)
