@@ -104,7 +104,7 @@ class SpecInfo(BaseModel):
 
     status: Literal["pending", "ready", "failed"] = Field(
         description="pending: a worker is computing it; ready: used by shortlists; failed: see error. A teacher "
-                    "without a ready specification always runs exact OT.")
+                    "without a ready specification is always ranked exactly.")
     source: str | None = Field(None, description="training-sample (from its uploaded or known training data) or "
                                                  "probe-predictions (the fixed probe set labelled by the teacher)")
     updated_at: dt.datetime | None = None
@@ -172,8 +172,8 @@ class RankingCreate(BaseModel):
     callback_url: str | None = CALLBACK_URL
     shortlist: int | None = Field(
         None, ge=0, le=100_000,
-        description="Score every teacher from its specification first and run exact OT only on the best this "
-                    "many, plus every teacher its specification cannot rule out and any teacher without one. Left "
+        description="Score every teacher from its specification first (with the score that emulates the metric "
+                    "the ranking orders by) and rank exactly only the best this many, plus every teacher its specification cannot rule out and any teacher without one. Left "
                     "out: the service default (HUBSCOUT_SHORTLIST_K, 10); null or 0: exhaustive. A repository of "
                     "at most HUBSCOUT_EXHAUSTIVE_MAX_TEACHERS (32) candidates is always ranked exhaustively. The "
                     "result's `shortlist` lists the skipped teachers and why; send `shortlist: 0` (or name them "

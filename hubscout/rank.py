@@ -159,8 +159,10 @@ class ShortlistStep(Protocol):
     def candidates(self, teacher_ids: Sequence[str] | None) -> list[str]:
         """The ids the shortlist chooses from: ``teacher_ids``, or all the teachers there are."""
 
-    def __call__(self, dataset: Dataset, candidates: list[str], k: int) -> tuple[list[str], dict[str, Any]]:
-        """(the ids to run, in candidate order; the shortlist's description, ``hubscout.spec.shortlist_plan``)."""
+    def __call__(self, dataset: Dataset, candidates: list[str], k: int,
+                 method: str | None = None) -> tuple[list[str], dict[str, Any]]:
+        """(the ids to run, in candidate order; the shortlist's description, ``hubscout.spec.shortlist_plan``), the
+        specifications scored by ``method`` (the emulation of the metric the ranking orders by)."""
 
 
 class SpecShortlist:
@@ -176,7 +178,8 @@ class SpecShortlist:
         self._teachers = {t.id: t for t in select_teachers(self.repo, teacher_ids)}
         return list(self._teachers)
 
-    def __call__(self, dataset: Dataset, candidates: list[str], k: int) -> tuple[list[str], dict[str, Any]]:
+    def __call__(self, dataset: Dataset, candidates: list[str], k: int,
+                 method: str | None = None) -> tuple[list[str], dict[str, Any]]:
         from hubscout import spec as hspec
 
         t0 = time.perf_counter()
@@ -189,8 +192,8 @@ class SpecShortlist:
                 specs.append(s)
         load_s = time.perf_counter() - t0
         embedder = self.embedder or hspec.ReferenceEmbedder(device=self.device)
-        target = hspec.embed_target(dataset, embedder)
-        run, info = hspec.shortlist_plan(candidates, hspec.SpecIndex.build(specs), target, k)
+        target = hspec.embed_target(dataset, embedder, hspec.repo_cache_dir(self.repo))
+        run, info = hspec.shortlist_plan(candidates, hspec.SpecIndex.build(specs), target, k, method)
         info["load_specs_s"] = round(load_s, 4)
         return run, info
 
@@ -223,14 +226,17 @@ def rank(dataset: Dataset, repo: Repository, *, metrics: str | Iterable[str] | N
     shortlist_info = None
     lo = 0.0
     if shortlist_k:
-        from hubscout.spec import EXHAUSTIVE_MAX_TEACHERS, exhaustive_info
+        from hubscout.spec import EXHAUSTIVE_MAX_TEACHERS, exhaustive_info, method_for
 
         limit = EXHAUSTIVE_MAX_TEACHERS if exhaustive_max is None else exhaustive_max
         step = shortlist or SpecShortlist(repo, specifications, embedder, device)
         candidates = step.candidates(teacher_ids)
         if len(candidates) > max(shortlist_k, limit):
             progress(0.01, f"shortlisting {len(candidates)} teachers by specification")
-            teacher_ids, shortlist_info = step(dataset, candidates, shortlist_k)
+            # The shortlist emulates the metric that orders (H-score by default, OT when asked), so that it keeps
+            # the teacher this ranking would put first.
+            method = method_for(metric_list[0], cost)
+            teacher_ids, shortlist_info = step(dataset, candidates, shortlist_k, method)
             progress(0.05, f"{len(teacher_ids)} of {len(candidates)} teachers to run")
             lo = 0.05
         else:

@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     device: str | None = Field(None, description="torch device for workers; default cuda when available.")
     batch_size: int = Field(64, ge=1)
     shortlist_k: int = Field(10, ge=0, description="Rankings that do not say: score every teacher from its "
-                                                   "specification and run exact OT only on the best this many "
+                                                   "specification and rank exactly only the best this many "
                                                    "(when there are more teachers); 0 = always exhaustive.")
     # = hubscout.spec.EXHAUSTIVE_MAX_TEACHERS (not imported: settings load without torch); a test keeps them equal.
     exhaustive_max_teachers: int = Field(32, ge=0, description="Rankings of at most this many teachers run every "

@@ -5,31 +5,39 @@ import numpy as np
 import pytest
 
 from hubscout.rank import rank
-from hubscout.spec import (COVERAGE_RATIO, EXHAUSTIVE_MAX_TEACHERS, PROBE_SOURCE, SCORE_METHODS, SPEC_FILE,
-                           SPEC_VERSION, ReferenceEmbedder, Specification, SpecIndex, TargetEmbedding, TeacherView,
-                           build_specification, class_statistics, ensure_specifications, knowledge,
-                           load_specification, run_mask, shortlist, shortlist_plan, spec_scores)
+from hubscout.scores import DEFAULT_METRIC
+from hubscout.spec import (COVERAGE_RATIO, DEFAULT_METHOD, EXHAUSTIVE_MAX_TEACHERS, PROBE_SOURCE, SCORE_METHODS,
+                           SPEC_FILE, SPEC_VERSION, ReferenceEmbedder, Specification, SpecIndex, TargetEmbedding,
+                           TeacherView, build_specification, class_statistics, embed_target, ensure_specifications,
+                           knowledge, load_specification, method_for, probe_gram, probe_images, probe_labels,
+                           run_mask, shortlist, shortlist_plan, spec_scores)
+
+# The scores that map the target onto each teacher's own described classes in the reference embedding (the OT
+# emulations and their ablations); ``probe-hscore`` reads the teacher's probe geometry instead (tests below).
+REFERENCE_SPACE_METHODS = [m for m in SCORE_METHODS if SCORE_METHODS[m].needs != "probe"]
+OT_METHOD = method_for("ot")
 
 
 def _unit(x):
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def _spec(tid, protos, agreement=None):
+def _spec(tid, protos, agreement=None, gram=None):
     """A specification whose teacher recognises class k with probability agreement[k] (the rest spread evenly)
-    and whose classifier rows meet its classes as its prototypes meet each other."""
+    and whose classifier rows meet its classes as its prototypes meet each other; ``gram``: its probe geometry."""
     K = len(protos)
     protos = _unit(protos)
     a = np.ones(K) if agreement is None else np.asarray(agreement, float)
     conf = np.where(np.eye(K, dtype=bool), a[:, None], ((1 - a) / max(K - 1, 1))[:, None])
     geo = protos @ protos.T
     full = np.tile(np.arange(K), (K, 1))
+    extra = {} if gram is None else {"probe_gram": np.asarray(gram, np.float32)}
     return Specification(tid, "sha-" + tid, [f"{tid}-{i}" for i in range(K)], np.arange(K), protos,
                          np.full(K, 1 / K, np.float32), full, conf.astype(np.float32), full,
-                         geo.astype(np.float32), np.zeros(K, np.float32))
+                         geo.astype(np.float32), np.zeros(K, np.float32), **extra)
 
 
-@pytest.mark.parametrize("method", list(SCORE_METHODS))
+@pytest.mark.parametrize("method", REFERENCE_SPACE_METHODS)
 def test_every_score_prefers_one_to_one_over_collapse(method):
     rng = np.random.default_rng(0)
     target = _unit(rng.normal(size=(4, 32)))
@@ -44,13 +52,13 @@ def test_every_score_prefers_one_to_one_over_collapse(method):
 
 
 def test_low_self_agreement_ranks_a_teacher_lower():
-    """Same training data, worse model: the default score sees it through self-agreement."""
+    """Same training data, worse model: the OT emulation sees it through self-agreement."""
     rng = np.random.default_rng(1)
     target = _unit(rng.normal(size=(3, 16)))
     protos = target + 0.05 * rng.normal(size=(3, 16))
     good, noisy = _spec("good", protos, [0.95] * 3), _spec("noisy", protos, [0.4] * 3)
     te = TargetEmbedding(target, list("abc"))
-    s = spec_scores([noisy, good], te)
+    s = spec_scores([noisy, good], te, OT_METHOD)
     assert s[1] < s[0]
     assert np.all((0 <= s) & (s <= 1))
     assert spec_scores([noisy, good], te, "gmm-agreement")[1] < spec_scores([noisy, good], te, "gmm-agreement")[0]
@@ -59,21 +67,33 @@ def test_low_self_agreement_ranks_a_teacher_lower():
     assert plain[0] == pytest.approx(plain[1])
 
 
+def _gram(rng, P):
+    m = rng.normal(size=(P, 3 * P))
+    return m @ m.T / (3 * P)
+
+
 def test_index_scores_teachers_of_different_sizes_like_one_at_a_time():
     rng = np.random.default_rng(2)
-    target = TargetEmbedding(_unit(rng.normal(size=(5, 24))), list("abcde"))
-    specs = [_spec(f"t{i}", rng.normal(size=(k, 24)), rng.uniform(0.3, 1, k)) for i, k in enumerate([2, 7, 1, 4])]
+    P = 6
+    target = TargetEmbedding(_unit(rng.normal(size=(5, 24))), list("abcde"),
+                             probe_cos=rng.uniform(-0.2, 0.9, size=(5, P)).astype(np.float32),
+                             probe_cover=np.ones(5, np.float32))
+    specs = [_spec(f"t{i}", rng.normal(size=(k, 24)), rng.uniform(0.3, 1, k), gram=_gram(rng, P))
+             for i, k in enumerate([2, 7, 1, 4])]
     index = SpecIndex.build(specs)
     for method in SCORE_METHODS:
         together = index.scores(target, method)
         alone = [SpecIndex.build([s]).scores(target, method)[0] for s in specs]
         np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
+        assert len(set(together.round(6))) > 1, method  # the teachers are told apart
 
 
 def test_specification_round_trips_and_refuses_garbage():
-    spec = _spec("t", np.random.default_rng(1).normal(size=(5, 16)), [0.9, 0.8, 0.7, 0.6, 0.5])
+    rng = np.random.default_rng(1)
+    spec = _spec("t", rng.normal(size=(5, 16)), [0.9, 0.8, 0.7, 0.6, 0.5], gram=_gram(rng, 4))
     data = spec.to_bytes()
     back = Specification.from_bytes(data)
+    np.testing.assert_array_equal(back.probe_gram, spec.probe_gram)
     assert back.labels == spec.labels and back.teacher_id == "t" and back.version == SPEC_VERSION
     np.testing.assert_allclose(back.prototypes, spec.prototypes, atol=1e-3)
     np.testing.assert_allclose(back.self_agreement, [0.9, 0.8, 0.7, 0.6, 0.5], atol=1e-3)
@@ -128,7 +148,8 @@ def test_shortlist_plan_runs_the_shortlist_and_every_teacher_without_a_specifica
     specs = [_spec("close", target + 0.05 * rng.normal(size=(3, 16)))] + [
         _spec(f"far{i}", rng.normal(size=(4, 16))) for i in range(5)]
     candidates = ["far0", "close", "nospec", "far1", "far2", "far3", "far4"]
-    run, info = shortlist_plan(candidates, SpecIndex.build(specs), TargetEmbedding(target, list("abc")), k=2)
+    run, info = shortlist_plan(candidates, SpecIndex.build(specs), TargetEmbedding(target, list("abc")), k=2,
+                               method=OT_METHOD)
     assert "close" in run and "nospec" in run and len(run) == 3
     assert run == [t for t in candidates if t in run]  # candidate order kept
     assert info["shortlisted"][0] == "close" and info["unspecified_run"] == ["nospec"]
@@ -149,8 +170,8 @@ def test_shortlist_keeps_the_right_teacher_without_running_the_others(quick_repo
     assert specs["imagenet-efficientnet-lite0"].source == "probe-predictions"
     assert specs["fashion-footwear"].source == "training-sample"
     assert specs["fashion-footwear"].labels == quick_repo.get("fashion-footwear").labels
-    # exhaustive_max=0: shortlist even this small repository.
-    ranking = rank(footwear_target, quick_repo, shortlist_k=1, embedder=embedder, exhaustive_max=0)
+    # exhaustive_max=0: shortlist even this small repository. Ordered by OT, the shortlist emulates OT.
+    ranking = rank(footwear_target, quick_repo, metrics=["ot"], shortlist_k=1, embedder=embedder, exhaustive_max=0)
     assert [e.teacher_id for e in ranking.entries] == ["fashion-footwear"]
     info = ranking.to_dict()["shortlist"]
     assert info["mode"] == "shortlist" and info["considered"] == len(quick_repo) and info["kept"] == 1
@@ -166,6 +187,60 @@ def test_shortlist_keeps_the_right_teacher_without_running_the_others(quick_repo
     assert len(quick_repo) <= EXHAUSTIVE_MAX_TEACHERS
     assert default["shortlist"]["mode"] == "exhaustive" and len(default["teachers"]) == len(quick_repo)
     assert default["shortlist"]["not_run"] == []
+
+
+def test_the_default_shortlist_keeps_the_exact_h_score_best(quick_repo, footwear_target, embedder):
+    """A default ranking orders by H-score, so its shortlist emulates H-score (each teacher's probe geometry): the
+    teacher the exhaustive ranking puts first survives a shortlist of one, where the OT emulation keeps the
+    footwear specialist instead."""
+    ensure_specifications(quick_repo, embedder)
+    exhaustive = rank(footwear_target, quick_repo)
+    assert exhaustive.metrics[0] == DEFAULT_METRIC
+    best = exhaustive.entries[0].teacher_id
+    short = rank(footwear_target, quick_repo, shortlist_k=1, embedder=embedder, exhaustive_max=0)
+    info = short.to_dict()["shortlist"]
+    assert DEFAULT_METHOD == method_for(DEFAULT_METRIC) == "probe-hscore"
+    assert info["method"] == f"specification:{DEFAULT_METHOD}" and info["shortlisted"] == [best]
+    assert short.entries[0].teacher_id == best
+    assert [e.teacher_id for e in short.entries] == [e.teacher_id for e in exhaustive.entries
+                                                     if e.teacher_id in set(info["teacher_ids"])]
+    by_ot = rank(footwear_target, quick_repo, metrics=["ot"], shortlist_k=1, embedder=embedder, exhaustive_max=0)
+    assert by_ot.to_dict()["shortlist"]["method"] == f"specification:{OT_METHOD}"
+    assert by_ot.entries[0].teacher_id == "fashion-footwear" != best
+
+
+def test_probe_gram_holds_the_teacher_s_h_score_on_the_probe_set(quick_repo):
+    """The probe geometry is H-score's own quantity: its class-weighted diagonal is the teacher's H-score on the
+    probe set, and it is bounded by P·I (the bound the score's normalisation rests on)."""
+    from hubscout.scores import hscore
+    from hubscout.spec import teacher_view
+
+    labels = probe_labels()
+    P, N = int(labels.max()) + 1, len(labels)
+    for tid in ("fashion-footwear", "imagenet-efficientnet-lite0"):
+        f = teacher_view(quick_repo.get(tid), probe_images(), "cpu").features
+        G = probe_gram(f, labels).astype(np.float64)
+        w = np.bincount(labels) / N
+        assert float(w @ np.diag(G)) * N / (N - 1) == pytest.approx(hscore(f, labels, P), rel=1e-4)
+        assert np.allclose(G, G.T) and np.linalg.eigvalsh(G).max() <= P * (1 + 1e-5)
+
+
+def test_the_h_score_emulation_knows_a_target_as_far_as_the_probe_set_covers_it(quick_repo, footwear_target,
+                                                                              photos, embedder):
+    """Grey footwear lies among the probe classes: every teacher's emulated H-score is known there. The RGB
+    photos lie outside the grey probe set: nothing is known, every teacher runs whatever it scores."""
+    ensure_specifications(quick_repo, embedder)
+    index = SpecIndex.build([load_specification(quick_repo, t) for t in quick_repo.ids()])
+    grey, colour = embed_target(footwear_target, embedder), embed_target(photos, embedder)
+    assert np.all(grey.probe_cover >= COVERAGE_RATIO) and np.all(colour.probe_cover < COVERAGE_RATIO)
+    assert knowledge(index, grey, "probe-hscore")[0].tolist() == [1.0] * len(index)
+    assert knowledge(index, colour, "probe-hscore")[0].tolist() == [0.0] * len(index)
+    assert len(shortlist(index, colour, k=1).teacher_ids) == len(index)
+    s = index.scores(grey, "probe-hscore")
+    assert np.all((0 <= s) & (s <= 1)) and len(set(s.round(6))) == len(index)
+    back = TargetEmbedding.from_bytes(grey.to_bytes())
+    np.testing.assert_array_equal(back.probe_cos, grey.probe_cos)
+    np.testing.assert_array_equal(back.probe_cover, grey.probe_cover)
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +307,7 @@ def test_a_probe_specification_that_does_not_cover_the_target_cannot_rule_its_te
     far = _spec("far", rng.normal(size=(5, 32)))
     for source, kept in (("training-sample", ["good"]), (PROBE_SOURCE, ["good", "far"])):
         index = SpecIndex.build([good, dataclasses_replace(far, source=source)])
-        short = shortlist(index, te, k=1)
+        short = shortlist(index, te, k=1, method=OT_METHOD)
         assert short.teacher_ids == kept, source
         assert short.coverage["good"] == 1.0
         if source == PROBE_SOURCE:
@@ -247,10 +322,10 @@ def test_where_no_teacher_s_training_data_covers_the_target_no_specification_rul
     te = TargetEmbedding(target, list("abc"))
     half = np.concatenate([target[:1] + 0.05 * rng.normal(size=(1, 32)), rng.normal(size=(2, 32))])
     specs = [_spec("half", half)] + [_spec(f"far{i}", rng.normal(size=(4, 32))) for i in range(4)]
-    known, cov = knowledge(SpecIndex.build(specs), te)
+    known, cov = knowledge(SpecIndex.build(specs), te, OT_METHOD)
     # Class a lies in "half"'s training data, b and c in nobody's: every teacher is known on a alone.
     assert cov.tolist() == [1 / 3, 0, 0, 0, 0] and np.allclose(known, 1 / 3)
-    assert shortlist(specs, te, k=1).teacher_ids and not shortlist(specs, te, k=1).skipped
+    assert not shortlist(specs, te, k=1, method=OT_METHOD).skipped
 
 
 def test_run_mask_keeps_every_teacher_whose_interval_reaches_the_kth_best():

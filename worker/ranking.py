@@ -87,12 +87,13 @@ class DbShortlist:
             raise ValueError("the repository holds no teacher this key may rank")
         return visible
 
-    def __call__(self, ds, candidates: list[str], k: int) -> tuple[list[str], dict]:
-        from hubscout.spec import shortlist_plan
+    def __call__(self, ds, candidates: list[str], k: int, method: str | None = None) -> tuple[list[str], dict]:
+        from hubscout.spec import repo_cache_dir, shortlist_plan
 
         ctx = self.ctx
         index, load_s = _spec_store.index(ctx.db, candidates)
-        target, embed_cached = target_embedding(ctx.storage, ds, lambda: reference_embedder(ctx.settings), self.owner)
-        run, info = shortlist_plan(candidates, index, target, k)
+        target, embed_cached = target_embedding(ctx.storage, ds, lambda: reference_embedder(ctx.settings), self.owner,
+                                                probe_cache_dir=repo_cache_dir(self.repo))
+        run, info = shortlist_plan(candidates, index, target, k, method)
         info.update(load_specs_s=round(load_s, 4), embed_target_cached=embed_cached)
         return run, info

@@ -257,7 +257,7 @@ class SpecStore:
         return self._index, time.perf_counter() - t0
 
 
-def target_embedding(storage: LocalStorage, dataset, embedder_fn, owner: str | None = None):
+def target_embedding(storage: LocalStorage, dataset, embedder_fn, owner: str | None = None, probe_cache_dir=None):
     """The target's reference embedding, computed once per dataset content and owner (kept in storage under
     :func:`owner_key`, so one key cannot tell from ``embed_target_cached`` that another has the same data).
     Returns (embedding, was cached)."""
@@ -272,6 +272,6 @@ def target_embedding(storage: LocalStorage, dataset, embedder_fn, owner: str | N
             return TargetEmbedding.from_bytes(storage.get_bytes(key)), True
         except (OSError, ValueError, KeyError) as e:
             log.warning("recomputing unreadable target embedding %s: %s", key, e)
-    emb = embed_target(dataset, embedder_fn())
+    emb = embed_target(dataset, embedder_fn(), probe_cache_dir)
     storage.put_bytes(key, emb.to_bytes())
     return emb, False

@@ -14,7 +14,7 @@ from hubscout.spec._reference import REFERENCE_NAME, ReferenceEmbedder
 
 
 # Bumped whenever what a specification holds or how it is computed changes: older ones are recomputed.
-SPEC_VERSION = 3
+SPEC_VERSION = 4
 SPEC_FILE = "spec.npz"
 SPEC_SAMPLE_FILE = "spec-sample.npz"
 SPEC_SAMPLES_PER_CLASS = 50
@@ -53,6 +53,9 @@ class Specification:
     # Per described class, the mean cosine of its own images to its prototype: how tight the class is in the
     # reference embedding, the yardstick against which a target's classes are judged covered (``coverage``).
     spread: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    # The teacher's feature geometry over the probe set's classes (:func:`probe_gram`, P×P; empty: not measured):
+    # what a feature-only metric such as H-score reads off a teacher, measured on images every teacher sees.
+    probe_gram: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     reference: str = REFERENCE_NAME
     n_samples: int = 0
     source: str = "training-sample"
@@ -66,6 +69,7 @@ class Specification:
               and R >= 1 and self.conf_idx.shape == self.conf_val.shape == self.geo_idx.shape == self.geo_val.shape
               and self.conf_idx.ndim == 2 and self.conf_idx.shape[0] == R and self.geo_rest.shape == (R,)
               and self.spread.shape == (R,)
+              and self.probe_gram.ndim == 2 and self.probe_gram.shape[0] == self.probe_gram.shape[1]
               and (R == 0 or (0 <= int(np.min(self.rows)) and int(np.max(self.rows)) < len(self.labels)))
               and (self.conf_idx.size == 0 or (0 <= int(self.conf_idx.min()) and int(self.conf_idx.max()) < R
                                                and 0 <= int(self.geo_idx.min()) and int(self.geo_idx.max()) < R)))
@@ -99,7 +103,9 @@ class Specification:
             "class_mass": self.class_mass.astype(np.float32), "conf_idx": self.conf_idx.astype(idx),
             "conf_val": self.conf_val.astype(np.float16), "geo_idx": self.geo_idx.astype(idx),
             "geo_val": self.geo_val.astype(np.float16), "geo_rest": self.geo_rest.astype(np.float16),
-            "spread": self.spread.astype(np.float16)})
+            "spread": self.spread.astype(np.float16),
+            # float32: the emulated H-score sums P² of these entries, up to ~P each.
+            "probe_gram": self.probe_gram.astype(np.float32)})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Specification":
@@ -114,6 +120,7 @@ class Specification:
                        labels=[str(x) for x in meta["labels"]], rows=a["rows"], prototypes=a["prototypes"],
                        class_mass=a["class_mass"], conf_idx=a["conf_idx"], conf_val=a["conf_val"],
                        geo_idx=a["geo_idx"], geo_val=a["geo_val"], geo_rest=a["geo_rest"], spread=a["spread"],
+                       probe_gram=a["probe_gram"],
                        reference=str(meta.get("reference", "")), n_samples=int(meta.get("n_samples", 0)),
                        source=str(meta.get("source", "")), version=version)
         except (KeyError, TypeError) as e:
@@ -207,7 +214,8 @@ class TeacherView:
 
 def build_specification(teacher, images: np.ndarray | None, embedder: "ReferenceEmbedder | None",
                         labels: np.ndarray | None = None, *, embeddings: np.ndarray | None = None,
-                        view: TeacherView | None = None, device=None, source: str | None = None) -> Specification:
+                        view: TeacherView | None = None, device=None, source: str | None = None,
+                        probe: tuple[np.ndarray, np.ndarray] | None = None) -> Specification:
     """Specification of ``teacher`` from a sample of images (their reference ``embeddings`` and the teacher's
     ``view`` of them may be given when already computed).
 
@@ -215,6 +223,9 @@ def build_specification(teacher, images: np.ndarray | None, embedder: "Reference
     and the classes without any are left out. Without labels (``probe-predictions``) every image counts towards
     every class with the probability the teacher gives it, and only classes with at least ``PROBE_MIN_IMAGES``
     images' worth of probability are described: of the others the probe set says nothing.
+
+    ``probe``: (the teacher's features on the probe set, the probe images' class indices), for
+    :func:`probe_gram`; without it the specification holds no probe geometry.
     """
     emb = embeddings if embeddings is not None else embedder.embed(images)
     view = view if view is not None else teacher_view(teacher, images, device)
@@ -249,8 +260,44 @@ def build_specification(teacher, images: np.ndarray | None, embedder: "Reference
                          (counts / counts.sum()).astype(np.float32) if labels is not None else
                          (counts / len(emb)).astype(np.float32),
                          c_idx, c_val.astype(np.float32), g_idx, g_val.astype(np.float32), g_rest.astype(np.float32),
-                         spread, REFERENCE_NAME, len(emb),
+                         spread, probe_gram(*probe) if probe is not None else np.zeros((0, 0), np.float32),
+                         REFERENCE_NAME, len(emb),
                          source or ("training-sample" if labels is not None else PROBE_SOURCE))
+
+
+def probe_gram(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The teacher's feature geometry over the probe classes in H-score's own terms (``hubscout.scores.hscore``,
+    shrinkage): G = (1 − λ) M Σ_λ⁻¹ Mᵀ, M the P probe classes' centred mean features, Σ_λ the Ledoit-Wolf
+    covariance of all the probe features (the same estimator). It depends on the teacher's features alone, as
+    H-score does: teachers sharing a backbone share it.
+
+    Σ_p w_p G[p, p] (w_p the class shares) is the teacher's H-score on the probe set, up to the factor
+    N / (N − 1); a target class that looks like the mixture a_c of probe classes has class mean Mᵀ a_c in the
+    teacher's features, so the target's H-score is emulated by Σ_c w_c (a_c − ā)ᵀ G (a_c − ā) (``probe-hscore``
+    in ``hubscout.spec._scores``). Every entry lies in [−P, P] for P equal classes (G[p, p] ≤ 1 / w_p)."""
+    import scipy.linalg
+
+    from hubscout.scores import _ledoit_wolf_shrinkage
+
+    f = np.asarray(features, np.float64)
+    labels = np.asarray(labels)
+    P = int(labels.max()) + 1
+    N, D = f.shape
+    fc = f - f.mean(axis=0, keepdims=True)
+    counts = np.bincount(labels, minlength=P).astype(np.float64)
+    M = np.zeros((P, D))
+    np.add.at(M, labels, fc)
+    M /= np.maximum(counts, 1.0)[:, None]
+    S = fc.T @ fc / N
+    lam = _ledoit_wolf_shrinkage(fc, S)
+    cov = (1.0 - lam) * S
+    cov[np.diag_indices(D)] += lam * np.trace(S) / D
+    try:
+        z = scipy.linalg.cho_solve(scipy.linalg.cho_factor(cov), M.T)
+    except np.linalg.LinAlgError:  # λ = 0 and a singular covariance: the pseudo-inverse, as hscore falls back
+        z = np.linalg.pinv(cov, rcond=1e-15, hermitian=True) @ M.T
+    G = (1.0 - lam) * M @ z
+    return ((G + G.T) / 2).astype(np.float32)
 
 
 @torch.inference_mode()
@@ -273,7 +320,8 @@ def teacher_view(teacher, images: np.ndarray, device=None, batch_size: int = 64)
 
 @dataclass
 class TargetEmbedding:
-    """The target set seen by the reference model once: its class prototypes (C×d) and class names."""
+    """The target set seen by the reference model once: its class prototypes (C×d) and class names, and where its
+    classes lie among the probe set's (for scores that read a teacher's probe geometry, ``probe_gram``)."""
 
     prototypes: np.ndarray
     classes: list[str]
@@ -281,14 +329,22 @@ class TargetEmbedding:
     n_samples: int = 0
     # Per class, the mean cosine of its images to its prototype (``class_statistics``); None: 1 (tight).
     spread: np.ndarray | None = None
+    # C×P: the cosine of each target class prototype to each probe class prototype; None: not measured.
+    probe_cos: np.ndarray | None = None
+    # Per target class, its best coverage ratio among the probe classes (the ratio of ``SpecIndex.covered``):
+    # how far the probe set, hence a teacher's probe geometry, says anything about the class.
+    probe_cover: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.spread is None:
             self.spread = np.ones(len(self.prototypes), np.float32)
 
     def to_bytes(self) -> bytes:
+        arrays = {"prototypes": self.prototypes.astype(np.float32), "spread": self.spread.astype(np.float32)}
+        if self.probe_cos is not None and self.probe_cover is not None:
+            arrays.update(probe_cos=self.probe_cos.astype(np.float32), probe_cover=self.probe_cover.astype(np.float32))
         return pack_arrays({"classes": self.classes, "n_samples": self.n_samples, "reference": REFERENCE_NAME},
-                           {"prototypes": self.prototypes.astype(np.float32), "spread": self.spread.astype(np.float32)})
+                           arrays)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "TargetEmbedding":
@@ -297,12 +353,24 @@ class TargetEmbedding:
             raise ValueError("target embedding of another reference model")
         if "spread" not in a:
             raise ValueError("target embedding without class spreads (an older version)")
-        return cls(a["prototypes"], [str(c) for c in meta["classes"]], 0.0, int(meta["n_samples"]), a["spread"])
+        return cls(a["prototypes"], [str(c) for c in meta["classes"]], 0.0, int(meta["n_samples"]), a["spread"],
+                   a.get("probe_cos"), a.get("probe_cover"))
 
 
-def embed_target(dataset: Dataset, embedder: ReferenceEmbedder) -> TargetEmbedding:
+def embed_target(dataset: Dataset, embedder: ReferenceEmbedder, probe_cache_dir=None,
+                 probe: bool = True) -> TargetEmbedding:
+    """The target through the reference model: class prototypes and spreads, and (``probe``) its classes against
+    the probe set's (whose embedding is computed once per process, and cached in ``probe_cache_dir``)."""
     t0 = time.perf_counter()
     emb = embedder.embed(dataset.images)
     onehot = np.eye(dataset.num_classes, dtype=np.float32)[dataset.labels]
     protos, _, spread = class_statistics(emb, onehot)
-    return TargetEmbedding(protos, list(dataset.classes), time.perf_counter() - t0, len(dataset), spread)
+    probe_cos = probe_cover = None
+    if probe:
+        from hubscout.spec._images import probe_classes
+
+        p_protos, yardstick = probe_classes(embedder, probe_cache_dir)
+        probe_cos = (protos.astype(np.float64) @ p_protos.T.astype(np.float64)).astype(np.float32)
+        probe_cover = (probe_cos * spread[:, None] / np.maximum(yardstick, 1e-6)[None, :]).max(axis=1)
+    return TargetEmbedding(protos, list(dataset.classes), time.perf_counter() - t0, len(dataset), spread,
+                           probe_cos, probe_cover)

@@ -8,6 +8,7 @@ import numpy as np
 
 from hubscout.ot import DEFAULT_COST
 from hubscout.registry import Registry
+from hubscout.scores import DEFAULT_METRIC
 from hubscout.spec._format import PROBE_SOURCE, Specification, TargetEmbedding
 from hubscout.spec._reference import REFERENCE_DIM
 
@@ -16,10 +17,25 @@ from hubscout.spec._reference import REFERENCE_DIM
 COST_TEMPERATURE = 0.1
 # Chosen on the benchmark's dev targets (seed 1) from {0.005, 0.01, 0.02, 0.05, 0.1}: see docs/method.md.
 POSTERIOR_TEMPERATURE = 0.02
-# The score that emulates exact OT under each ground cost: the shortlist must keep what the exact ranking, run
-# with the library's default cost, puts first.
+# The temperature of the target classes' mixture over the probe classes (``probe-hscore``); chosen on the
+# benchmark's dev targets from {0.01, 0.02, 0.05, 0.1}: see docs/method.md §6.
+PROBE_TEMPERATURE = 0.05
+# The score that emulates the exact ranking's ordering metric: the shortlist must keep what the exact ranking puts
+# first. OT under each ground cost; H-score through the teachers' probe geometry.
 METHOD_FOR_COST = {"proto-softmax": "gmm-ot", "joint": "gmm-joint"}
-DEFAULT_METHOD = METHOD_FOR_COST[DEFAULT_COST]
+METHOD_FOR_METRIC = {"hscore": "probe-hscore"}
+
+
+def method_for(metric: str = DEFAULT_METRIC, cost: str = DEFAULT_COST) -> str:
+    """The specification score a ranking ordered by ``metric`` (OT under ``cost``) shortlists with. Metrics with no
+    emulation of their own get the default metric's (measured for H-score and OT only)."""
+    if metric == "ot":
+        return METHOD_FOR_COST.get(cost, METHOD_FOR_COST[DEFAULT_COST])
+    return METHOD_FOR_METRIC.get(metric) or METHOD_FOR_METRIC.get(DEFAULT_METRIC) or METHOD_FOR_COST[DEFAULT_COST]
+
+
+#: What the shortlist uses when nobody names a metric: the emulation of ``hubscout.scores.DEFAULT_METRIC``.
+DEFAULT_METHOD = method_for(DEFAULT_METRIC)
 # A target class is covered by a described class when its images are on average at least this close to the
 # class's prototype, relative to the class's own images (SpecIndex.coverage). On the quick zoo same-domain target
 # classes measured 0.88-1.23, other domains 0.18-0.84 (docs/method.md §6).
@@ -45,6 +61,10 @@ class SpecIndex:
     labels: list[list[str]] = field(default_factory=list)
     spread: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per stacked class (Specification.spread)
     probe: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # per teacher: described by the probe set
+    # Per teacher, its probe geometry flattened (T×P², ``Specification.probe_gram``); has_gram: the teachers that
+    # have one of the common size P.
+    probe_gram: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    has_gram: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     # The last target's cosines: the score and the coverage share the one big matrix product.
     _cos: tuple = field(default=(None, None), init=False, repr=False, compare=False)
 
@@ -82,20 +102,44 @@ class SpecIndex:
         conf_t = sparse.csr_matrix((v, (c, r)), shape=(R, R))
         r, c, v = stacked("geo_idx", "geo_val", minus=geo_rest)
         geo = sparse.csr_matrix((v, (r, c)), shape=(R, R))
+        sizes_g = [s.probe_gram.shape[0] for s in specs if s.probe_gram.size]
+        P = max(set(sizes_g), key=sizes_g.count) if sizes_g else 0  # older or odd ones without: no geometry
+        has_gram = np.array([s.probe_gram.shape == (P, P) and P > 0 for s in specs])
+        grams = np.zeros((len(specs), P * P), np.float32)
+        for i in np.flatnonzero(has_gram):
+            grams[i] = specs[i].probe_gram.reshape(-1)
         return cls([s.teacher_id for s in specs], protos, np.log(np.maximum(mass, 1e-8)), starts, conf_t, geo,
                    geo_rest, np.clip(agreement, 0.0, 1.0), [list(s.labels) for s in specs],
                    np.concatenate([s.spread for s in specs]).astype(np.float64),
-                   np.array([s.source == PROBE_SOURCE for s in specs]))
+                   np.array([s.source == PROBE_SOURCE for s in specs]), grams, has_gram)
 
     def __len__(self) -> int:
         return len(self.teacher_ids)
 
     def scores(self, target: TargetEmbedding, method: str = DEFAULT_METHOD,
-               temperature: float = POSTERIOR_TEMPERATURE) -> np.ndarray:
+               temperature: float | None = None) -> np.ndarray:
+        """Every teacher's score (lower is better); ``temperature`` None: the method's own
+        (:data:`PROBE_TEMPERATURE` for the probe scores, :data:`POSTERIOR_TEMPERATURE` for the others)."""
         score = SCORE_METHODS.get(method)
         if not len(self):
             return np.zeros(0)
+        if temperature is None:
+            temperature = PROBE_TEMPERATURE if score.needs == "probe" else POSTERIOR_TEMPERATURE
         return score.fn(self, target, temperature)
+
+    def probe_size(self) -> int:
+        return int(round(np.sqrt(self.probe_gram.shape[1]))) if self.probe_gram.ndim == 2 else 0
+
+    def probe_known(self, target: TargetEmbedding) -> np.ndarray:
+        """Per teacher, the share of the target's classes its probe geometry knows about: the classes the probe
+        set covers (the coverage ratio of :meth:`covered` against the probe classes), for every teacher that has
+        a probe geometry; nothing for the others, or when the target was not placed among the probe classes."""
+        P = self.probe_size()
+        if (target.probe_cover is None or target.probe_cos is None or P == 0
+                or np.shape(target.probe_cos)[1] != P):
+            return np.zeros(len(self))
+        share = float(np.mean(np.asarray(target.probe_cover) >= COVERAGE_RATIO))
+        return self.has_gram * share
 
     def coverage(self, target: TargetEmbedding) -> np.ndarray:
         """Per teacher, the share of the target's classes its specification's images cover (:meth:`covered`)."""
@@ -240,6 +284,33 @@ SCORE_METHODS.register("gmm-joint", direction="lower")(_score_gmm_joint)
 def _score_gmm_ot_labels(index: SpecIndex, target: TargetEmbedding, temperature: float) -> np.ndarray:
     """``gmm-ot`` with a bonus of 0.1 × the fraction of target class names that are teacher label names."""
     return _score_gmm_ot(index, target, temperature) - 0.1 * _label_cover(index, target)
+
+
+@SCORE_METHODS.register("probe-hscore", direction="lower", needs="probe")
+def _score_probe_hscore(index: SpecIndex, target: TargetEmbedding, temperature: float) -> np.ndarray:
+    """H-score (``hubscout.scores.hscore``) emulated from each teacher's probe geometry G (P×P,
+    ``hubscout.spec.probe_gram``). Target class c is the mixture a_c = softmax_p(cos(c, probe class p)/τ) of the
+    probe classes, so its mean in the teacher's features is Mᵀ a_c, and its class-balanced H-score is
+    Ĥ = Σ_c (a_c − ā)ᵀ G (a_c − ā) / C = ⟨G, K⟩ with K = Σ_c (a_c − ā)(a_c − ā)ᵀ / C: one matrix-vector product
+    for all teachers. G ≼ P·I (the probe classes are equal-sized, so the between-class covariance bounds the
+    total), hence Ĥ ≤ P·tr K, what a teacher that separates the probe classes perfectly would get; the score is
+    1 − Ĥ / (P·tr K) in [0, 1], the share of that ideal separation the teacher falls short of, as 1 − H/(C − 1)
+    is for the exact H-score. A teacher without a probe geometry, or a target not placed among the probe classes
+    (or whose classes all look alike there), scores 1, and :func:`~hubscout.spec.knowledge` says nothing is known."""
+    out = np.ones(len(index))
+    P = index.probe_size()
+    if target.probe_cos is None or P == 0 or np.shape(target.probe_cos)[1] != P or not index.has_gram.any():
+        return out
+    z = np.asarray(target.probe_cos, np.float64) / temperature
+    a = np.exp(z - z.max(axis=1, keepdims=True))
+    a /= a.sum(axis=1, keepdims=True)
+    ac = a - a.mean(axis=0, keepdims=True)
+    K = ac.T @ ac / len(a)
+    ideal = P * float(np.trace(K))
+    if ideal <= 1e-12:
+        return out
+    h = (index.probe_gram @ K.reshape(-1).astype(np.float32)).astype(np.float64)  # rows without one: zeros
+    return np.where(index.has_gram, np.clip(1.0 - h / ideal, 0.0, 1.0), out)
 
 
 def spec_scores(specs: Sequence[Specification] | SpecIndex, target: TargetEmbedding,

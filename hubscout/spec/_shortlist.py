@@ -10,17 +10,21 @@ import numpy as np
 
 from hubscout.spec._format import Specification, TargetEmbedding
 from hubscout.spec._reference import REFERENCE_NAME
-from hubscout.spec._scores import COVERAGE_RATIO, DEFAULT_METHOD, SpecIndex  # noqa: F401 - re-exported
+from hubscout.spec._scores import COVERAGE_RATIO, DEFAULT_METHOD, SCORE_METHODS, SpecIndex  # noqa: F401
 
 
-# Half-width of a covered specification score's interval around the exact score it emulates; chosen on the
-# shortlist benchmark's dev targets (docs/method.md §6).
+# Half-width of a known specification score's interval around the exact score it emulates; chosen on the
+# shortlist benchmark's dev targets (docs/method.md §6), for gmm-joint and again for probe-hscore (whose score is
+# normalised like 1 − H/(C − 1), so the same width means the same there).
 SCORE_TOLERANCE = 0.02
 SCORE_MAX = 1.0  # every specification score, like the exact costs it emulates, lies in [0, 1]
 
 
-def knowledge(index: SpecIndex, target: TargetEmbedding) -> tuple[np.ndarray, np.ndarray]:
-    """Per teacher, (the share of the target's classes its specification knows about, its coverage). A
+def knowledge(index: SpecIndex, target: TargetEmbedding,
+              method: str = DEFAULT_METHOD) -> tuple[np.ndarray, np.ndarray]:
+    """Per teacher, (the share of the target's classes its specification knows about for ``method``, its
+    coverage). A score read off the probe geometry (``probe-hscore``) knows the target classes the probe set
+    covers (:meth:`SpecIndex.probe_known`), the same for every teacher. For the others: a
     specification knows target class c when its images cover c. A training-sample specification whose images do
     not cover c still knows c when some other teacher's *training data* covers it: the target lies in a domain
     that teacher learnt and this one did not, and its score says so. Where no training data covers c, nothing is
@@ -28,6 +32,8 @@ def knowledge(index: SpecIndex, target: TargetEmbedding) -> tuple[np.ndarray, np
     193 of 215 on a target none of the teachers knew). A probe-described specification knows only what the probe
     images cover: the probe set is not its teacher's data, so elsewhere it says nothing."""
     covered = index.covered(target)
+    if SCORE_METHODS.get(method).needs == "probe":
+        return index.probe_known(target), covered.mean(axis=1)
     own = ~index.probe[:, None]
     learnt = (covered & own).any(axis=0)  # target classes inside some teacher's training data
     return (covered | (own & learnt[None, :])).mean(axis=1), covered.mean(axis=1)
@@ -59,7 +65,7 @@ def run_mask(scores: np.ndarray, known: np.ndarray, k: int,
 
 @dataclass
 class Shortlist:
-    teacher_ids: list[str]  # what runs exact OT: the k best by score, then those not ruled out, by score
+    teacher_ids: list[str]  # what is ranked exactly: the k best by score, then those not ruled out, by score
     scores: dict[str, float]
     considered: int
     elapsed_s: float
@@ -79,20 +85,22 @@ class Shortlist:
                 "skipped": self.skipped, "bound": round(self.bar, 6),
                 "embed_target_s": round(self.embed_s, 4), "elapsed_s": round(self.elapsed_s, 4),
                 "how": ("every teacher scored from its stored specification (class prototypes, masses, confusion "
-                        f"and geometry in the shared {REFERENCE_NAME} embedding; score '{self.method}', lower is "
-                        "better) against the target embedded once, with an interval from what the specification "
-                        "knows about the target; the best kept for exact OT, and every teacher it cannot rule out")}
+                        f"and geometry in the shared {REFERENCE_NAME} embedding, and its features' geometry over "
+                        f"the probe classes; score '{self.method}', which emulates the metric the ranking orders "
+                        "by, lower is better) against the target embedded once, with an interval from what the "
+                        "specification knows about the target; the best kept for the exact ranking, and every "
+                        "teacher it cannot rule out")}
 
 
 def shortlist(specs: Sequence[Specification] | SpecIndex, target: TargetEmbedding, k: int = 10,
               method: str = DEFAULT_METHOD, tolerance: float = SCORE_TOLERANCE) -> Shortlist:
-    """The ``k`` teachers whose specifications score best against the target, and every teacher whose
-    specification cannot rule it out (:func:`run_mask`). ``elapsed_s`` is the scoring alone (stacking included
-    when given a list); the target's embedding time is ``embed_s``."""
+    """The ``k`` teachers whose specifications score best against the target by ``method``, and every teacher
+    whose specification cannot rule it out (:func:`run_mask`). ``elapsed_s`` is the scoring alone (stacking
+    included when given a list); the target's embedding time is ``embed_s``."""
     t0 = time.perf_counter()
     index = specs if isinstance(specs, SpecIndex) else SpecIndex.build(list(specs))
     scores = index.scores(target, method)
-    known, cov = knowledge(index, target)
+    known, cov = knowledge(index, target, method)
     keep, lo, bar = run_mask(scores, known, k, tolerance)
     order = np.argsort(scores, kind="stable")
     best = order[:k]
@@ -107,21 +115,24 @@ def shortlist(specs: Sequence[Specification] | SpecIndex, target: TargetEmbeddin
 
 
 SHORTLIST_RULE = ("every teacher with a current specification is scored from it against the target embedded once "
-                  "by the shared reference model (lower is better), with an interval: ± the score tolerance where "
-                  "the specification knows the target, anything where it does not (a probe-described "
-                  "specification knows only the target classes its images cover). The best k run exact OT, and so "
+                  "by the shared reference model, with the score that emulates the metric the ranking orders by "
+                  "(lower is better), and given an interval: ± the score tolerance where the specification knows "
+                  "the target, anything where it does not (the H-score emulation knows the target classes the "
+                  "probe set covers; for OT a probe-described specification knows only the target classes its "
+                  "images cover). The best k run exactly, and so "
                   "does every teacher whose interval reaches the k-th best upper bound; a teacher without a "
                   "current specification (pending, failed or stale) always runs, since nothing rules it out")
-SKIP_REASON = ("ruled out by its specification: it covers the target, and its score's lower bound lies above the "
+SKIP_REASON = ("ruled out by its specification: it knows the target, and its score's lower bound lies above the "
                "k-th best upper bound ('bound')")
 
 
 def shortlist_plan(candidates: Sequence[str], index: SpecIndex, target: TargetEmbedding, k: int,
-                   method: str = DEFAULT_METHOD) -> tuple[list[str], dict]:
-    """Which of ``candidates`` run exact OT: what :func:`shortlist` keeps (``index`` holds the candidates that
-    have a specification) plus every candidate without one. Returns (ids to run, in candidate order; the
-    description a ranking reports: what ran and why, and every skipped teacher with its numbers)."""
-    short = shortlist(index, target, k, method)
+                   method: str | None = None) -> tuple[list[str], dict]:
+    """Which of ``candidates`` run exactly: what :func:`shortlist` keeps with ``method`` (None: the default's,
+    ``hubscout.spec.method_for``; ``index`` holds the candidates that have a specification) plus every candidate
+    without one. Returns (ids to run, in candidate order; the description a ranking reports: what ran and why,
+    and every skipped teacher with its numbers)."""
+    short = shortlist(index, target, k, method or DEFAULT_METHOD)
     specified = set(index.teacher_ids)
     unspecified = [t for t in candidates if t not in specified]
     run_set = set(short.teacher_ids) | set(unspecified)

@@ -158,7 +158,9 @@ def test_a_ranking_runs_exact_ot_only_on_the_shortlist(client, db, catalogue, fo
         n_all = s.scalar(select(func.count()).select_from(TeacherRow))
         n_ready = s.scalar(select(func.count()).select_from(TeacherRow)
                            .where(TeacherRow.spec_status == SpecStatus.READY))
-    r = client.post("/v1/rankings", json={"dataset_id": dataset_id})  # the default shortlist: 10
+    # Ordered by OT, so the specifications' OT emulation shortlists (a default ranking orders by H-score, whose
+    # emulation reads the teachers' probe geometry, which these clones share with their originals).
+    r = client.post("/v1/rankings", json={"dataset_id": dataset_id, "metrics": ["ot"]})  # the default shortlist: 10
     assert r.status_code == 202, r.text
     job = wait_job(client, r.json()["id"], timeout=300, interval=0.2)
     assert job["status"] == "succeeded", job
@@ -166,6 +168,7 @@ def test_a_ranking_runs_exact_ot_only_on_the_shortlist(client, db, catalogue, fo
     ranking = client.get(job["links"]["result"]).json()
     sl = ranking["shortlist"]
     assert sl["mode"] == "shortlist" and sl["k"] == 10 and sl["considered"] == n_ready and sl["rule"]
+    assert sl["method"] == "specification:gmm-joint"
     # The 10 best, and the teachers whose score intervals reach the 10th best's (near-identical clones).
     assert len(sl["shortlisted"]) == 10 and sl["kept"] == 10 + len(sl["uncertain_run"])
     assert set(sl["scores"]) == set(sl["shortlisted"]) | set(sl["uncertain_run"])
@@ -205,6 +208,7 @@ def test_a_photo_ranking_keeps_the_imagenet_teacher_its_specification_cannot_rul
     sl = ranking["shortlist"]
     assert sl["mode"] == "shortlist" and sl["coverage"]["imagenet-efficientnet-lite0"] == 0.0
     assert "imagenet-efficientnet-lite0" in sl["shortlisted"] + sl["uncertain_run"]
+    assert sl["method"] == "specification:probe-hscore"  # the default orders by H-score, and shortlists by it
     assert ranking["teachers"][0]["teacher_id"] == "imagenet-efficientnet-lite0"
 
 
