@@ -287,17 +287,31 @@ class Repository:
             raise TeacherError(f"bad teacher id {teacher_id!r}: use letters, digits, '-', '_' and '.'")
         if teacher_id in self and not overwrite:
             raise TeacherError(f"teacher {teacher_id!r} already exists")
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".add-", dir=self.root))
-        try:
+        made: list[Teacher] = []
+
+        def fill(tmp: Path) -> None:
             # Contiguous copies: safetensors refuses shared or strided storage.
             save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(tmp / WEIGHTS_FILE))
-            teacher = Teacher(
+            made.append(Teacher(
                 id=teacher_id, name=name, arch=arch, labels=list(labels), input=input,
                 weights_sha256=file_sha256(tmp / WEIGHTS_FILE), arch_kwargs=dict(arch_kwargs or {}),
                 metadata=dict(metadata or {}), num_params=sum(p.numel() for p in model.parameters()),
-            )
-            (tmp / META_FILE).write_text(json.dumps(teacher.to_dict(), indent=2))
+            ))
+            (tmp / META_FILE).write_text(json.dumps(made[0].to_dict(), indent=2))
+
+        dest = self.install(teacher_id, fill)
+        teacher = made[0]
+        teacher.root = dest
+        return teacher
+
+    def install(self, teacher_id: str, fill, prefix: str = ".add-") -> Path:
+        """Put a teacher folder in place: ``fill(tmp)`` writes its files into a fresh folder beside the others,
+        which then replaces any folder of that id, so a reader finds the old teacher or the new one, never half of
+        one, and a failed ``fill`` leaves nothing behind. Returns the folder."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=self.root))
+        try:
+            fill(tmp)
             dest = self.root / teacher_id
             if dest.exists():
                 shutil.rmtree(dest)
@@ -305,8 +319,7 @@ class Repository:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        teacher.root = dest
-        return teacher
+        return dest
 
     def remove(self, teacher_id: str) -> None:
         if teacher_id not in self:

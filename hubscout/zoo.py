@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import sys
 import time
 from dataclasses import dataclass, field
@@ -375,20 +374,13 @@ def restore_committed_teacher(repo: Repository, spec: TeacherSpec, seed: int,
     if why is not None:
         log.info("demo teacher %s is trained, not restored: %s", spec.id, why)
         return None
-    repo.root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".restore-", dir=repo.root))
-    try:
+    def fill(tmp: Path) -> None:
         for name in ("model.safetensors", "teacher.json"):
             shutil.copyfile(folder / name, tmp / name)
         if file_sha256(tmp / "model.safetensors") != DEMO_TEACHER_SHA256[spec.id]:
             raise OSError(f"{spec.id}: the copied weights do not hash to their pin")
-        dest = repo.root / spec.id
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    repo.install(spec.id, fill, prefix=".restore-")
     log.info("demo teacher %s restored from its committed weights (sha256 %s)", spec.id,
              DEMO_TEACHER_SHA256[spec.id][:12])
     return repo.get(spec.id)
