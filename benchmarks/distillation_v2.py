@@ -37,8 +37,8 @@ METHODS = ("ce", "ot", "proto", "proto[lam=0.1]", "ot[lam=0.1]", "ce[teacher_vie
 
 
 def default_method() -> str:
-    """The product's default distillation under this benchmark's method names (its term, and its λ where that
-    differs from B's)."""
+    """The product's default distillation under this benchmark's method names: its term, with its λ, views and
+    mixup in brackets where they differ from B's."""
     from hubscout.distill import DistillConfig
 
     d = DistillConfig()
