@@ -46,21 +46,26 @@ def default_method() -> str:
     return f"{d.kd}[{';'.join(opts)}]" if opts else d.kd
 
 
+def _options(method: str) -> tuple[str, list[tuple[str, str]]]:
+    """``"ot[lam=0.1;teacher_views=10]"`` → ``("ot", [("lam", "0.1"), ("teacher_views", "10")])``."""
+    kd, _, opts = method.rstrip("]").partition("[")
+    return kd, [tuple(o.split("=", 1)) for o in opts.split(";") if o]
+
+
 def method_budget(method: str) -> dict[str, Any] | None:
     """The distillation overrides of a method's cells (None: B's own budget, whose cells B computes). A method is
     a ``kd`` name, optionally with options: ``"ot[lam=0.1]"``, ``"proto[lam=0.3;tau=2]"``."""
     if method in ("ce", "ot"):
         return None
-    if method.startswith("ce["):  # a CE-only control with other views; its kd is B's, unused
-        return {**method_budget("ot" + method[2:]), "kd": gtm.B_DISTILL["kd"]}
     import dataclasses
 
     from hubscout.distill import DistillConfig
 
-    kd, _, opts = method.rstrip("]").partition("[")
+    kd, opts = _options(method)
     ints = {f.name for f in dataclasses.fields(DistillConfig) if f.type in ("int", "int | None")}
-    extra = {k: int(v) if k in ints else float(v) for k, v in (o.split("=") for o in opts.split(";") if o)}
-    return {**gtm.B_DISTILL, "kd": kd, **extra}
+    extra = {k: int(v) if k in ints else float(v) for k, v in opts}
+    # A CE-only control with other views: its kd is B's, unused by a CE-only student.
+    return {**gtm.B_DISTILL, "kd": gtm.B_DISTILL["kd"] if kd == "ce" else kd, **extra}
 
 
 def chosen_teacher(train, repo, pool: list[str], outputs, metric: str | None = None) -> tuple[str, str, dict]:
@@ -133,8 +138,7 @@ CONTROL_OPTIONS = ("teacher_views", "mixup", "student_arch", "epochs", "min_step
 def matched_ce(method: str) -> str:
     """The CE-only control of ``method``: ``ce`` with the method's :data:`CONTROL_OPTIONS` (``"ce"`` when it has
     none), e.g. ``ot[lam=0.1;teacher_views=10]`` → ``ce[teacher_views=10]``."""
-    _, _, opts = method.rstrip("]").partition("[")
-    kept = [o for o in opts.split(";") if o and o.split("=")[0] in CONTROL_OPTIONS]
+    kept = [f"{k}={v}" for k, v in _options(method)[1] if k in CONTROL_OPTIONS]
     return f"ce[{';'.join(kept)}]" if kept else "ce"
 
 
