@@ -56,7 +56,9 @@ def _forward_times() -> dict[str, float]:
 def score_pool(train, repo, pool: list[str], outputs_cache) -> tuple[dict, dict, dict]:
     """Every metric for every pool teacher, oriented so that higher is better (OT costs negated).
     Returns scores[metric][teacher], score seconds[metric][teacher], forward seconds[teacher] (an uncached pass
-    over the train split, measured once and kept in ``benchmarks/.cache/forward_s.json``)."""
+    over the train split, measured once and kept in ``benchmarks/.cache/forward_s.json``). Seconds are the
+    process's CPU seconds on one torch thread, as the ground truth's ``cpu_s``: what an idle core would take,
+    whatever else the machine runs while the report is made."""
     from hubscout.extract import extract
     from hubscout.ot import cost_matrix, ot_relatedness
     from hubscout.scores import METRICS, _pca, logme, ncti_combine, ncti_terms, sfda
@@ -71,9 +73,9 @@ def score_pool(train, repo, pool: list[str], outputs_cache) -> tuple[dict, dict,
         key = f"{t.weights_sha256}:{train.sha256}"
         out = outputs_cache.get(t.weights_sha256, train.sha256)
         if out is None or key not in times:
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             out = extract(t, train, device="cpu")
-            times[key] = time.perf_counter() - t0
+            times[key] = time.process_time() - t0
             outputs_cache.put(t.weights_sha256, train.sha256, out)
             FORWARD_TIMES.parent.mkdir(parents=True, exist_ok=True)
             FORWARD_TIMES.write_text(json.dumps({**_forward_times(), key: times[key]}))
@@ -82,7 +84,7 @@ def score_pool(train, repo, pool: list[str], outputs_cache) -> tuple[dict, dict,
         kw = dict(probs=out.probs, features=out.features, classifier_weight=out.classifier_weight, labels=y,
                   n_classes=C, teacher=t)
         for m in scores:
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             try:
                 if m.startswith("ot["):
                     M = cost_matrix(m[3:-1], classifier_weight=out.classifier_weight, features=out.features,
@@ -101,7 +103,7 @@ def score_pool(train, repo, pool: list[str], outputs_cache) -> tuple[dict, dict,
                 print(f"  {m} failed on {tid}: {e}", flush=True)
                 v = float("nan")
             scores[m][tid] = float(v)
-            secs[m][tid] = time.perf_counter() - t0
+            secs[m][tid] = time.process_time() - t0
     combined = ncti_combine([terms[t] for t in pool])
     scores["ncti"] = dict(zip(pool, combined))
     return scores, secs, fwd
@@ -122,7 +124,8 @@ def task_ground_truth(cache, task, repo, pool, seeds, distill=None) -> dict[str,
             if len(got) == len(seeds):
                 acc[tid] = float(np.mean([c["accuracy"] for c in got]))
                 std[tid] = float(np.std([c["accuracy"] for c in got], ddof=1)) if len(got) > 1 else float("nan")
-                secs += sum(c["seconds"] for c in got)
+                # CPU seconds (one thread), like the ranking's side of the ratio; the oldest cells have only wall
+                secs += sum(c.get("cpu_s", c["seconds"]) for c in got)
         complete = len(acc) == len(pool)
         out[kind] = {
             "accuracy": acc, "seed_std": std, "complete": complete, "cells_done": done,
@@ -360,8 +363,9 @@ def _markdown(p: dict[str, Any]) -> str:
     out.append(md_table(["task", "half", "relation", "teachers", "A cells", "A best", "A spread / noise",
                          "B cells", "B best", "B spread / noise", "CE-only"], rows))
     c = p["cost"]
-    out.append("\n## Cost\n\nRanking = Σ over the pool of one uncached forward pass over the train split + the "
-               "metric's scoring, over the scored tasks:\n\n")
+    out.append("\n## Cost\n\nCPU seconds on one torch thread, both sides. Ranking = Σ over the pool of one uncached "
+               "forward pass over the train split + the metric's scoring, over the scored tasks; enumeration = "
+               "Σ of the ground truth's cells (`cpu_s`):\n\n")
     out.append(md_table(["metric", "ranking s"], [[m, v] for m, v in c["rank_s"].items()]))
     out.append("\n" + md_table(["ground truth", "complete tasks", "enumeration s (one seed)", "all seeds s",
                                 f"ranking s ({dflt})", "enumeration / ranking"],
