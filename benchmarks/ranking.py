@@ -53,33 +53,40 @@ def _forward_times() -> dict[str, float]:
     return json.loads(FORWARD_TIMES.read_text()) if FORWARD_TIMES.is_file() else {}
 
 
+def timed_outputs(teacher, train, outputs_cache):
+    """The teacher's outputs on ``train`` and the CPU seconds of one uncached forward pass over it (measured once,
+    kept in ``benchmarks/.cache/forward_s.json``; ``--warm`` measures them ahead of a report)."""
+    from hubscout.extract import extract
+
+    key = f"{teacher.weights_sha256}:{train.sha256}"
+    times = _forward_times()
+    out = outputs_cache.get(teacher.weights_sha256, train.sha256)
+    if out is None or key not in times:
+        t0 = time.process_time()
+        out = extract(teacher, train, device="cpu")
+        times[key] = time.process_time() - t0
+        outputs_cache.put(teacher.weights_sha256, train.sha256, out)
+        FORWARD_TIMES.parent.mkdir(parents=True, exist_ok=True)
+        FORWARD_TIMES.write_text(json.dumps({**_forward_times(), key: times[key]}))
+    return out, times[key]
+
+
 def score_pool(train, repo, pool: list[str], outputs_cache) -> tuple[dict, dict, dict]:
     """Every metric for every pool teacher, oriented so that higher is better (OT costs negated).
     Returns scores[metric][teacher], score seconds[metric][teacher], forward seconds[teacher] (an uncached pass
     over the train split, measured once and kept in ``benchmarks/.cache/forward_s.json``). Seconds are the
     process's CPU seconds on one torch thread, as the ground truth's ``cpu_s``: what an idle core would take,
     whatever else the machine runs while the report is made."""
-    from hubscout.extract import extract
     from hubscout.ot import cost_matrix, ot_relatedness
     from hubscout.scores import METRICS, _pca, logme, ncti_combine, ncti_terms, sfda
 
-    times = _forward_times()
     scores: dict[str, dict[str, float]] = {m: {} for m in metric_names() if m != "random"}
     secs: dict[str, dict[str, float]] = {m: {} for m in scores}
     fwd: dict[str, float] = {}
     terms = {}
     for tid in pool:
         t = repo.get(tid)
-        key = f"{t.weights_sha256}:{train.sha256}"
-        out = outputs_cache.get(t.weights_sha256, train.sha256)
-        if out is None or key not in times:
-            t0 = time.process_time()
-            out = extract(t, train, device="cpu")
-            times[key] = time.process_time() - t0
-            outputs_cache.put(t.weights_sha256, train.sha256, out)
-            FORWARD_TIMES.parent.mkdir(parents=True, exist_ok=True)
-            FORWARD_TIMES.write_text(json.dumps({**_forward_times(), key: times[key]}))
-        fwd[tid] = times[key]
+        out, fwd[tid] = timed_outputs(t, train, outputs_cache)
         y, C = train.labels, train.num_classes
         kw = dict(probs=out.probs, features=out.features, classifier_weight=out.classifier_weight, labels=y,
                   n_classes=C, teacher=t)
@@ -193,6 +200,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1 dev task, 4 small teachers, 1 seed (computes its cells)")
     ap.add_argument("--all-scores", action="store_true", help="score tasks whose ground truth is not complete too")
+    ap.add_argument("--warm", action="store_true", help="only measure the teachers' forward passes over every "
+                    "task's train split (the cost section's timings; no score, no ground truth is read), then stop")
     args = ap.parse_args(argv)
     limit_threads(1)
 
@@ -220,6 +229,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for kind in ("transfer", "distillation"):
                 for tid in pool:
                     gtm.cell(cache, kind, task, repo, tid, 0, data, outputs_cache=outputs_cache, distill=distill)
+    if args.warm:
+        for task, pool in zip(tasks, pools):
+            train = task_data(task, "train")
+            for tid in (t for t in pool if t in repo):
+                timed_outputs(repo.get(tid), train, outputs_cache)
+            print(f"warm: {task['id']}", flush=True)
+        return {}
     names = metric_names()
     dflt = default_metric()
     per_task = []
