@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "product's default)")
     ap.add_argument("--tasks", default=None, help="comma list of task ids (default: every task of the halves)")
     ap.add_argument("--out", default="distillation", help="results/<out>.{md,json} (another name for a trial)")
+    ap.add_argument("--cells-only", action="store_true", help="compute the missing cells, write no report (a half "
+                    "computed ahead of its one report)")
     args = ap.parse_args(argv)
     limit_threads(1)
     import torch
@@ -226,6 +228,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             got = [c["accuracy"] for c in cells if c is not None]
             seeds_acc[m] = got
             accs[m] = float(np.mean(got)) if len(got) == len(gtm.SEEDS) else None
+        if args.cells_only:
+            print(f"cells done: {task['id']}", flush=True)
+            continue
         key = (train.num_classes, train.images.shape[-1], int(train.images.shape[1]))
         if key not in costs:
             costs[key] = student_cost(*key)
@@ -236,6 +241,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         per_task.append(entry)
         print(f"{task['id']:40} {tid:28} " + " ".join(
             f"{m}={a:.3f}" if a is not None else f"{m}=-" for m, a in accs.items()), flush=True)
+    if args.cells_only:
+        return {}
     # Every half is a key, an empty one until its tasks are computed, so readers need not guess.
     summary = {h: summarise([t for t in per_task if h == "all" or t["half"] == h], methods)
                for h in ("dev", "test", "all")}
