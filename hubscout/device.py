@@ -1,9 +1,12 @@
 """Where the tensors go: device choice (``HUBSCOUT_DEVICE``), and what a CUDA device gets that the CPU does not.
 
 On CUDA: bf16 autocast for forwards and training where the device supports it, channels-last models and inputs,
-pinned host batches copied without blocking, and a batch size chosen from the free device memory. On the CPU
-every helper here is the identity: the same tensors, dtypes and batch sizes as without it, so CPU results do not
-change.
+pinned host batches copied without blocking, and a batch size chosen from the free device memory. On the CPU the
+training helpers are the identity: the same tensors, dtypes and batch sizes as without them, so a student's
+training does not change. Teacher forwards (ranking, specifications, a distillation's teacher views) are the one
+thing the CPU shares with CUDA: channels-last (:func:`prepare_for_inference`), because oneDNN's convolutions run
+1.5 to 1.7 times faster in it on the 224-px EfficientNet-Lite teachers at one thread (and never slower on the
+demo zoo's), for outputs that agree with the default layout's to about 1e-5.
 """
 from __future__ import annotations
 
@@ -58,6 +61,20 @@ def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
     if is_cuda(device):
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def prepare_for_inference(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """A model that only runs forwards (a teacher), on ``device`` and channels-last on every device: on the CPU
+    too, unlike :func:`prepare_model`, since a forward's outputs differ from the default layout's only by float
+    rounding, and a forward is what a ranking pays for. Converts ``model`` in place, as ``Module.to`` does."""
+    return model.to(device).to(memory_format=torch.channels_last)
+
+
+def inference_batch(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host batch for a :func:`prepare_for_inference` model: :func:`to_device`, then channels-last on the CPU
+    as well (an image batch; anything else as it is)."""
+    x = to_device(x, device)
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from hubscout.data import Dataset, iter_batches
-from hubscout.device import autocast, batch_size_for, prepare_model, resolve_device, to_device
+from hubscout.device import autocast, batch_size_for, inference_batch, prepare_for_inference, resolve_device
 from hubscout.teachers import Teacher
 
 ProgressFn = Callable[[float, str], None]
@@ -103,7 +103,7 @@ def extract_group(teachers: list[Teacher], dataset: Dataset, *, batch_size: int 
         raise ValueError("extract_group: the teachers' input configs differ")
     dev = resolve_device(device)
     batch_size = batch_size_for(dev, (cfg.channels, cfg.size, cfg.size), batch_size)  # the given size on the CPU
-    models = [prepare_model(m if m is not None else t.load_model(dev), dev)
+    models = [prepare_for_inference(m if m is not None else t.load_model(dev), dev)
               for t, m in zip(teachers, models or [None] * len(teachers))]
     heads = [classifier_of(m) for m in models]
     n = len(dataset)
@@ -122,7 +122,7 @@ def extract_group(teachers: list[Teacher], dataset: Dataset, *, batch_size: int 
     start = 0
     for b in range(n_batches if n else 0):
         t0 = time.perf_counter()
-        x = to_device(next(batches), dev)
+        x = inference_batch(next(batches), dev)
         input_s += time.perf_counter() - t0
         stop = start + len(x)
         for j, model in enumerate(models):

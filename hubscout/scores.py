@@ -136,6 +136,35 @@ def _ledoit_wolf_shrinkage(fc: np.ndarray, S: np.ndarray) -> float:
     return 0.0 if b2 <= 0 else float(b2 / d2)
 
 
+def _hscore_shrunk_dual(fc: np.ndarray, means: np.ndarray, w_cls: np.ndarray) -> float | None:
+    r"""The shrunk H-score when N < D, in the N-dimensional sample space: the value of the (D, D) route.
+
+    Ledoit-Wolf only needs :math:`\mathrm{tr}(S)`, :math:`\|S\|_F^2` and the row norms, which the Gram matrix
+    :math:`G = f_c f_c^T` gives (:math:`\|S\|_F = \|G\|_F / N`); with
+    :math:`\mathrm{cov}_\lambda = \frac{1-\lambda}{N} f_c^T f_c + a I`, Woodbury's identity gives
+    :math:`a\,\mathrm{cov}_\lambda^{-1} m = m - f_c^T (k I + G)^{-1} f_c m`, :math:`k = aN/(1-\lambda)`.
+    O(N²D) instead of O(ND² + D³): a 10-shot target on a 1,280-d ImageNet feature solves a 30×30 system instead
+    of factorising a 1,280×1,280 covariance. None when nothing is shrunk (the caller's pseudo-inverse route).
+    """
+    N, D = fc.shape
+    G = fc @ fc.T
+    tr_s = float(np.trace(G)) / N
+    s_fro2 = float(np.sum(G * G)) / (N * N)
+    mu = tr_s / D
+    d2 = (s_fro2 - 2.0 * mu * tr_s + D * mu * mu) / D
+    b2 = min((float(np.sum(np.diag(G) ** 2)) / N - s_fro2) / (N * D), d2)
+    lam = 0.0 if b2 <= 0 else b2 / d2
+    a = lam * mu
+    if a <= 0:
+        return None
+    fm = fc @ means.T  # (N, C')
+    quad = np.sum(means * means, axis=1)  # a m^T cov_lambda^-1 m, before the low-rank correction
+    if lam < 1.0:
+        k = a * N / (1.0 - lam)
+        quad = quad - np.sum(fm * scipy.linalg.solve(G + k * np.eye(N), fm, assume_a="pos"), axis=0)
+    return (1.0 - lam) * float(np.sum(w_cls * quad)) / a / (N - 1)
+
+
 @METRICS.register("hscore", direction="higher", needs="features")
 def hscore(features, labels, n_classes: int, shrinkage: bool = True) -> float:
     r"""H-score, Bao et al., "An Information-Theoretic Approach to Transferability in Task Transfer Learning",
@@ -162,6 +191,10 @@ def hscore(features, labels, n_classes: int, shrinkage: bool = True) -> float:
     means = _class_sums(fc, y, n_classes)[present] / counts[present, None]  # (C', D), centred class means
     w_cls = counts[present]
 
+    if shrinkage and N < D:
+        dual = _hscore_shrunk_dual(fc, means, w_cls)
+        if dual is not None:
+            return dual
     if shrinkage:
         S = fc.T @ fc / N
         lam = _ledoit_wolf_shrinkage(fc, S)

@@ -1,5 +1,6 @@
 """Device choice and the CUDA-only treatment (bf16 autocast, channels-last, pinned copies, batch size), checked on
-the CPU: the CPU path must be the identity, and the CUDA decisions are checked with torch's CUDA queries mocked."""
+the CPU: the CPU's training path must be the identity, its teacher forwards channels-last with the same outputs, and
+the CUDA decisions are checked with torch's CUDA queries mocked."""
 import contextlib
 
 import numpy as np
@@ -42,6 +43,36 @@ def test_cpu_path_is_the_identity():
     w = m.weight
     assert hdev.prepare_model(m, cpu) is m and m.weight is w and m.weight.is_contiguous()
     assert hdev.batch_size_for(cpu, (3, 224, 224), 64) == 64
+
+
+def test_cpu_teacher_forwards_are_channels_last_with_the_same_outputs(quick_repo, footwear_target):
+    """Teacher forwards run channels-last on the CPU too (faster there): same outputs as the default layout's up to
+    float rounding, for every demo teacher, while a training model keeps its layout (prepare_model)."""
+    from hubscout.data import iter_batches
+    from hubscout.extract import features_and_logits
+
+    cpu = torch.device("cpu")
+    x = torch.randn(2, 3, 8, 8)
+    cl = hdev.inference_batch(x, cpu)
+    assert cl.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(cl, x)
+    flat = torch.randn(4, 5)
+    assert hdev.inference_batch(flat, cpu) is flat
+    for t in quick_repo.list():
+        plain = t.load_model("cpu")
+        fast = hdev.prepare_for_inference(t.load_model("cpu"), cpu)
+        conv = next(m for m in fast.modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last), t.id
+        batch = next(iter_batches(footwear_target.images[:6], t.input, 6))
+        with torch.inference_mode():
+            f0, z0 = features_and_logits(plain, batch)
+            f1, z1 = features_and_logits(fast, hdev.inference_batch(batch, cpu))
+        np.testing.assert_allclose(z1.numpy(), z0.numpy(), rtol=1e-4, atol=1e-4 * float(z0.abs().max()), err_msg=t.id)
+        np.testing.assert_allclose(f1.numpy(), f0.numpy(), rtol=1e-4, atol=1e-4 * float(f0.abs().max()), err_msg=t.id)
+        assert z1.argmax(1).tolist() == z0.argmax(1).tolist()
+        # Extraction, what a ranking runs, gives those outputs.
+        out = extract(t, footwear_target, device="cpu", batch_size=6)
+        np.testing.assert_allclose(out.logits[:6], z1.numpy(), rtol=1e-5, atol=1e-5 * float(z1.abs().max()))
 
 
 def test_cuda_decisions_with_mocked_queries(monkeypatch):

@@ -111,7 +111,7 @@ def _features(rng, N, D, C, signal):
     return centres[y] * signal + rng.normal(size=(N, D)), y
 
 
-@pytest.mark.parametrize("N,D", [(300, 20), (40, 60), (12, 500)])  # N ≪ D, as a few-shot target on an ImageNet feature
+@pytest.mark.parametrize("N,D", [(300, 20), (40, 60), (12, 500)])  # N < D: the sample-space (Woodbury) route
 def test_hscore_against_direct_formulas(N, D):
     rng = np.random.default_rng(2)
     f, y = _features(rng, N, D, 4, 1.0)

@@ -17,7 +17,7 @@ from hubscout.distill._config import DistillConfig, StudentError, plan_schedule
 from hubscout.distill._controls import CONTROL_METRICS, ControlCache, control_key
 from hubscout.distill._losses import KD_METHODS
 from hubscout.distill._student import Student
-from hubscout.device import autocast, prepare_model, resolve_device, to_device
+from hubscout.device import autocast, inference_batch, prepare_model, resolve_device, to_device
 from hubscout.extract import extract
 from hubscout.students import fit_student, student_side
 from hubscout.teachers import InputConfig, Repository, TeacherError, build_model
@@ -250,7 +250,8 @@ def _distill(dataset: Dataset, repo: Repository | None, teacher_ids: Sequence[st
             with torch.inference_mode():
                 for t, tm, term in zip(teachers, t_models, t_terms):
                     with autocast(dev):  # bf16 on CUDA, nothing on the CPU
-                        z = [term.logits(tm, to_device(x, dev)).float() for x in iter_batches(images, t.input, 64)]
+                        z = [term.logits(tm, inference_batch(x, dev)).float()
+                             for x in iter_batches(images, t.input, 64)]
                     z = torch.cat(z).to(dev)
                     logits.append(term.view_logits(z) if hasattr(term, "view_logits") else z)
             view_cache[v] = logits

@@ -303,13 +303,14 @@ def probe_gram(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
 @torch.inference_mode()
 def teacher_view(teacher, images: np.ndarray, device=None, batch_size: int = 64) -> TeacherView:
     """One forward pass of the teacher over the spec images."""
+    from hubscout.device import inference_batch, prepare_for_inference
     from hubscout.extract import classifier_of, default_device, features_and_logits
 
     device = torch.device(device) if device is not None else default_device()
-    model = teacher.load_model(device)
+    model = prepare_for_inference(teacher.load_model(device), device)
     feats, probs = [], []
     for x in iter_batches(images, teacher.input, batch_size):
-        f, z = features_and_logits(model, x.to(device))
+        f, z = features_and_logits(model, inference_batch(x, device))
         feats.append(f.float().cpu().numpy())
         probs.append(torch.softmax(z.float(), dim=1).cpu().numpy())
     W = classifier_of(model).weight.detach().float().cpu().numpy()

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from hubscout.data import iter_batches
+from hubscout.device import inference_batch, prepare_for_inference
 from hubscout.extract import default_device
 from hubscout.pretrained import efficientnet_lite_state_dict, imagenet_input_config
 from hubscout.teachers import InputConfig, build_model
@@ -28,13 +29,13 @@ class ReferenceEmbedder:
         self.input = InputConfig(size, 3, base.mean, base.std)
         model = build_model(REFERENCE_ARCH, 1000, 3)
         model.load_state_dict(efficientnet_lite_state_dict("lite0"))
-        self.model = model.eval().to(self.device)
+        self.model = prepare_for_inference(model.eval(), self.device)
 
     @torch.inference_mode()
     def embed(self, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
         """L2-normalised reference features (N×1280, float32) of uint8 images N×H×W×C."""
         out = []
         for x in iter_batches(images, self.input, batch_size):
-            f = self.model.forward_head(self.model.forward_features(x.to(self.device)), pre_logits=True)
+            f = self.model.forward_head(self.model.forward_features(inference_batch(x, self.device)), pre_logits=True)
             out.append(torch.nn.functional.normalize(f.float(), dim=1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, REFERENCE_DIM), np.float32)

@@ -263,7 +263,10 @@ def _count(pg_service, model, *where) -> int:
 
 
 def test_a_ranking_survives_its_worker_being_killed(client, pg_service, quick_repo):
-    fresh = _upload(client, 20, seed=1)  # 60 images nobody has ranked: every forward pass is computed
+    # 600 images nobody has ranked: every forward pass is computed, and the 224-px teacher's alone takes tens of
+    # seconds, so the worker is killed mid-ranking however fast the scoring (a few-shot upload was ranked in the
+    # moment between "running" and the kill once the H-score got faster).
+    fresh = _upload(client, 200, seed=1)
     r = client.post("/v1/rankings", json={"dataset_id": fresh["id"]})
     job_id = r.json()["id"]
     _running(client, job_id)
@@ -283,7 +286,9 @@ def test_identical_rankings_at_once_compute_the_teacher_outputs_once(client, pg_
 
     twin = celery_worker("pg-worker-twin", pg_service.env, pg_service.log_dir)
     try:
-        fresh = _upload(client, 15, seed=2)
+        # 300 images: the first ranking is still in its forward passes when the second starts, however fast the
+        # scoring.
+        fresh = _upload(client, 100, seed=2)
         body = {"dataset_id": fresh["id"], "metrics": ["ot", "leep"]}
         ids = [client.post("/v1/rankings", json=body).json()["id"] for _ in range(2)]
         done = [wait_job(client, i, timeout=300, interval=0.2) for i in ids]
