@@ -5,8 +5,8 @@ pinned host batches copied without blocking, and a batch size chosen from the fr
 training helpers are the identity: the same tensors, dtypes and batch sizes as without them, so a student's
 training does not change. Teacher forwards (ranking, specifications, a distillation's teacher views) are the one
 thing the CPU shares with CUDA: channels-last (:func:`prepare_for_inference`), because oneDNN's convolutions run
-1.5 to 1.7 times faster in it on the 224-px EfficientNet-Lite teachers at one thread (and never slower on the
-demo zoo's), for outputs that agree with the default layout's to about 1e-5.
+1.5 to 1.7 times faster in it on the 224-px EfficientNet-Lite teachers at one thread (1.0 to 3 times on the six
+small demo teachers timed), for outputs that agree with the default layout's to about 1e-5.
 """
 from __future__ import annotations
 

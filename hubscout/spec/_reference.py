@@ -36,6 +36,7 @@ class ReferenceEmbedder:
         """L2-normalised reference features (N×1280, float32) of uint8 images N×H×W×C."""
         out = []
         for x in iter_batches(images, self.input, batch_size):
-            f = self.model.forward_head(self.model.forward_features(inference_batch(x, self.device)), pre_logits=True)
+            x = inference_batch(x, self.device)
+            f = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
             out.append(torch.nn.functional.normalize(f.float(), dim=1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, REFERENCE_DIM), np.float32)
