@@ -108,8 +108,10 @@ def cell_rank224(quick: bool) -> dict[str, Any]:
 
     from benchmarks.speed import fashion_dataset
     from hubscout.data import iter_batches
+    from hubscout.device import inference_batch, prepare_for_inference
     from hubscout.rank import rank
 
+    cpu = torch.device("cpu")
     repo, tids = imagenet_repo(["lite0"] if quick else VARIANTS)
     # The ranking's own batch (64); several batches, so that one slow batch does not decide the ratio.
     n, batch, reps = (32, 16, 2) if quick else (256, 64, 3)
@@ -125,14 +127,14 @@ def cell_rank224(quick: bool) -> dict[str, Any]:
                 for x in iter_batches(ds.images, t.input, batch):
                     model(x)
 
-        model_cl = t.load_model("cpu").to(memory_format=torch.channels_last)
+        model_cl = prepare_for_inference(t.load_model("cpu"), cpu)
 
         def raw_cl():
-            # The same forward in the layout rank() runs it in (hubscout.device.prepare_for_inference): what
-            # rank() adds beyond the forward, with the layout's own speed-up set aside.
+            # The same forward in the layout rank() runs it in, through the same helpers: what rank() adds
+            # beyond the forward, with the layout's own speed-up set aside.
             with torch.inference_mode():
                 for x in iter_batches(ds.images, t.input, batch):
-                    model_cl(x.contiguous(memory_format=torch.channels_last))
+                    model_cl(inference_batch(x, cpu))
 
         def ranked():
             return rank(ds, repo, metrics=["ot"], teacher_ids=[tid], cache=None, device="cpu", batch_size=batch)
@@ -144,7 +146,7 @@ def cell_rank224(quick: bool) -> dict[str, Any]:
         with torch.inference_mode():  # warm-up: allocator, kernels
             first = next(iter_batches(ds.images, t.input, batch))
             model(first)
-            model_cl(first.contiguous(memory_format=torch.channels_last))
+            model_cl(inference_batch(first, cpu))
         best = paired({"raw": raw, "raw_cl": raw_cl, "rank": ranked, "convert": convert_only}, reps)
         e = best["rank"][1].entries[0]
         rows.append({
